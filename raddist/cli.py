@@ -1,0 +1,165 @@
+"""The `raddist` command: demo, plan, run, report, compare, datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from raddist import storage
+from raddist.errors import RaddistError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO_ROOT / "jobs" / "configs" / "demo.yaml"
+
+
+def cmd_plan(args) -> int:
+    from raddist.plan import make_plan
+    from raddist.spec import load
+
+    plan = make_plan(load(args.config))
+    print(json.dumps(plan.summary()) if args.json else plan.table())
+    return 0
+
+
+def cmd_run(args) -> int:
+    from raddist.spec import load
+    from raddist.sweep import run_sweep
+
+    overrides = {"storage.cache": args.cache} if args.cache else None
+    summary = run_sweep(load(args.config, overrides), output=args.output)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["cells_failed"] == 0 else 1
+
+
+def cmd_demo(args) -> int:
+    from raddist.data.synthetic import write_synthetic
+    from raddist.spec import load
+    from raddist.sweep import run_sweep
+
+    data = storage.normalize(args.data)
+    if not os.path.exists(os.path.join(data, "chest", "manifest.parquet")):
+        print(f"writing the synthetic dataset to {data}")
+        write_synthetic(data)
+    else:
+        print(f"using the dataset in {data}")
+    os.environ["RADDIST_DEMO_DATA"] = data  # the demo config reads ${RADDIST_DEMO_DATA}
+    overrides = {"storage.cache": args.cache} if args.cache else None
+    spec = load(str(args.config), overrides)
+    summary = run_sweep(spec, output=args.output)
+    output = storage.normalize(args.output)
+    print()
+    print(storage.read_text(storage.join(output, "report.md")))
+    print(json.dumps(summary, indent=2))
+    print(f"\nresults:     {storage.join(output, 'results.parquet')}")
+    print(f"predictions: {storage.join(output, 'predictions.parquet')}")
+    print(f"report:      {storage.join(output, 'report.md')}")
+    print(f"embeddings:  {summary['cache']}")
+    return 0 if summary["cells_failed"] == 0 else 1
+
+
+def cmd_report(args) -> int:
+    print(storage.read_text(storage.join(storage.normalize(args.output), "report.md")))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from raddist.compare import compare_predictions
+
+    preds = storage.read_parquet(storage.join(storage.normalize(args.output), "predictions.parquet")).to_pandas()
+    for name in (args.a, args.b):
+        if name not in set(preds["backbone"]):
+            raise RaddistError(f"backbone '{name}' has no predictions; have {sorted(set(preds['backbone']))}")
+    table = compare_predictions(preds[preds["backbone"] == args.a], preds[preds["backbone"] == args.b],
+                                n_boot=args.bootstrap, seed=args.seed)
+    print(table.to_string(index=False))
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    if args.datasets_cmd == "synth":
+        from raddist.data.synthetic import write_synthetic
+
+        manifests = write_synthetic(storage.normalize(args.out), seed=args.seed)
+        for name, uri in manifests.items():
+            print(f"{name}: {uri}")
+        return 0
+    from raddist.data import catalog
+
+    if args.datasets_cmd == "list":
+        items = catalog.list_datasets()
+        if args.json:
+            print(json.dumps(items, indent=2))
+        else:
+            for d in items:
+                print(f"{d['name']:<24} {d['modality']:<4} {d['task']:<14} {d['source']}")
+        return 0
+    uri = catalog.prepare(args.name, args.source, args.dest, seed=args.seed)
+    print(f"manifest: {uri}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raddist", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    demo = sub.add_parser("demo", help="synthetic data → the demo sweep on a local Ray cluster")
+    demo.add_argument("--data", default="raddist-demo/data", help="dataset directory (written if absent)")
+    demo.add_argument("--output", default="raddist-demo/output")
+    demo.add_argument("--config", default=str(DEMO_CONFIG))
+    demo.add_argument("--cache", default=None, help="embedding cache (default $RADDIST_CACHE or ~/.cache/raddist)")
+    demo.set_defaults(fn=cmd_demo)
+
+    plan = sub.add_parser("plan", help="print the cells and embedding jobs of a sweep")
+    plan.add_argument("config")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(fn=cmd_plan)
+
+    run = sub.add_parser("run", help="run a sweep; reruns do only what is missing")
+    run.add_argument("config")
+    run.add_argument("--output", default=None, help="output URI (default: the spec's storage.output)")
+    run.add_argument("--cache", default=None)
+    run.set_defaults(fn=cmd_run)
+
+    report = sub.add_parser("report", help="print a run's report")
+    report.add_argument("output")
+    report.set_defaults(fn=cmd_report)
+
+    compare = sub.add_parser("compare", help="paired comparison of two backbones on the same test items")
+    compare.add_argument("output")
+    compare.add_argument("--a", required=True)
+    compare.add_argument("--b", required=True)
+    compare.add_argument("--bootstrap", type=int, default=1000)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.set_defaults(fn=cmd_compare)
+
+    ds = sub.add_parser("datasets", help="synthetic data and the reference study's datasets")
+    dsub = ds.add_subparsers(dest="datasets_cmd", required=True)
+    synth = dsub.add_parser("synth", help="write the synthetic radiology dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    lst = dsub.add_parser("list", help="the dataset catalog")
+    lst.add_argument("--json", action="store_true")
+    prep = dsub.add_parser("prepare", help="official download → manifest with the reference splits")
+    prep.add_argument("name")
+    prep.add_argument("--source", required=True)
+    prep.add_argument("--dest", required=True)
+    prep.add_argument("--seed", type=int, default=0)
+    ds.set_defaults(fn=cmd_datasets)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except RaddistError as e:
+        print(f"raddist: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Manifests, readers, transforms, synthetic data and the dataset catalog."""

@@ -1,0 +1,115 @@
+"""A dataset is a manifest: a Parquet table, one row per image, slice or volume.
+
+Columns (required unless marked optional):
+  sample_id    str   unique per row
+  uri          str   the image: absolute URI, or a path relative to the manifest's directory
+  patient_id   str   splits are by patient; a patient in two splits is an error
+  split        str   train | val | test
+  modality     str   CR, DX, CT, MR, ... (optional)
+  volume_id    str   the volume a slice belongs to (optional)
+  slice_index  int   the slice's index within its volume (optional)
+  mask_uri     str   the segmentation mask (optional; segmentation tasks)
+  <labels>     int   one column per label: 0/1 for multilabel and binary, a class index for multiclass
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raddist import storage
+from raddist.errors import ManifestError
+
+SPLITS = ("train", "val", "test")
+REQUIRED = ("sample_id", "uri", "patient_id", "split")
+OPTIONAL = ("modality", "volume_id", "slice_index", "mask_uri")
+
+
+def load(uri: str) -> pa.Table:
+    """Read a manifest and resolve relative uris against its directory."""
+    if not storage.exists(uri):
+        raise ManifestError(f"manifest not found: {uri}")
+    try:
+        table = storage.read_parquet(uri)
+    except Exception as e:  # a manifest that is not Parquet
+        raise ManifestError(f"manifest {uri} is not a readable Parquet file: {e}") from None
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"manifest {uri} lacks required column(s) {missing}; has {table.column_names}")
+    base = storage.parent(storage.normalize(uri))
+    for col in ("uri", "mask_uri"):
+        if col in table.column_names:
+            values = [None if u is None else storage.resolve(u, base) for u in table[col].to_pylist()]
+            table = table.set_column(table.column_names.index(col), col, pa.array(values, pa.string()))
+    return table
+
+
+def validate(
+    table: pa.Table,
+    uri: str,
+    label_columns: Sequence[str] = (),
+    task_type: Optional[str] = None,
+    num_classes: Optional[int] = None,
+) -> None:
+    """Check the schema up front, so a bad manifest fails before any work is done."""
+    for col in label_columns:
+        if col not in table.column_names:
+            raise ManifestError(f"manifest {uri}: label column '{col}' not found; columns are {table.column_names}")
+    ids = table["sample_id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), None
+        for i in ids:
+            if i in seen:
+                dup = i
+                break
+            seen.add(i)
+        raise ManifestError(f"manifest {uri}: duplicate sample_id '{dup}'")
+    splits = table["split"].to_pylist()
+    bad = [(i, s) for i, s in enumerate(splits) if s not in SPLITS]
+    if bad:
+        row, value = bad[0]
+        raise ManifestError(f"manifest {uri}: row {row} has split '{value}'; allowed: {list(SPLITS)}")
+    check_patient_splits(table["patient_id"].to_pylist(), splits, uri)
+    if task_type in ("multilabel", "binary"):
+        for col in label_columns:
+            _check_values(table, col, uri, allowed=(0, 1))
+    elif task_type == "multiclass" and label_columns:
+        allowed = tuple(range(num_classes)) if num_classes else None
+        _check_values(table, label_columns[0], uri, allowed=allowed)
+
+
+def _check_values(table: pa.Table, col: str, uri: str, allowed: Optional[Iterable[int]]) -> None:
+    values = table[col].to_pylist()
+    for row, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            raise ManifestError(f"manifest {uri}: row {row} column '{col}' is empty")
+        if allowed is not None and v not in allowed:
+            raise ManifestError(
+                f"manifest {uri}: row {row} column '{col}' has value {v!r}; allowed: {list(allowed)}"
+            )
+
+
+def check_patient_splits(patients: Sequence[str], splits: Sequence[str], uri: str = "manifest") -> None:
+    first = {}
+    for row, (p, s) in enumerate(zip(patients, splits)):
+        if first.setdefault(p, s) != s:
+            raise ManifestError(f"{uri}: patient '{p}' is in both '{first[p]}' and '{s}' (row {row}); splits must be by patient")
+
+
+def content_hash(table: pa.Table) -> str:
+    """Hash of what determines the embeddings of a manifest: its sample ids and image uris."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for col in ("sample_id", "uri"):
+        for v in table[col].to_pylist():
+            h.update(str(v).encode())
+            h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def split_rows(table: pa.Table, split: str) -> pa.Table:
+    return table.filter(pc.equal(table["split"], split))

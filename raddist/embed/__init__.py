@@ -1,0 +1,1 @@
+"""The embedding pipeline (Ray Data) and the content-addressed embedding cache."""

@@ -1,0 +1,111 @@
+"""The embedding cache: one directory per key, complete only once its meta.json exists.
+
+The key hashes the backbone and its weights' identity, the preprocessing contract, the feature
+spec and the manifest's content, so a change to any of them means a new key and an equal key is
+never computed twice. Layout of CACHE/<key>/:
+  features.parquet  sample_id, cls (float16 list), patch_mean (float16 list, optional)
+  errors.parquet    sample_id, uri, error: rows that could not be read or decoded
+  meta.json         written last: what was embedded, block widths, counts, timings
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from raddist import storage
+from raddist.plan import EmbeddingJob, content_hash
+
+# bump when the embedding code changes what it computes for the same inputs
+EMBEDDER_VERSION = 1
+
+
+@dataclass
+class CachedEmbeddings:
+    key: str
+    sample_ids: np.ndarray
+    features: Dict[str, np.ndarray]  # float32
+    block_dims: List[int]
+    meta: dict
+    errors: pa.Table
+
+
+class EmbeddingCache:
+    def __init__(self, root: str):
+        self.root = storage.normalize(root)
+
+    def key(self, job: EmbeddingJob, weights_identity: str, manifest_hash: str) -> str:
+        return content_hash(
+            {
+                "backbone": job.backbone.name,
+                "weights": weights_identity,
+                "contract": job.contract,
+                "features": job.features,
+                "manifest": manifest_hash,
+                "version": EMBEDDER_VERSION,
+            }
+        )
+
+    def dir(self, key: str) -> str:
+        return storage.join(self.root, key)
+
+    def uri(self, key: str, name: str) -> str:
+        return storage.join(self.root, key, name)
+
+    def is_complete(self, key: str) -> bool:
+        return storage.exists(self.uri(key, "meta.json"))
+
+    def clear_partial(self, key: str) -> None:
+        """An interrupted job leaves files without meta.json; start that key afresh."""
+        if not self.is_complete(key):
+            storage.delete_dir(self.dir(key))
+
+    def write_meta(self, key: str, meta: dict) -> None:
+        storage.write_json(self.uri(key, "meta.json"), meta)
+
+    def meta(self, key: str) -> dict:
+        return storage.read_json(self.uri(key, "meta.json"))
+
+    def load(self, key: str) -> CachedEmbeddings:
+        if not self.is_complete(key):
+            raise FileNotFoundError(f"embeddings {key} are not in the cache at {self.root}")
+        meta = self.meta(key)
+        table = storage.read_parquet(self.uri(key, "features.parquet"))
+        features = {}
+        for name in meta["feature_names"]:
+            if name not in table.column_names:  # every row failed to decode
+                features[name] = np.zeros((0, 0), dtype=np.float32)
+                continue
+            col = table[name].combine_chunks()
+            width = col.type.list_size
+            flat = col.values.to_numpy(zero_copy_only=False)
+            features[name] = flat.reshape(-1, width).astype(np.float32)
+        errors = storage.read_parquet(self.uri(key, "errors.parquet"))
+        return CachedEmbeddings(
+            key=key,
+            sample_ids=np.asarray(table["sample_id"].to_pylist(), dtype=object),
+            features=features,
+            block_dims=list(meta["block_dims"]),
+            meta=meta,
+            errors=errors,
+        )
+
+
+def features_table(sample_ids, features: Dict[str, np.ndarray]) -> pa.Table:
+    """Features as fixed-size float16 lists: half the bytes, ample precision for probing."""
+    cols = {"sample_id": pa.array(list(sample_ids), pa.string())}
+    for name, arr in features.items():
+        arr = np.ascontiguousarray(arr, dtype=np.float16)
+        cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+    return pa.table(cols)
+
+
+ERRORS_SCHEMA = pa.schema([("sample_id", pa.string()), ("uri", pa.string()), ("error", pa.string())])
+
+
+def errors_table(rows: Optional[List[dict]] = None) -> pa.Table:
+    rows = rows or []
+    return pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)

@@ -1,0 +1,146 @@
+"""Expand a sweep spec into evaluation cells and the embedding jobs they need.
+
+A cell is backbone × task × protocol variant × seed. Every cell and job id is a content hash of
+everything that determines its result, so a rerun knows what is already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from raddist import protocols
+from raddist.spec import BackboneSpec, SweepSpec, TaskSpec
+
+
+def content_hash(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EmbeddingJob:
+    id: str
+    backbone: BackboneSpec
+    task: TaskSpec
+    contract: dict  # PreprocessContract as a dict
+    features: dict  # FeatureSpec as a dict
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    backbone: BackboneSpec
+    task: TaskSpec
+    protocol: str
+    params: dict
+    seed: int
+    embedding_job: Optional[str]  # the job whose features it reads; None for trainable protocols
+
+    def describe(self) -> dict:
+        return {
+            "cell_id": self.id,
+            "backbone": self.backbone.label,
+            "task": self.task.name,
+            "protocol": self.protocol,
+            "params": json.dumps(self.params, sort_keys=True),
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class Plan:
+    spec: SweepSpec
+    cells: List[Cell] = field(default_factory=list)
+    jobs: Dict[str, EmbeddingJob] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "cells": len(self.cells),
+            "embedding_jobs": len(self.jobs),
+            "backbones": [b.label for b in self.spec.backbones],
+            "tasks": [t.name for t in self.spec.tasks],
+            "protocols": sorted({c.protocol for c in self.cells}),
+        }
+
+    def table(self) -> str:
+        """Cells per task × protocol, and the totals, as plain text."""
+        protos = sorted({c.protocol for c in self.cells})
+        counts: Dict[tuple, int] = {}
+        for c in self.cells:
+            counts[(c.task.name, c.protocol)] = counts.get((c.task.name, c.protocol), 0) + 1
+        width = max([len("task")] + [len(t.name) for t in self.spec.tasks])
+        lines = [f"{'task':<{width}}  " + "  ".join(f"{p:>8}" for p in protos) + "     total"]
+        for t in self.spec.tasks:
+            row = [counts.get((t.name, p), 0) for p in protos]
+            lines.append(f"{t.name:<{width}}  " + "  ".join(f"{n:>8}" for n in row) + f"  {sum(row):>8}")
+        s = self.summary()
+        lines.append("")
+        lines.append(
+            f"{s['cells']} cells, {s['embedding_jobs']} embedding jobs, "
+            f"{len(s['backbones'])} backbones × {len(s['tasks'])} tasks × {len(protos)} protocols"
+        )
+        return "\n".join(lines)
+
+
+def contract_for(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> dict:
+    from raddist.backbones import get_config
+
+    size = spec.image_size or get_config(backbone.name).input_size
+    return {
+        "size": int(size),
+        "window": task.preprocess.window if task.preprocess.window == "auto" else list(task.preprocess.window),
+        "clip_percentiles": None if task.preprocess.clip_percentiles is None else list(task.preprocess.clip_percentiles),
+    }
+
+
+def make_plan(spec: SweepSpec) -> Plan:
+    plan = Plan(spec=spec)
+    for backbone in spec.backbones:
+        for task in spec.tasks:
+            job = _embedding_job(spec, backbone, task)
+            for proto in spec.protocols:
+                module = protocols.get(proto.name)
+                if task.type not in module.TASK_TYPES:
+                    continue
+                needs = bool(getattr(module, "NEEDS_EMBEDDINGS", True))
+                if needs:
+                    plan.jobs.setdefault(job.id, job)
+                for params in protocols.variants(proto.name, proto.parsed_params()):
+                    for seed in spec.seeds:
+                        key = {
+                            "backbone": [backbone.name, backbone.weights],
+                            "task": task.model_dump(),
+                            "protocol": proto.name,
+                            "params": params,
+                            "seed": seed,
+                            "embedding_job": job.id if needs else None,
+                            "bootstrap": spec.bootstrap,
+                        }
+                        plan.cells.append(
+                            Cell(
+                                id=content_hash(key),
+                                backbone=backbone,
+                                task=task,
+                                protocol=proto.name,
+                                params=params,
+                                seed=seed,
+                                embedding_job=job.id if needs else None,
+                            )
+                        )
+    return plan
+
+
+def _embedding_job(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> EmbeddingJob:
+    contract = contract_for(spec, backbone, task)
+    features = spec.features.model_dump()
+    key = {
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "contract": contract,
+        "features": features,
+        "manifest": task.manifest,
+    }
+    return EmbeddingJob(id=content_hash(key), backbone=backbone, task=task, contract=contract, features=features)

@@ -1,0 +1,200 @@
+"""The sweep spec: one YAML file says what to evaluate, parsed into typed models.
+
+Every model forbids unknown keys and names the allowed ones, so a typo fails before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raddist.errors import ConfigError
+
+TaskType = Literal["multilabel", "binary", "multiclass", "segmentation"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_allowed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(cls.model_fields)}")
+        return data
+
+
+class BackboneSpec(Strict):
+    name: str
+    # "hub" (pretrained, from the model hub), "random" (tests, demo) or a local/s3:// weights file
+    weights: str = "hub"
+    alias: Optional[str] = None  # how it is named in results; defaults to name
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from raddist.backbones import list_backbones
+
+        if v not in list_backbones():
+            raise ValueError(f"unknown backbone '{v}'; allowed: {list_backbones()}")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.alias or self.name
+
+
+class PreprocessSpec(Strict):
+    window: Union[Literal["auto"], Tuple[float, float]] = "auto"
+    clip_percentiles: Optional[Tuple[float, float]] = None
+
+
+class TaskSpec(Strict):
+    name: str
+    manifest: str
+    type: TaskType
+    labels: List[str] = Field(min_length=1)
+    classes: Optional[List[str]] = None  # multiclass: class names, index = label value
+    preprocess: PreprocessSpec = PreprocessSpec()
+
+    @model_validator(mode="after")
+    def _classes(self) -> "TaskSpec":
+        if self.type == "multiclass":
+            if len(self.labels) != 1:
+                raise ValueError(f"a multiclass task has one label column of class indices; got {self.labels}")
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError("a multiclass task needs 'classes': the class names, at least two")
+        if self.type == "binary" and len(self.labels) != 1:
+            raise ValueError(f"a binary task has one 0/1 label column; got {self.labels}")
+        return self
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.classes) if self.type == "multiclass" else list(self.labels)
+
+
+class ProtocolSpec(Strict):
+    name: str
+    params: Dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "ProtocolSpec":
+        from raddist import protocols
+
+        try:
+            module = protocols.get(self.name)
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+        try:
+            module.Params(**self.params)
+        except ValidationError as e:
+            raise ValueError(f"protocol '{self.name}' params: {_format(e)}") from None
+        return self
+
+    def parsed_params(self):
+        from raddist import protocols
+
+        return protocols.get(self.name).Params(**self.params)
+
+
+class FeatureSpec(Strict):
+    n_last_blocks: int = Field(4, ge=1)
+    patch_mean: bool = True
+
+
+class StorageSpec(Strict):
+    output: str = "raddist-output"
+    # the embedding cache; independent of the output. Default: $RADDIST_CACHE or ~/.cache/raddist
+    cache: Optional[str] = None
+
+    def cache_uri(self) -> str:
+        return self.cache or os.environ.get("RADDIST_CACHE") or os.path.expanduser("~/.cache/raddist")
+
+
+class ResourcesSpec(Strict):
+    embed_batch_size: int = Field(64, ge=1)
+    # embedding actors; default: one per GPU, or one on a CPU-only cluster
+    embed_actors: Optional[int] = Field(None, ge=1)
+    max_concurrent_cells: int = Field(4, ge=1)
+    cpus_per_cell: float = Field(0.5, gt=0)
+    gpus_per_cell: float = Field(0.0, ge=0)
+
+
+class SweepSpec(Strict):
+    name: str = "sweep"
+    backbones: List[BackboneSpec] = Field(min_length=1)
+    tasks: List[TaskSpec] = Field(min_length=1)
+    protocols: List[ProtocolSpec] = Field(min_length=1)
+    seeds: List[int] = [0]
+    image_size: Optional[int] = None  # default: each backbone's own input size
+    features: FeatureSpec = FeatureSpec()
+    storage: StorageSpec = StorageSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    bootstrap: int = Field(1000, ge=0)  # bootstrap resamples for the confidence intervals
+
+    @model_validator(mode="after")
+    def _unique(self) -> "SweepSpec":
+        for what, names in (
+            ("backbone", [b.label for b in self.backbones]),
+            ("task", [t.name for t in self.tasks]),
+        ):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"duplicate {what} name(s) {sorted(dup)}; give each an 'alias' or a unique name")
+        return self
+
+
+def _format(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse(data: dict, source: str = "spec") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return SweepSpec(**data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format(e)}") from None
+
+
+def load(uri: str, overrides: Optional[dict] = None) -> SweepSpec:
+    from raddist import storage
+
+    if not storage.exists(uri):
+        raise ConfigError(f"config not found: {uri}")
+    try:
+        data = yaml.safe_load(storage.read_text(uri))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{uri}: not valid YAML: {e}") from None
+    data = _expand_vars(data or {})
+    for key, value in (overrides or {}).items():
+        _set_path(data, key, value)
+    return parse(data, source=uri)
+
+
+def _expand_vars(obj):
+    """${VAR} in string values, so one config serves laptop and cluster (e.g. ${DATA})."""
+    if isinstance(obj, dict):
+        return {k: _expand_vars(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand_vars(v) for v in obj]
+    if isinstance(obj, str):
+        return os.path.expandvars(obj)
+    return obj
+
+
+def _set_path(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+    data[keys[-1]] = value
