@@ -1,0 +1,104 @@
+"""Turn uint8 images into the features the protocols consume, on whatever device the model is.
+
+Output of ``Embedder.forward`` (float32 tensors), as ``raddist.protocols.base.SplitData`` expects:
+  'cls'          (B, sum(block_dims)) one vector per block of the last n, earliest block first:
+                   ViT: the class token after the final norm (timm forward_intermediates, norm=True);
+                   ViT without a class token (SAM): the mean of the block's tokens (raw block output);
+                   CNN: the global-average-pooled stage output.
+  'patch_mean'   (B, D) mean patch token of the last block after the final norm. Only for ViTs with
+                   a class token (``config.has_patch_mean``); for SAM and CNNs it would repeat 'cls'.
+  'patch_tokens' (B, D, h, w) last block's patch tokens / feature map, only if asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+
+from raddist.backbones.registry import BackboneConfig
+
+
+def feature_dims(config: BackboneConfig, n_last_blocks: int) -> List[int]:
+    """Widths of the blocks concatenated in 'cls', earliest first, from the registry literals."""
+    if not 1 <= n_last_blocks <= config.num_blocks:
+        raise ValueError(f"{config.name}: n_last_blocks must be in 1..{config.num_blocks}, got {n_last_blocks}")
+    if config.family == "cnn":
+        return list(config.block_dims[-n_last_blocks:])
+    return [config.embed_dim] * n_last_blocks
+
+
+class Embedder(torch.nn.Module):
+    def __init__(
+        self,
+        config: BackboneConfig,
+        model: torch.nn.Module,
+        n_last_blocks: int = 1,
+        patch_mean: bool = True,
+        patch_tokens: bool = False,
+    ):
+        super().__init__()
+        self.config = config
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.n_last_blocks = n_last_blocks
+        self.block_dims = feature_dims(config, n_last_blocks)
+        self.patch_mean = patch_mean and config.has_patch_mean
+        self.patch_tokens = patch_tokens
+        # x/255 then (x - mean)/std, folded into one multiply-add; buffers follow .to(device).
+        std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+
+    @property
+    def output_keys(self) -> List[str]:
+        return ["cls"] + (["patch_mean"] if self.patch_mean else []) + (["patch_tokens"] if self.patch_tokens else [])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W), (B, 1, H, W) or (B, 3, H, W) -> normalised float32 (B, 3, H, W), channels_last."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 images, got {images.dtype}")
+        x = images.to(self.scale.device, non_blocking=True)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected (B, H, W), (B, 1, H, W) or (B, 3, H, W) images, got {tuple(images.shape)}")
+        x = x.float().expand(-1, 3, -1, -1)  # grayscale: replicate to the 3 channels every backbone wants
+        x = torch.addcmul(self.shift, x, self.scale)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = self.normalize(images)
+        on_cuda = x.device.type == "cuda"
+        with torch.autocast(device_type="cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=on_cuda):
+            if self.config.family == "cnn":
+                pooled, last = self._cnn(x)
+                out = {}
+            elif self.config.has_cls_token:
+                pooled, last = self._vit(x)
+                out = {"patch_mean": last.mean(dim=(2, 3))} if self.patch_mean else {}
+            else:
+                pooled, last = self._vit_without_cls(x)
+                out = {}
+        out["cls"] = torch.cat(pooled, dim=1)
+        if self.patch_tokens:
+            out["patch_tokens"] = last
+        return {k: v.float() for k, v in out.items()}
+
+    def _vit(self, x):
+        outs = self.model.forward_intermediates(
+            x, indices=self.n_last_blocks, norm=True, return_prefix_tokens=True, intermediates_only=True
+        )
+        # each entry: (patch tokens (B, D, h, w), prefix tokens (B, P, D)); the class token is prefix 0
+        return [prefix[:, 0] for _, prefix in outs], outs[-1][0]
+
+    def _vit_without_cls(self, x):
+        # SAM: norm=True would run the 256-d neck convs; the raw block output keeps the 1024-d tokens.
+        outs = self.model.forward_intermediates(x, indices=self.n_last_blocks, intermediates_only=True)
+        return [o.mean(dim=(2, 3)) for o in outs], outs[-1]
+
+    def _cnn(self, x):
+        indices = list(self.config.block_indices[-self.n_last_blocks:])
+        outs = self.model.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True)
+        return [o.mean(dim=(2, 3)) for o in outs], outs[-1]

@@ -1,0 +1,159 @@
+"""The backbone registry: name -> how to build it, its input contract and its feature widths.
+
+In the style of timm's ``_registry.py`` / ``_pretrained.py``: one typed, frozen config per backbone.
+Everything planning needs (input size, mean/std, feature widths) is written here as literals, so
+planning never instantiates a model. ``tests/backbones/test_registry.py`` checks the literals
+against timm's own pretrained cfgs, and against the real models built on the meta device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+SOURCES = ("timm", "open_clip", "transformers")
+FAMILIES = ("vit", "cnn")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str
+    source: str  # one of SOURCES
+    model_id: str  # timm "arch.tag", or a hub id ("hf-hub:..." for open_clip, "org/name" for transformers)
+    input_size: int  # square side, in pixels, of the uint8 images the pipeline ships
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    patch_size: Optional[int]  # None for CNNs
+    embed_dim: int  # width of the last block (ViT: token width; CNN: channels of the last stage)
+    num_blocks: int  # ViT: depth; CNN: number of stages usable as features
+    family: str  # one of FAMILIES
+    # Extra constructor kwargs: timm create_model kwargs (e.g. img_size), or, for transformers,
+    # the model config (model_type + fields) so random init needs no hub access.
+    kwargs: Dict[str, Any] = field(default_factory=dict, hash=False)
+    # CNNs: width of each stage and its index in the model's forward_intermediates, earliest first.
+    block_dims: Optional[Tuple[int, ...]] = None
+    block_indices: Optional[Tuple[int, ...]] = None
+    # False for ViTs without a class token (SAM): 'cls' is then the mean of the block's tokens.
+    has_cls_token: bool = True
+    # open_clip: the timm architecture of the vision trunk (used for random init and file weights).
+    timm_arch: Optional[str] = None
+    license: str = ""
+    notes: str = ""
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"{self.name}: source {self.source!r} not in {SOURCES}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: family {self.family!r} not in {FAMILIES}")
+        if self.family == "cnn" and (self.block_dims is None or len(self.block_dims) != self.num_blocks):
+            raise ValueError(f"{self.name}: a cnn needs block_dims with num_blocks={self.num_blocks} entries")
+        if self.family == "cnn" and (self.block_indices is None or len(self.block_indices) != self.num_blocks):
+            raise ValueError(f"{self.name}: a cnn needs block_indices with num_blocks={self.num_blocks} entries")
+
+    @property
+    def arch(self) -> Optional[str]:
+        """The timm architecture that gets built (None for transformers models)."""
+        if self.source == "timm":
+            return self.model_id.split(".")[0]
+        return self.timm_arch
+
+    @property
+    def has_patch_mean(self) -> bool:
+        """'patch_mean' is only distinct from 'cls' for ViTs with a class token."""
+        return self.family == "vit" and self.has_cls_token
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_REGISTRY: Dict[str, BackboneConfig] = {}
+
+
+def register(config: BackboneConfig, overwrite: bool = False) -> BackboneConfig:
+    if config.name in _REGISTRY and not overwrite:
+        raise ValueError(f"backbone {config.name!r} is already registered")
+    _REGISTRY[config.name] = config
+    return config
+
+
+def get_config(name: str) -> BackboneConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}") from None
+
+
+def list_backbones() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def _vit(name, model_id, input_size, mean, std, patch, dim, depth, **kw) -> BackboneConfig:
+    return register(BackboneConfig(name, kw.pop("source", "timm"), model_id, input_size, mean, std,
+                                   patch, dim, depth, "vit", **kw))
+
+
+def _cnn(name, model_id, dims, indices, **kw) -> BackboneConfig:
+    return register(BackboneConfig(name, "timm", model_id, kw.pop("input_size", 224), kw.pop("mean", IMAGENET_MEAN),
+                                   kw.pop("std", IMAGENET_STD), None, dims[-1], len(dims), "cnn",
+                                   block_dims=tuple(dims), block_indices=tuple(indices), **kw))
+
+
+# --- the reference study's backbones (Baharoon et al., arXiv 2312.02366) ---------------------------
+
+# DINOv2 checkpoints are 518px; the study (and DINOv2's own linear evals) run them at 224.
+# timm resamples the position embedding when loading at img_size=224 (16x16 patch grid).
+for _size, _dim, _depth in (("small", 384, 12), ("base", 768, 12), ("large", 1024, 24), ("giant", 1536, 40)):
+    _vit(f"dinov2_vit{_size[0]}14", f"vit_{_size}_patch14_dinov2.lvd142m", 224, IMAGENET_MEAN, IMAGENET_STD,
+         14, _dim, _depth, kwargs={"img_size": 224}, license="apache-2.0",
+         notes="DINOv2 LVD-142M; 518px checkpoint run at 224 (pos-embed resampled).")
+
+_vit("vit_large_in21k", "vit_large_patch16_224.augreg_in21k", 224, HALF, HALF, 16, 1024, 24,
+     license="apache-2.0", notes="Supervised ViT-L/16, ImageNet-21k (AugReg).")
+_vit("mae_vitl16", "vit_large_patch16_224.mae", 224, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
+     license="cc-by-nc-4.0", notes="MAE ViT-L/16 pretrained encoder (no fine-tuning).")
+_vit("clip_vitl14", "vit_large_patch14_clip_224.openai", 224, CLIP_MEAN, CLIP_STD, 14, 1024, 24,
+     license="apache-2.0", notes="OpenAI CLIP ViT-L/14 image tower; the projection head is dropped.")
+_vit("openclip_vith14", "vit_huge_patch14_clip_224.laion2b", 224, CLIP_MEAN, CLIP_STD, 14, 1280, 32,
+     license="apache-2.0", notes="OpenCLIP ViT-H/14 LAION-2B image tower; the projection head is dropped.")
+# SAM's encoder was trained at 1024 only. Its windowed attention and rel-pos (interpolated on the
+# fly) also run at 224, 20x cheaper, but off-distribution. No class token: 'cls' = mean token,
+# taken from the raw block outputs (1024-d), not from the 256-d neck.
+_vit("sam_vitl16", "samvit_large_patch16.sa1b", 1024, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
+     has_cls_token=False, license="apache-2.0",
+     notes="SAM ViT-L image encoder; no class token, 'cls' is the mean of each block's tokens.")
+# MSN is not in timm: transformers ViTMSNModel (config written here so random init is offline).
+_vit("msn_vitl16", "facebook/vit-msn-large", 224, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
+     source="transformers", license="apache-2.0", notes="MSN ViT-L/16 (transformers ViTMSNModel).",
+     kwargs={"model_type": "vit_msn", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+             "intermediate_size": 4096, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6,
+             "qkv_bias": True})
+# BiomedCLIP's vision tower is a timm vit_base_patch16_224 trunk inside open_clip.
+_vit("biomedclip_vitb16", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", 224,
+     CLIP_MEAN, CLIP_STD, 16, 768, 12, source="open_clip", timm_arch="vit_base_patch16_224", license="mit",
+     notes="BiomedCLIP (PMC-15M) image trunk; hub weights need open_clip_torch.")
+
+_cnn("resnet152", "resnet152.tv_in1k", (256, 512, 1024, 2048), (1, 2, 3, 4), license="bsd-3-clause",
+     notes="torchvision IN-1k weights; stages = layer1..layer4.")
+_cnn("vgg19", "vgg19.tv_in1k", (64, 128, 256, 512, 512), (0, 1, 2, 3, 4), license="bsd-3-clause",
+     notes="torchvision IN-1k weights; stages = the 5 conv blocks (before their max-pool).")
+_cnn("densenet201", "densenet201.tv_in1k", (256, 512, 1792, 1920), (1, 2, 3, 4), license="apache-2.0",
+     notes="torchvision IN-1k weights; stages = dense blocks 1-3 and the final norm.")
+
+# --- tiny random-init backbones for tests and the demo ----------------------------------------------
+
+_vit("tiny_vit", "test_vit", 64, HALF, HALF, 8, 64, 4, kwargs={"img_size": 64, "patch_size": 8, "depth": 4},
+     license="apache-2.0", notes="Test ViT, random init only: 8x8 patch grid at 64px.")
+_cnn("tiny_cnn", "test_resnet", (32, 48, 192, 96), (1, 2, 3, 4), input_size=64, mean=HALF, std=HALF,
+     license="apache-2.0", notes="Test ResNet, random init only.")
+
+STUDY_BACKBONES = (
+    "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "vit_large_in21k", "resnet152", "vgg19",
+    "densenet201", "mae_vitl16", "msn_vitl16", "clip_vitl14", "openclip_vith14", "sam_vitl16", "biomedclip_vitb16",
+)
+TEST_BACKBONES = ("tiny_vit", "tiny_cnn")
