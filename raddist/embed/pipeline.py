@@ -84,6 +84,9 @@ class EmbedBatch:
         self.embedder = Embedder(
             config, model, n_last_blocks=features["n_last_blocks"], patch_mean=features["patch_mean"]
         ).to(self.device).eval()
+        self.widths = {"cls": sum(self.embedder.block_dims)}
+        if "patch_mean" in self.embedder.output_keys:
+            self.widths["patch_mean"] = self.embedder.block_dims[-1]
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -101,12 +104,9 @@ class EmbedBatch:
             full = np.zeros((len(ok), arr.shape[1]), dtype=np.float16)
             full[ok] = arr
             out[name] = full
-        for name in self.feature_names():
-            out.setdefault(name, np.zeros((len(ok), 1), dtype=np.float16))
+        for name, width in self.widths.items():  # a batch whose every row failed
+            out.setdefault(name, np.zeros((len(ok), width), dtype=np.float16))
         return out
-
-    def feature_names(self):
-        return ["cls", "patch_mean"] if self.embedder.patch_mean else ["cls"]
 
 
 def actor_resources(resources) -> dict:
@@ -171,7 +171,7 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
             "contract": job.contract,
             "features": job.features,
             "manifest": job.task.manifest,
-            "feature_names": ["cls", "patch_mean"] if job.features["patch_mean"] else ["cls"],
+            "feature_names": feature_names(get_config(job.backbone.name), job.features),
             "block_dims": feature_dims(get_config(job.backbone.name), job.features["n_last_blocks"]),
             "images": images,
             "errors": len(error_rows),
@@ -180,6 +180,10 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
         },
     )
     return JobOutcome(job.id, key, True, images, len(error_rows), seconds)
+
+
+def feature_names(config, features: dict) -> list:
+    return ["cls", "patch_mean"] if features["patch_mean"] and config.has_patch_mean else ["cls"]
 
 
 def _decode(batch: dict, contract: dict) -> dict:

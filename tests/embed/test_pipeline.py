@@ -1,0 +1,89 @@
+"""The embedding pipeline on a real local Ray cluster, with real DICOM files and a corrupt one."""
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raddist import spec as spec_lib
+from raddist.data import manifest as manifest_lib
+from raddist.embed.cache import EmbeddingCache
+from raddist.embed.pipeline import run_embedding_job
+from raddist.plan import make_plan
+
+
+def _subset_manifest(synthetic_data, tmp_path, n=24):
+    """A chest manifest of n real rows, plus one truncated DICOM and one missing file."""
+    table = manifest_lib.load(os.path.join(synthetic_data, "chest", "manifest.parquet")).slice(0, n)
+    src = table["uri"][0].as_py()
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(open(src, "rb").read()[:400])
+    extra = pa.table({
+        "sample_id": ["broken", "missing"],
+        "uri": [str(broken), str(tmp_path / "missing.dcm")],
+        "patient_id": ["pb", "pm"],
+        "split": ["train", "train"],
+    })
+    table = pa.concat_tables([table.select(extra.column_names), extra])
+    table = table.append_column("opacity", pa.array([0] * table.num_rows))
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    return str(tmp_path / "manifest.parquet"), table
+
+
+def _job(manifest_uri, cache_dir):
+    spec = spec_lib.parse({
+        "backbones": [{"name": "tiny_vit", "weights": "random"}],
+        "tasks": [{"name": "t", "manifest": manifest_uri, "type": "multilabel", "labels": ["opacity"]}],
+        "protocols": [{"name": "knn"}],
+        "storage": {"cache": str(cache_dir)},
+        "resources": {"embed_batch_size": 8},
+    })
+    return spec, next(iter(make_plan(spec).jobs.values()))
+
+
+def test_embeds_every_good_row_once_and_records_bad_ones(ray_local, synthetic_data, tmp_path):
+    manifest_uri, table = _subset_manifest(synthetic_data, tmp_path)
+    spec, job = _job(manifest_uri, tmp_path / "cache")
+    cache = EmbeddingCache(str(tmp_path / "cache"))
+
+    outcome = run_embedding_job(job, cache, spec.resources)
+    assert outcome.computed and outcome.images == 24 and outcome.errors == 2
+
+    cached = cache.load(outcome.key)
+    assert sorted(cached.sample_ids) == sorted(table["sample_id"].to_pylist()[:24])  # none lost, none twice
+    errors = {r["sample_id"]: r["error"] for r in cached.errors.to_pylist()}
+    assert set(errors) == {"broken", "missing"}
+    assert "not found" in errors["missing"]
+    assert cached.meta["contract"]["size"] == 64 and cached.meta["block_dims"] == [64] * 4
+
+    # the same features as running the backbone by hand on the decoded image
+    from raddist.backbones import Embedder, build_model, get_config
+    from raddist.data.contract import PreprocessContract
+    from raddist.data.transforms import decode
+
+    config = get_config("tiny_vit")
+    embedder = Embedder(config, build_model(config, "random"), n_last_blocks=4, patch_mean=True).eval()
+    i = list(cached.sample_ids).index(table["sample_id"][3].as_py())
+    uri = table["uri"][3].as_py()
+    image = decode(uri, open(uri, "rb").read(), PreprocessContract(size=64))
+    with torch.inference_mode():
+        ref = embedder(torch.from_numpy(image[None]))
+    np.testing.assert_allclose(cached.features["cls"][i], ref["cls"][0].numpy(), rtol=0.01, atol=0.01)
+    np.testing.assert_allclose(cached.features["patch_mean"][i], ref["patch_mean"][0].numpy(), rtol=0.01, atol=0.01)
+
+    again = run_embedding_job(job, cache, spec.resources)
+    assert not again.computed and again.key == outcome.key and again.images == 0
+
+
+def test_partial_job_is_recomputed(ray_local, synthetic_data, tmp_path):
+    manifest_uri, _ = _subset_manifest(synthetic_data, tmp_path, n=8)
+    spec, job = _job(manifest_uri, tmp_path / "cache")
+    cache = EmbeddingCache(str(tmp_path / "cache"))
+    first = run_embedding_job(job, cache, spec.resources)
+    os.remove(cache.uri(first.key, "meta.json"))  # as if the driver died before finishing
+    assert not cache.is_complete(first.key)
+    second = run_embedding_job(job, cache, spec.resources)
+    assert second.computed and second.images == 8

@@ -1,0 +1,73 @@
+import pytest
+
+from raddist import spec as spec_lib
+from raddist.errors import ConfigError
+
+
+def _data(**over):
+    d = {
+        "backbones": [{"name": "tiny_vit", "weights": "random"}],
+        "tasks": [{"name": "chest", "manifest": "/d/m.parquet", "type": "multilabel", "labels": ["a", "b"]}],
+        "protocols": [{"name": "knn"}],
+    }
+    d.update(over)
+    return d
+
+
+def test_minimal_spec_has_defaults():
+    s = spec_lib.parse(_data())
+    assert s.seeds == [0]
+    assert s.features.n_last_blocks == 4
+    assert s.backbones[0].label == "tiny_vit"
+
+
+def test_unknown_key_names_key_and_allowed():
+    with pytest.raises(ConfigError) as e:
+        spec_lib.parse(_data(backbone=[]))
+    assert "unknown key(s) ['backbone']" in str(e.value) and "'backbones'" in str(e.value)
+
+
+def test_unknown_nested_key_names_its_location():
+    data = _data()
+    data["tasks"][0]["lables"] = ["x"]
+    with pytest.raises(ConfigError, match=r"tasks\.0.*unknown key\(s\) \['lables'\].*'labels'"):
+        spec_lib.parse(data)
+
+
+def test_bad_enum_value_lists_allowed():
+    data = _data()
+    data["tasks"][0]["type"] = "multi-label"
+    with pytest.raises(ConfigError, match=r"tasks\.0\.type.*'multilabel'.*'multiclass'"):
+        spec_lib.parse(data)
+
+
+def test_unknown_backbone_and_protocol_list_the_registry():
+    with pytest.raises(ConfigError, match=r"unknown backbone 'dinov3'; allowed: \[.*'tiny_vit'"):
+        spec_lib.parse(_data(backbones=[{"name": "dinov3"}]))
+    with pytest.raises(ConfigError, match=r"unknown protocol 'svm'; allowed: \[.*'knn'"):
+        spec_lib.parse(_data(protocols=[{"name": "svm"}]))
+
+
+def test_protocol_params_are_checked():
+    with pytest.raises(ConfigError, match=r"protocol 'knn' params.*unknown_param"):
+        spec_lib.parse(_data(protocols=[{"name": "knn", "params": {"unknown_param": 1}}]))
+
+
+def test_multiclass_needs_class_names():
+    data = _data(tasks=[{"name": "t", "manifest": "m", "type": "multiclass", "labels": ["label"]}])
+    with pytest.raises(ConfigError, match="classes"):
+        spec_lib.parse(data)
+
+
+def test_load_expands_env_vars_and_reports_missing_file(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("DATA", "/mnt/data")
+    data = _data()
+    data["tasks"][0]["manifest"] = "${DATA}/m.parquet"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    s = spec_lib.load(str(tmp_path / "s.yaml"), overrides={"storage.cache": "/tmp/c"})
+    assert s.tasks[0].manifest == "/mnt/data/m.parquet"
+    assert s.storage.cache_uri() == "/tmp/c"
+    with pytest.raises(ConfigError, match="config not found"):
+        spec_lib.load(str(tmp_path / "missing.yaml"))
