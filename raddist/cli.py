@@ -97,9 +97,27 @@ def cmd_datasets(args) -> int:
             for d in items:
                 print(f"{d['name']:<24} {d['modality']:<4} {d['task']:<14} {d['source']}")
         return 0
-    uri = catalog.prepare(args.name, args.source, args.dest, seed=args.seed)
+    opts = _parse_opts(args.opt, catalog.options(args.name))
+    uri = catalog.prepare(args.name, args.source, args.dest, seed=args.seed, **opts)
     print(f"manifest: {uri}")
     return 0
+
+
+def _parse_opts(pairs: List[str], defaults: dict) -> dict:
+    """--opt key=value, converted to the type of the option's default."""
+    opts = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise RaddistError(f"--opt takes key=value, got '{pair}'")
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            opts[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            opts[key] = float(value) if ("." in value or isinstance(default, float)) else int(value)
+        else:
+            opts[key] = value
+    return opts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--source", required=True)
     prep.add_argument("--dest", required=True)
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. val_size=3")
     ds.set_defaults(fn=cmd_datasets)
     return p
 
