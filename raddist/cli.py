@@ -95,7 +95,7 @@ def cmd_datasets(args) -> int:
             print(json.dumps(items, indent=2))
         else:
             for d in items:
-                print(f"{d['name']:<24} {d['modality']:<4} {d['task']:<14} {d['source']}")
+                print(f"{d['name']:<22} {d['modality']:<3} {d['task_type']:<13} {d['unit']:<7} {d['source_url']}")
         return 0
     opts = _parse_opts(args.opt, catalog.options(args.name))
     uri = catalog.prepare(args.name, args.source, args.dest, seed=args.seed, **opts)

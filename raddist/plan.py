@@ -38,6 +38,7 @@ class Cell:
     params: dict
     seed: int
     embedding_job: Optional[str]  # the job whose features it reads; None for trainable protocols
+    contract: dict = field(default_factory=dict)  # the preprocessing contract of its images
 
     def describe(self) -> dict:
         return {
@@ -128,6 +129,7 @@ def make_plan(spec: SweepSpec) -> Plan:
                                 params=params,
                                 seed=seed,
                                 embedding_job=job.id if needs else None,
+                                contract=job.contract,
                             )
                         )
     return plan

@@ -123,6 +123,9 @@ class ResourcesSpec(Strict):
     max_concurrent_cells: int = Field(4, ge=1)
     cpus_per_cell: float = Field(0.5, gt=0)
     gpus_per_cell: float = Field(0.0, ge=0)
+    # trainable protocols (Ray Train): workers per fit, and GPUs (default: when the cluster has them)
+    train_workers: int = Field(1, ge=1)
+    train_use_gpu: Optional[bool] = None
 
 
 class SweepSpec(Strict):

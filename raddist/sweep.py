@@ -53,11 +53,38 @@ def _task_inputs(task_json: str, key: str, cache_root: str):
     return frozen_inputs(task, manifest_lib.load(task.manifest), cached)
 
 
-def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, n_boot: int, salt: str) -> dict:
+def train_inputs(cell: Cell, resources, output: str):
+    import ray
+
+    from raddist.protocols.base import TrainInputs
+
+    table = manifest_lib.load(cell.task.manifest)
+    use_gpu = resources.train_use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    return TrainInputs(
+        task_type=cell.task.type,
+        class_names=cell.task.class_names,
+        label_columns=list(cell.task.labels),
+        manifest=table,
+        backbone=cell.backbone.name,
+        weights=cell.backbone.weights,
+        contract=cell.contract,
+        checkpoint_dir=storage.join(results.cell_dir(output, cell.id), "checkpoints"),
+        num_workers=resources.train_workers,
+        use_gpu=bool(use_gpu),
+    )
+
+
+def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, n_boot: int, salt: str,
+                  resources=None) -> dict:
     from raddist.evaluate import predictions_table, run_cell
 
     try:
-        inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
+        if key is None:  # a trainable protocol: it reads images, not cached features
+            inputs = train_inputs(cell, resources, output)
+        else:
+            inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
         prediction, rows, seconds = run_cell(cell, inputs, n_boot)
         info = {
             "embeddings": key,
@@ -135,7 +162,7 @@ def _run_cells(plan: Plan, pending: List[Cell], keys, cache_root, output, salt, 
     while queue or in_flight:
         while queue and len(in_flight) < res.max_concurrent_cells:
             cell = queue.pop(0)
-            ref = task.remote(cell, keys.get(cell.embedding_job), cache_root, output, plan.spec.bootstrap, salt)
+            ref = task.remote(cell, keys.get(cell.embedding_job), cache_root, output, plan.spec.bootstrap, salt, res)
             in_flight[ref] = cell
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:

@@ -7,6 +7,7 @@ Each protocol module defines:
   variants(params)  optional: the cells one protocol entry expands into, as param dicts
                     (e.g. few-shot: one cell per shot count and draw). Default: one cell.
   run(inputs, params, seed) -> Prediction
+                    inputs: FrozenInputs when NEEDS_EMBEDDINGS, else TrainInputs
 Modules are imported on first use, so planning never imports torch.
 """
 
@@ -22,6 +23,9 @@ _MODULES: Dict[str, str] = {
     "linear": "raddist.protocols.linear",
     "logreg": "raddist.protocols.logreg",
     "fewshot": "raddist.protocols.fewshot",
+    "finetune": "raddist.protocols.finetune",
+    "lora": "raddist.protocols.lora",
+    "bitfit": "raddist.protocols.bitfit",
 }
 
 

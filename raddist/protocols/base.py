@@ -60,3 +60,23 @@ class Prediction:
     scores: np.ndarray
     selected: Dict[str, object] = field(default_factory=dict)  # hyperparameters chosen on validation
     val_score: Optional[float] = None
+
+
+@dataclass
+class TrainInputs:
+    """What a trainable protocol (fine-tune, LoRA, BitFit) gets: the images, not cached features.
+
+    It trains with Ray Train from inside its cell, reading images through the same decode as the
+    embedding pipeline, selects on validation and scores test once.
+    """
+
+    task_type: str
+    class_names: List[str]
+    label_columns: List[str]
+    manifest: object  # pyarrow.Table, uris resolved; splits train/val(optional)/test
+    backbone: str  # registry name
+    weights: str  # "hub" | "random" | uri
+    contract: dict  # PreprocessContract as a dict (size, window, clip_percentiles)
+    checkpoint_dir: str  # storage URI for this cell's checkpoints (local or s3://)
+    num_workers: int = 1
+    use_gpu: bool = False
