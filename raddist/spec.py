@@ -62,6 +62,13 @@ class TaskSpec(Strict):
     classes: Optional[List[str]] = None  # multiclass: class names, index = label value
     preprocess: PreprocessSpec = PreprocessSpec()
 
+    @field_validator("manifest")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        from raddist import storage
+
+        return storage.normalize(v)  # relative to where the command runs, not to a worker's cwd
+
     @model_validator(mode="after")
     def _classes(self) -> "TaskSpec":
         if self.type == "multiclass":

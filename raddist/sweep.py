@@ -1,15 +1,14 @@
 """Run a plan: embedding jobs first, then the evaluation cells that read them.
 
 Finished cells are content-addressed directories in the output, so rerunning the same command
-runs only what is missing. Cells run as Ray tasks with the resources the spec gives them.
+runs only what is missing. Cells run as Ray Tune trials with the resources their protocol needs;
+Tune schedules them over whatever the cluster has and retries a trial whose node was lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
-from functools import lru_cache
 from typing import Callable, Dict, List, Optional
 
 import pyarrow as pa
@@ -40,65 +39,6 @@ def validate_manifests(spec: SweepSpec) -> None:
         table = manifest_lib.load(task.manifest)
         num_classes = len(task.classes) if task.classes else None
         manifest_lib.validate(table, task.manifest, task.labels, task.type, num_classes)
-
-
-@lru_cache(maxsize=2)
-def _task_inputs(task_json: str, key: str, cache_root: str):
-    """Per worker process: the joined inputs of one (task, embeddings), reused by its cells."""
-    from raddist.evaluate import frozen_inputs
-    from raddist.spec import TaskSpec
-
-    task = TaskSpec.model_validate_json(task_json)
-    cached = EmbeddingCache(cache_root).load(key)
-    return frozen_inputs(task, manifest_lib.load(task.manifest), cached)
-
-
-def train_inputs(cell: Cell, resources, output: str):
-    import ray
-
-    from raddist.protocols.base import TrainInputs
-
-    table = manifest_lib.load(cell.task.manifest)
-    use_gpu = resources.train_use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    return TrainInputs(
-        task_type=cell.task.type,
-        class_names=cell.task.class_names,
-        label_columns=list(cell.task.labels),
-        manifest=table,
-        backbone=cell.backbone.name,
-        weights=cell.backbone.weights,
-        contract=cell.contract,
-        checkpoint_dir=storage.join(results.cell_dir(output, cell.id), "checkpoints"),
-        num_workers=resources.train_workers,
-        use_gpu=bool(use_gpu),
-    )
-
-
-def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, n_boot: int, salt: str,
-                  resources=None) -> dict:
-    from raddist.evaluate import predictions_table, run_cell
-
-    try:
-        if key is None:  # a trainable protocol: it reads images, not cached features
-            inputs = train_inputs(cell, resources, output)
-        else:
-            inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
-        prediction, rows, seconds = run_cell(cell, inputs, n_boot)
-        info = {
-            "embeddings": key,
-            "selected": prediction.selected,
-            "val_score": prediction.val_score,
-            "n_test": int(len(prediction.sample_ids)),
-            "seconds": round(seconds, 3),
-        }
-        results.write_cell(output, cell, rows, predictions_table(cell, prediction, salt), info)
-        return {"cell_id": cell.id, "ok": True, "seconds": seconds}
-    except Exception as e:  # noqa: BLE001 - one failed cell must not end the sweep
-        error = f"{type(e).__name__}: {e}"
-        results.write_failure(output, cell, error + "\n" + traceback.format_exc(limit=5))
-        return {"cell_id": cell.id, "ok": False, "error": error}
 
 
 def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str], None] = print) -> dict:
@@ -154,24 +94,67 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
 
 
 def _run_cells(plan: Plan, pending: List[Cell], keys, cache_root, output, salt, say) -> List[dict]:
-    import ray
+    """Each pending cell is one Ray Tune trial, with the resources its protocol needs."""
+    if not pending:
+        return []
+    from ray import tune
+
+    from raddist.progress import ProgressCallback
 
     res = plan.spec.resources
-    task = ray.remote(evaluate_cell).options(num_cpus=res.cpus_per_cell, num_gpus=res.gpus_per_cell, max_retries=2)
-    in_flight, outcomes, queue = {}, [], list(pending)
-    while queue or in_flight:
-        while queue and len(in_flight) < res.max_concurrent_cells:
-            cell = queue.pop(0)
-            ref = task.remote(cell, keys.get(cell.embedding_job), cache_root, output, plan.spec.bootstrap, salt, res)
-            in_flight[ref] = cell
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in ready:
-            cell = in_flight.pop(ref)
-            outcome = ray.get(ref)
-            outcomes.append(outcome)
-            status = f"{outcome['seconds']:.1f}s" if outcome["ok"] else f"FAILED: {outcome['error']}"
-            say(f"  [{len(outcomes)}/{len(pending)}] {cell.backbone.label} × {cell.task.name} × {cell.protocol} {status}")
+    by_id = {c.id: c for c in pending}
+    trainable = tune.with_parameters(
+        _cell_trial, cells=by_id, keys=keys, cache_root=cache_root, output=output,
+        n_boot=plan.spec.bootstrap, salt=salt, resources=res,
+    )
+    trainable = tune.with_resources(trainable, lambda config: _trial_resources(by_id[config["cell_id"]], res))
+    tune_fs, tune_path = storage.filesystem(storage.join(output, "tune"))
+    progress = ProgressCallback(output, by_id, total=len(plan.cells), quiet=say is None)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell_id": tune.grid_search(list(by_id))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent_cells),
+        run_config=tune.RunConfig(
+            name=f"{plan.spec.name}-tune",
+            storage_path=tune_path,
+            storage_filesystem=tune_fs,
+            failure_config=tune.FailureConfig(max_failures=2),  # a lost node re-runs the trial
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    outcomes = []
+    for result in grid:
+        metrics = result.metrics or {}
+        cell_id = (result.config or {}).get("cell_id")
+        if metrics.get("ok"):
+            outcomes.append({"cell_id": cell_id, "ok": True, "seconds": metrics.get("seconds", 0.0)})
+        else:
+            error = metrics.get("error") or (str(result.error) if result.error else "trial failed")
+            outcomes.append({"cell_id": cell_id, "ok": False, "error": error})
     return outcomes
+
+
+def _trial_resources(cell: Cell, res):
+    from ray import tune
+
+    from raddist import protocols
+
+    frozen = getattr(protocols.get(cell.protocol), "NEEDS_EMBEDDINGS", True)
+    # a trainable cell only coordinates; its Ray Train workers hold their own CPUs and GPUs
+    bundle = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell if frozen else 0.0}
+    return tune.PlacementGroupFactory([bundle])
+
+
+def _cell_trial(config, cells, keys, cache_root, output, n_boot, salt, resources):
+    from ray import tune
+
+    from raddist.cells import evaluate_cell
+
+    cell = cells[config["cell_id"]]
+    outcome = evaluate_cell(cell, keys.get(cell.embedding_job), cache_root, output, n_boot, salt, resources)
+    tune.report({k: v for k, v in outcome.items() if k != "cell_id"})
 
 
 def _write_input_errors(plan: Plan, keys: Dict[str, str], cache: EmbeddingCache, output: str) -> int:

@@ -20,7 +20,7 @@ from raddist import storage
 from raddist.plan import EmbeddingJob, content_hash
 
 # bump when the embedding code changes what it computes for the same inputs
-EMBEDDER_VERSION = 1
+EMBEDDER_VERSION = 2
 
 
 @dataclass

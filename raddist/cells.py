@@ -1,0 +1,76 @@
+"""Run one evaluation cell where Ray placed it, and write its outputs.
+
+Frozen protocols get their task's cached features joined to the manifest; trainable ones get
+the images. A failing cell writes failed.json and reports it; it never ends the sweep.
+"""
+
+from __future__ import annotations
+
+import traceback
+from functools import lru_cache
+from typing import Optional
+
+from raddist import results, storage
+from raddist.data import manifest as manifest_lib
+from raddist.embed.cache import EmbeddingCache
+from raddist.plan import Cell
+
+@lru_cache(maxsize=2)
+def _task_inputs(task_json: str, key: str, cache_root: str):
+    """Per worker process: the joined inputs of one (task, embeddings), reused by its cells."""
+    from raddist.evaluate import frozen_inputs
+    from raddist.spec import TaskSpec
+
+    task = TaskSpec.model_validate_json(task_json)
+    cached = EmbeddingCache(cache_root).load(key)
+    return frozen_inputs(task, manifest_lib.load(task.manifest), cached)
+
+
+def train_inputs(cell: Cell, resources, output: str):
+    import ray
+
+    from raddist.protocols.base import TrainInputs
+
+    table = manifest_lib.load(cell.task.manifest)
+    use_gpu = resources.train_use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    return TrainInputs(
+        task_type=cell.task.type,
+        class_names=cell.task.class_names,
+        label_columns=list(cell.task.labels),
+        manifest=table,
+        backbone=cell.backbone.name,
+        weights=cell.backbone.weights,
+        contract=cell.contract,
+        checkpoint_dir=storage.join(results.cell_dir(output, cell.id), "checkpoints"),
+        num_workers=resources.train_workers,
+        use_gpu=bool(use_gpu),
+    )
+
+
+def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, n_boot: int, salt: str,
+                  resources=None) -> dict:
+    from raddist.evaluate import predictions_table, run_cell
+
+    try:
+        if key is None:  # a trainable protocol: it reads images, not cached features
+            inputs = train_inputs(cell, resources, output)
+        else:
+            inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
+        prediction, rows, seconds = run_cell(cell, inputs, n_boot)
+        info = {
+            "embeddings": key,
+            "selected": prediction.selected,
+            "val_score": prediction.val_score,
+            "n_test": int(len(prediction.sample_ids)),
+            "seconds": round(seconds, 3),
+        }
+        results.write_cell(output, cell, rows, predictions_table(cell, prediction, salt), info)
+        return {"cell_id": cell.id, "ok": True, "seconds": seconds}
+    except Exception as e:  # noqa: BLE001 - one failed cell must not end the sweep
+        error = f"{type(e).__name__}: {e}"
+        results.write_failure(output, cell, error + "\n" + traceback.format_exc(limit=5))
+        return {"cell_id": cell.id, "ok": False, "error": error}
+
+
