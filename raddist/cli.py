@@ -66,6 +66,26 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    output = storage.normalize(args.output)
+    cells = storage.join(output, "cells")
+    fs, path = storage.filesystem(cells)
+    import pyarrow.fs as pafs
+
+    done = failed = 0
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
+        name = info.path.rsplit("/", 1)[-1]
+        done += name == "cell.json"
+        failed += name == "failed.json"
+    status = {"output": output, "cells_done": done, "cells_failed_attempts": failed}
+    for name in ("progress.json", "summary.json"):
+        uri = storage.join(output, name)
+        if storage.exists(uri):
+            status[name.removesuffix(".json")] = storage.read_json(uri)
+    print(json.dumps(status, indent=2))
+    return 0
+
+
 def cmd_compare(args) -> int:
     from raddist.compare import compare_predictions
 
@@ -145,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print a run's report")
     report.add_argument("output")
     report.set_defaults(fn=cmd_report)
+
+    status = sub.add_parser("status", help="cells done, running and failed of a sweep in flight or finished")
+    status.add_argument("output")
+    status.set_defaults(fn=cmd_status)
 
     compare = sub.add_parser("compare", help="paired comparison of two backbones on the same test items")
     compare.add_argument("output")
