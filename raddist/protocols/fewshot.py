@@ -1,0 +1,126 @@
+"""Few-shot probes: k labelled examples per class, drawn from TRAIN only, several seeded draws.
+
+One protocol entry expands (variants) into one cell per (shots, draw, probe); the report averages a
+(shots, probe)'s draws into mean +- std. A draw is seeded by (seed, shots, draw), so a rerun draws the
+same samples and two draws differ. What a draw takes:
+  multiclass  k images of each class;
+  binary      k positive and k negative images;
+  multilabel  k PATIENTS per label among those with that label positive, and all their train images
+              (as the reference study did); a patient drawn for two labels counts once.
+If the manifest has no val split, one is carved from train by patient first and the draw comes from
+the rest, so validation samples are never drawn.
+
+Probes: 'linear' (the multi-head grid of linear.py) and 'knn' (knn.py, k clipped to the draw size).
+Both choose their hyperparameters on validation, then score test with the model fitted on the draw
+ALONE: unlike the full protocols there is no refit on train+val, since adding validation data would
+no longer be a k-shot training set (a defect of the reference code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Literal, Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+
+from raddist.protocols import knn as knn_probe
+from raddist.protocols import linear as linear_probe
+from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.features import features_and_targets, named_features
+from raddist.protocols.validation import to_prediction, train_val_split
+
+TASK_TYPES = ("multilabel", "binary", "multiclass")
+NEEDS_EMBEDDINGS = True
+Probe = Literal["linear", "knn"]
+# Few-shot sets are tiny: more epochs (each is one or a few steps), and per-sample scaling instead of
+# feature statistics that a handful of samples cannot estimate.
+FEWSHOT_LINEAR = {"epochs": 100, "normalize": "l2"}
+
+
+class Params(BaseModel):
+    """A protocol entry (lists; expanded by variants) or one cell (scalars and a draw index)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shots: Union[PositiveInt, List[PositiveInt]] = [1, 2, 4, 8, 16]
+    draws: PositiveInt = 5  # draws per shot count
+    draw: Optional[NonNegativeInt] = None  # set in a cell: which draw
+    probe: Union[Probe, List[Probe]] = ["linear", "knn"]
+    linear: linear_probe.Params = Field(default_factory=lambda: linear_probe.Params(**FEWSHOT_LINEAR))
+    knn: knn_probe.Params = Field(default_factory=knn_probe.Params)
+
+    @field_validator("linear", mode="before")
+    @classmethod
+    def _fewshot_linear_defaults(cls, value):
+        """A partial `linear:` mapping keeps the few-shot defaults for the keys it leaves out."""
+        return {**FEWSHOT_LINEAR, **value} if isinstance(value, dict) else value
+
+
+def variants(params) -> List[dict]:
+    """One cell per (shots, draw, probe); each carries only its own probe's settings."""
+    p = params if isinstance(params, Params) else Params(**params)
+    shots = p.shots if isinstance(p.shots, list) else [p.shots]
+    probes = p.probe if isinstance(p.probe, list) else [p.probe]
+    draws = [p.draw] if p.draw is not None else range(p.draws)
+    base = p.model_dump(exclude={"draws", "linear", "knn"})
+    return [
+        {**base, "shots": s, "draw": d, "probe": probe, probe: getattr(p, probe).model_dump()}
+        for s in shots
+        for d in draws
+        for probe in probes
+    ]
+
+
+@dataclass
+class Draw:
+    indices: np.ndarray  # rows of the train pool, sorted
+    per_class: Dict[int, np.ndarray]  # class -> the units drawn for it (sample ids; patient ids if multilabel)
+
+
+def draw_fewshot(task_type: str, pool: SplitData, shots: int, seed: int, draw: int) -> Draw:
+    """The draw (seed, shots, draw) from pool; a class with fewer than `shots` units gives all it has."""
+    rng = np.random.default_rng([seed, shots, draw])
+    if task_type == "multiclass":
+        classes = {c: pool.labels == c for c in np.unique(pool.labels).astype(int)}
+    elif task_type == "binary":
+        positive = pool.labels.reshape(-1) == 1
+        classes = {0: ~positive, 1: positive}
+    else:
+        classes = {c: pool.labels[:, c] == 1 for c in range(pool.labels.shape[1])}
+    units = pool.patient_ids if task_type == "multilabel" else pool.sample_ids
+    per_class = {}
+    for c, mask in classes.items():
+        candidates = np.unique(units[mask])  # sorted: the draw depends on the seed, not on row order
+        if len(candidates):
+            per_class[c] = rng.choice(candidates, min(shots, len(candidates)), replace=False)
+    chosen = np.concatenate(list(per_class.values())) if per_class else np.array([], dtype=units.dtype)
+    return Draw(np.flatnonzero(np.isin(units, chosen)), per_class)
+
+
+def _cell(params: Params) -> tuple:
+    if isinstance(params.shots, list) or isinstance(params.probe, list) or params.draw is None:
+        raise ValueError("fewshot runs one cell (scalar shots and probe, a draw index); expand the entry with variants()")
+    return params.shots, params.draw, params.probe
+
+
+def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
+    shots, draw_index, probe = _cell(params)
+    pool, val = train_val_split(inputs, seed)  # a carved val leaves the pool: it is never drawn
+    test = inputs.splits["test"]
+    drawn = draw_fewshot(inputs.task_type, pool, shots, seed, draw_index)
+    train = pool.subset(drawn.indices)
+    selected = {"shots": shots, "draw": draw_index, "probe": probe, "n_train": len(train),
+                "n_patients": len(np.unique(train.patient_ids))}
+    if probe == "linear":
+        heads, best, val_score = linear_probe.fit_select(inputs, train, val, params.linear, seed)
+        scores = linear_probe.predict(heads, test)[best]  # the head trained on the draw alone
+        selected.update(asdict(heads.configs[best]))
+    else:
+        def xy(split):
+            return features_and_targets(inputs, split, params.knn.features)
+
+        k, val_score = knn_probe.select_k(*xy(train), *xy(val), params.knn)
+        scores = knn_probe.predict(*xy(train), named_features(inputs, test, params.knn.features), k, params.knn)
+        selected.update(k=k, features=params.knn.features)
+    return to_prediction(test, scores, selected, val_score)

@@ -1,0 +1,108 @@
+"""ML-kNN (Zhang & Zhou, "ML-KNN: A lazy learning approach to multi-label learning", 2007).
+
+For each label l, with smoothing s (1 in the paper) and m bank samples:
+  prior      P(H1_l)        = (s + #positives of l) / (2s + m)
+  likelihood P(E_j | H1_l)  = (s + c1[j, l]) / (s(k+1) + sum_j c1[j, l])
+where c1[j, l] counts the positives of l having exactly j positives of l among their k nearest
+OTHER bank samples (leave-one-out); c0 the same for the negatives. A query's score for l is the
+posterior P(H1_l | E_j) with j its neighbours' count. Neighbours: exact cosine (neighbours.py).
+
+k is chosen on validation (macro AUROC) with train as the bank; the chosen k is refitted on train+val
+and scores test once, as in knn.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from raddist.protocols.base import FrozenInputs, Prediction
+from raddist.protocols.features import FeatureSet, features_and_targets, named_features
+from raddist.protocols.knn import clip_ks
+from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+
+TASK_TYPES = ("multilabel",)
+NEEDS_EMBEDDINGS = True
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ks: List[PositiveInt] = Field(default=[5, 10, 20, 50], min_length=1)  # clipped to the bank size - 1
+    smoothing: PositiveFloat = 1.0
+    features: FeatureSet = "cls_last"
+    chunk_size: PositiveInt = 1024
+
+
+@dataclass
+class Model:
+    k: int
+    prior: np.ndarray  # (L,) P(H1_l)
+    like1: np.ndarray  # (k+1, L) P(E_j | H1_l)
+    like0: np.ndarray  # (k+1, L) P(E_j | H0_l)
+
+
+def _counts(idx: np.ndarray, bank_targets: np.ndarray) -> np.ndarray:
+    """How many of each row's neighbours carry each label: (Nq, L) ints."""
+    from raddist.protocols.neighbours import neighbour_sum
+
+    return np.rint(neighbour_sum(idx, np.ones(idx.shape), bank_targets)).astype(int)
+
+
+def fit(loo_idx: np.ndarray, targets: np.ndarray, k: int, smoothing: float = 1.0) -> Model:
+    """loo_idx: each bank sample's nearest other bank samples, (m, >= k); targets: (m, L) in {0, 1}."""
+    s = smoothing
+    counts = _counts(loo_idx[:, :k], targets)
+    cols = np.broadcast_to(np.arange(targets.shape[1]), counts.shape)
+    c1 = np.zeros((k + 1, targets.shape[1]))
+    c0 = np.zeros_like(c1)
+    np.add.at(c1, (counts, cols), targets)
+    np.add.at(c0, (counts, cols), 1 - targets)
+    return Model(
+        k=k,
+        prior=(s + targets.sum(axis=0)) / (2 * s + len(targets)),
+        like1=(s + c1) / (s * (k + 1) + c1.sum(axis=0)),
+        like0=(s + c0) / (s * (k + 1) + c0.sum(axis=0)),
+    )
+
+
+def posterior(model: Model, idx: np.ndarray, bank_targets: np.ndarray) -> np.ndarray:
+    """P(H1_l | E) for queries whose bank neighbours are idx (nearest first)."""
+    counts = _counts(idx[:, : model.k], bank_targets)
+    cols = np.arange(bank_targets.shape[1])
+    p1 = model.prior * model.like1[counts, cols]
+    p0 = (1 - model.prior) * model.like0[counts, cols]
+    return p1 / (p1 + p0)
+
+
+def fit_predict(bank_x, bank_targets, query_x, ks: List[int], params: Params):
+    """One ML-kNN per k in ks over one neighbour search: a generator of (k, query posteriors)."""
+    from raddist.protocols.neighbours import topk_cosine
+
+    loo_idx = topk_cosine(bank_x, bank_x, ks[-1], params.chunk_size, exclude_self=True)[1]
+    query_idx = topk_cosine(query_x, bank_x, ks[-1], params.chunk_size)[1]
+    for k in ks:
+        yield k, posterior(fit(loo_idx, bank_targets, k, params.smoothing), query_idx, bank_targets)
+
+
+def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
+    if inputs.task_type not in TASK_TYPES:
+        raise ValueError(f"mlknn applies to {TASK_TYPES} tasks, not '{inputs.task_type}'")
+    train, val = train_val_split(inputs, seed)
+    test = inputs.splits["test"]
+
+    def xy(split):
+        return features_and_targets(inputs, split, params.features)
+
+    val_targets = xy(val)[1]
+    fitted = list(fit_predict(*xy(train), xy(val)[0], clip_ks(params.ks, len(train) - 1), params))
+    (k, _), val_score, _ = select_best(fitted, lambda kp: macro_auroc(val_targets, kp[1]))
+    # Selection is done: refit the chosen k on train+val and score test once.
+    bank_x, bank_targets = xy(train_plus_val(train, val))
+    k = min(k, len(bank_x) - 1)
+    [(_, scores)] = fit_predict(bank_x, bank_targets, named_features(inputs, test, params.features), [k], params)
+    selected = {"k": k, "smoothing": params.smoothing, "features": params.features, "bank": len(bank_x)}
+    return to_prediction(test, scores, selected, val_score)

@@ -1,0 +1,126 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from raddist import protocols
+from raddist.protocols import fewshot, knn, linear
+from raddist.protocols.features import named_features
+from raddist.protocols.validation import train_val_split
+
+from .synthetic import blob_inputs
+
+
+def draw(inputs, shots, seed=0, index=0):
+    return fewshot.draw_fewshot(inputs.task_type, inputs.splits["train"], shots, seed, index)
+
+
+def test_draws_are_reproducible_and_differ_across_draws_and_seeds():
+    inputs = blob_inputs("multiclass", 3, sizes=(300, 30, 30))
+    first = draw(inputs, 4, seed=7, index=2).indices
+    np.testing.assert_array_equal(first, draw(inputs, 4, seed=7, index=2).indices)
+    assert not np.array_equal(first, draw(inputs, 4, seed=7, index=3).indices)
+    assert not np.array_equal(first, draw(inputs, 4, seed=8, index=2).indices)
+
+
+@pytest.mark.parametrize("shots", [1, 2, 16])
+def test_multiclass_draw_has_exactly_k_per_class(shots):
+    inputs = blob_inputs("multiclass", 4, sizes=(200, 20, 20))
+    d = draw(inputs, shots)
+    assert Counter(inputs.splits["train"].labels[d.indices].tolist()) == {c: shots for c in range(4)}
+
+
+def test_binary_draw_has_k_positives_and_k_negatives():
+    inputs = blob_inputs("binary", 1, sizes=(100, 20, 20))
+    labels = inputs.splits["train"].labels[draw(inputs, 3).indices, 0]
+    assert (labels == 1).sum() == 3 and (labels == 0).sum() == 3
+
+
+def test_multilabel_draw_takes_k_patients_per_label_and_all_their_images():
+    inputs = blob_inputs("multilabel", 4, sizes=(300, 30, 30), images_per_patient=3)
+    train = inputs.splits["train"]
+    d = draw(inputs, 2)
+    drawn_patients = set(train.patient_ids[d.indices])
+    for label, patients in d.per_class.items():
+        assert len(set(patients)) == 2
+        for p in patients:  # each drawn patient has the label on one of its images
+            assert train.labels[train.patient_ids == p, label].max() == 1
+    assert drawn_patients == set(np.concatenate(list(d.per_class.values())))
+    np.testing.assert_array_equal(d.indices, np.flatnonzero(np.isin(train.patient_ids, list(drawn_patients))))
+
+
+def test_class_with_too_few_samples_gives_all_it_has():
+    inputs = blob_inputs("multiclass", 3, sizes=(9, 6, 6))  # 3 per class
+    assert len(draw(inputs, 16).indices) == 9
+
+
+def test_variants_cover_shots_draws_probes():
+    params = fewshot.Params(shots=[1, 4, 8], draws=6)
+    cells = protocols.variants("fewshot", params)
+    assert len(cells) == 3 * 6 * 2
+    assert len({(c["shots"], c["draw"], c["probe"]) for c in cells}) == len(cells)
+    for cell in cells:
+        parsed = fewshot.Params(**cell)
+        assert parsed.draw is not None and isinstance(parsed.shots, int) and isinstance(parsed.probe, str)
+        assert ("knn" in cell) == (cell["probe"] == "knn")  # a cell carries only its probe's settings
+    assert fewshot.variants(fewshot.Params(**cells[5])) == [cells[5]]  # a cell expands to itself
+    assert len(fewshot.variants({"probe": "knn"})) == 5 * 5
+
+
+def test_partial_linear_settings_keep_the_fewshot_defaults():
+    assert fewshot.Params().linear.normalize == "l2" and fewshot.Params().linear.epochs == 100
+    partial = fewshot.Params(linear={"lrs": [0.1]}).linear
+    assert partial.lrs == [0.1] and partial.normalize == "l2" and partial.epochs == 100
+    assert fewshot.Params(linear={"normalize": "standard"}).linear.normalize == "standard"
+
+
+def test_unexpanded_entry_is_refused():
+    with pytest.raises(ValueError, match="variants"):
+        fewshot.run(blob_inputs(), fewshot.Params(), seed=0)
+
+
+def test_unknown_key_is_refused():
+    with pytest.raises(ValidationError):
+        fewshot.Params(shot=4)
+    with pytest.raises(ValidationError):
+        fewshot.Params(linear={"lr": 0.1})
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+@pytest.mark.parametrize("probe", ["linear", "knn"])
+def test_run_fits_the_probe_on_the_draw_alone(monkeypatch, probe, with_val):
+    """Whatever a probe is fitted on (linear heads, kNN bank) is exactly the draw from train minus any carved
+    val: never val samples, never test samples, and no refit on train+val."""
+    inputs = blob_inputs("multiclass", 3, sizes=(150, 30 if with_val else 0, 30), separation=1.0)
+    pool, val = train_val_split(inputs, seed=0)
+    drawn = pool.subset(fewshot.draw_fewshot("multiclass", pool, 4, 0, 1).indices)
+    assert len(drawn) == 12 and not set(drawn.sample_ids) & set(val.sample_ids)
+    assert not set(drawn.sample_ids) & set(inputs.splits["test"].sample_ids)
+
+    fitted_on = []
+
+    def spy(fn, arg):
+        def wrapped(*args):
+            fitted_on.append(args[arg])
+            return fn(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(linear, "fit_select", spy(linear.fit_select, 1))  # (inputs, train, val, ...)
+    monkeypatch.setattr(knn, "select_k", spy(knn.select_k, 0))  # (bank_x, ...)
+    monkeypatch.setattr(knn, "predict", spy(knn.predict, 0))
+    cell = fewshot.Params(shots=4, draw=1, probe=probe, linear={"epochs": 20})
+    pred = fewshot.run(inputs, cell, seed=0)
+
+    assert len(fitted_on) == (1 if probe == "linear" else 2)
+    for seen in fitted_on:
+        if probe == "linear":
+            np.testing.assert_array_equal(seen.sample_ids, drawn.sample_ids)
+        else:
+            np.testing.assert_array_equal(seen, named_features(inputs, drawn, "cls_last"))
+    assert {k: pred.selected[k] for k in ("shots", "draw", "probe", "n_train")} == {
+        "shots": 4, "draw": 1, "probe": probe, "n_train": 12
+    }
+    assert pred.selected.get("k", 0) <= 12
+    assert pred.scores.shape == (30, 3)

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+
+from raddist.protocols import linear
+from raddist.protocols.validation import train_plus_val
+
+from .synthetic import auroc, blob_inputs
+
+FAST = dict(epochs=10)
+
+
+@pytest.mark.parametrize("task_type,n_classes", [("multiclass", 3), ("multilabel", 4), ("binary", 1)])
+def test_separable_blobs_are_learned(task_type, n_classes):
+    inputs = blob_inputs(task_type, n_classes, sizes=(200, 60, 80), separation=1.0)
+    pred = linear.run(inputs, linear.Params(**FAST), seed=0)
+    assert pred.scores.shape == (80, n_classes)
+    assert auroc(inputs, pred) > 0.95
+    assert pred.val_score > 0.95
+    assert pred.selected["fit_size"] == 260  # retrained on train + val
+    assert pred.selected["lr"] in linear.Params().lrs
+    if task_type == "multiclass":
+        np.testing.assert_allclose(pred.scores.sum(1), 1.0, atol=1e-6)
+
+
+def test_grid_has_every_lr_block_and_pool_lower_lr_first():
+    inputs = blob_inputs(sizes=(20, 5, 5), block_dims=(4, 4, 4, 4, 4))
+    configs = linear.head_grid(inputs, inputs.splits["train"], linear.Params(lrs=[0.1, 0.01]))
+    assert [(c.lr, c.blocks, c.pool) for c in configs[:4]] == [
+        (0.01, 1, "cls"), (0.01, 1, "cls_patch"), (0.01, 4, "cls"), (0.01, 4, "cls_patch")
+    ]
+    assert len(configs) == 8 and configs[-1].lr == 0.1
+
+
+def test_grid_clips_blocks_and_drops_patch_when_absent():
+    inputs = blob_inputs(sizes=(20, 5, 5), block_dims=(6,), patch_dim=0)
+    configs = linear.head_grid(inputs, inputs.splits["train"], linear.Params())
+    assert {(c.blocks, c.pool) for c in configs} == {(1, "cls")}
+    assert len(configs) == len(linear.Params().lrs)
+    with pytest.raises(ValueError, match="patch_mean"):
+        linear.head_grid(inputs, inputs.splits["train"], linear.Params(pools=["cls_patch"]))
+
+
+@pytest.mark.parametrize("normalize", ["standard", "l2"])
+def test_loss_falls_for_every_head(normalize):
+    inputs = blob_inputs("multilabel", 3, sizes=(300, 0, 10), separation=1.0)
+    params = linear.Params(epochs=8, batch_size=64, lrs=[1e-3, 1e-2, 1e-1], normalize=normalize)
+    configs = linear.head_grid(inputs, inputs.splits["train"], params)
+    heads = linear.train_heads(inputs, inputs.splits["train"], configs, params, seed=0)
+    assert heads.loss.shape == (12, 8)
+    assert np.all(heads.loss[:, -1] < heads.loss[:, 0])
+    assert heads.loss[:, -1].min() < 0.5 * heads.loss[:, 0].min()
+
+
+def test_heads_train_independently_of_each_other():
+    """A head's result must not depend on which other heads share its pass: train one lr alone and in a grid
+    where it is the only head of its variant, from the same seed -> the same weights."""
+    inputs = blob_inputs("multiclass", 3, sizes=(100, 0, 10))
+    split = inputs.splits["train"]
+    params = linear.Params(epochs=3, batch_size=32)
+    alone = linear.train_heads(inputs, split, [linear.HeadConfig(0.01, 1, "cls")], params, seed=5)
+    grid = [linear.HeadConfig(0.01, 1, "cls"), linear.HeadConfig(0.1, 4, "cls"), linear.HeadConfig(0.001, 4, "cls")]
+    together = linear.train_heads(inputs, split, grid, params, seed=5)
+    np.testing.assert_allclose(together.variants[0].weight.detach().numpy(), alone.variants[0].weight.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(together.loss[0], alone.loss[0], rtol=1e-6)
+
+
+def test_training_is_reproducible_by_seed():
+    inputs = blob_inputs("binary", 1, sizes=(80, 20, 20))
+    params = linear.Params(epochs=3, batch_size=16, lrs=[1e-2, 1e-1])
+    a, b = (linear.run(inputs, params, seed=1) for _ in range(2))
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.scores, linear.run(inputs, params, seed=2).scores)
+
+
+def test_test_scores_come_from_the_chosen_head_refitted_on_train_plus_val():
+    inputs = blob_inputs("multiclass", 3, sizes=(90, 30, 40), separation=0.3)
+    params = linear.Params(epochs=5)
+    pred = linear.run(inputs, params, seed=0)
+    config = linear.HeadConfig(pred.selected["lr"], pred.selected["blocks"], pred.selected["pool"])
+    fit_set = train_plus_val(inputs.splits["train"], inputs.splits["val"])
+    refit = linear.train_heads(inputs, fit_set, [config], params, seed=0)
+    np.testing.assert_array_equal(pred.scores, linear.predict(refit, inputs.splits["test"])[0])
+    heads, best, val_score = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
+    assert heads.configs[best] == config and val_score == pred.val_score
+    assert not np.allclose(pred.scores, linear.predict(heads, inputs.splits["test"])[best])
