@@ -87,16 +87,27 @@ def cmd_status(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from raddist.compare import compare_predictions
+    from raddist.compare import compare_backbones
 
     preds = storage.read_parquet(storage.join(storage.normalize(args.output), "predictions.parquet")).to_pandas()
-    for name in (args.a, args.b):
-        if name not in set(preds["backbone"]):
-            raise RaddistError(f"backbone '{name}' has no predictions; have {sorted(set(preds['backbone']))}")
-    table = compare_predictions(preds[preds["backbone"] == args.a], preds[preds["backbone"] == args.b],
-                                n_boot=args.bootstrap, seed=args.seed)
-    print(table.to_string(index=False))
+    if args.protocol:
+        preds = preds[preds["protocol"].isin(args.protocol)]
+    else:  # few-shot draws are compared through their means in the report, not draw by draw
+        preds = preds[preds["protocol"] != "fewshot"]
+    try:
+        table = compare_backbones(preds, args.a, args.b, n_boot=args.bootstrap, seed=args.seed,
+                                  keys=("task", "protocol", "params", "seed"))
+    except ValueError as e:
+        raise RaddistError(str(e)) from None
+    with pd_display():
+        print(table.drop(columns=["params"], errors="ignore").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
+
+
+def pd_display():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 50)
 
 
 def cmd_datasets(args) -> int:
@@ -176,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--b", required=True)
     compare.add_argument("--bootstrap", type=int, default=1000)
     compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--protocol", action="append", help="only these protocols (repeatable)")
     compare.set_defaults(fn=cmd_compare)
 
     ds = sub.add_parser("datasets", help="synthetic data and the reference study's datasets")

@@ -1,7 +1,9 @@
-"""report.md: one table per task, backbones × protocols, headline metric as value [95% CI]."""
+"""report.md: per task, a table of backbones × protocols (value [95% CI]), the few-shot curves
+(mean ± std over seeded draws) as a table and a PNG, and the input errors."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Optional
 
@@ -10,26 +12,43 @@ import pandas as pd
 from raddist import storage
 
 HEADLINE = {"multilabel": "auroc", "binary": "auroc", "multiclass": "auroc", "segmentation": "dice"}
-# params that make separate columns; the rest (draw, seed) are repeats averaged over
-COLUMN_PARAMS = ("shots", "probe", "head")
+# params that distinguish columns; the rest (draw, seed) are repeats, averaged over
+COLUMN_PARAMS = ("head",)
+
+
+def _params(params_json: str) -> dict:
+    return json.loads(params_json) if params_json else {}
 
 
 def protocol_label(protocol: str, params_json: str) -> str:
-    params = json.loads(params_json) if params_json else {}
+    params = _params(params_json)
     extra = [f"{k}={params[k]}" for k in COLUMN_PARAMS if k in params]
     return protocol + (f" ({', '.join(extra)})" if extra else "")
 
 
+def _aggregate(df: pd.DataFrame, keys) -> pd.DataFrame:
+    return df.groupby(keys, sort=True).agg(
+        value=("value", "mean"), std=("value", "std"), n=("value", "size"),
+        ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean")).reset_index()
+
+
 def summary_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per task × backbone × protocol label: mean, CI of a single run, std over repeats."""
-    df = results[results["metric"] == metric].copy()
+    """Per task × backbone × protocol column: the value, its CI, and mean ± std over repeats."""
+    df = results[(results["metric"] == metric) & (results["protocol"] != "fewshot")].copy()
     if df.empty:
         return df
     df["column"] = [protocol_label(p, q) for p, q in zip(df["protocol"], df["params"])]
-    grouped = df.groupby(["task", "backbone", "column"], sort=True)
-    out = grouped.agg(value=("value", "mean"), std=("value", "std"), n=("value", "size"),
-                      ci_low=("ci_low", "mean"), ci_high=("ci_high", "mean")).reset_index()
-    return out
+    return _aggregate(df, ["task", "backbone", "column"])
+
+
+def fewshot_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    df = results[(results["metric"] == metric) & (results["protocol"] == "fewshot")].copy()
+    if df.empty:
+        return df
+    params = [_params(p) for p in df["params"]]
+    df["shots"] = [int(p["shots"]) for p in params]
+    df["probe"] = [p.get("probe", "") for p in params]
+    return _aggregate(df, ["task", "backbone", "probe", "shots"])
 
 
 def _cell_text(row) -> str:
@@ -40,25 +59,66 @@ def _cell_text(row) -> str:
     return f"{row['value']:.3f}"
 
 
-def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = None) -> str:
+def _markdown(wide: pd.DataFrame, index_name: str) -> str:
+    cols = list(wide.columns)
+    out = [f"| {index_name} | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for idx, row in wide.iterrows():
+        label = " / ".join(idx) if isinstance(idx, tuple) else idx
+        out.append(f"| {label} | " + " | ".join(str(row[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def fewshot_plot(table: pd.DataFrame, task: str, metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (backbone, probe), g in table.groupby(["backbone", "probe"]):
+        g = g.sort_values("shots")
+        ax.errorbar(g["shots"], g["value"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=f"{backbone} / {probe}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel(f"test {metric} (mean ± std over draws)")
+    ax.set_title(f"{task}: few-shot")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = None, output: Optional[str] = None) -> str:
     lines = ["# raddist report", ""]
     lines.append(
         f"{summary.get('cells_done', 0)}/{summary.get('cells_total', 0)} cells done, "
         f"{summary.get('cells_failed', 0)} failed; {summary.get('images_embedded', 0)} images embedded "
         f"({summary.get('embedding_jobs_computed', 0)} embedding jobs computed, "
-        f"{summary.get('embedding_jobs_cached', 0)} from cache); {summary.get('input_errors', 0)} input errors."
+        f"{summary.get('embedding_jobs_cached', 0)} from cache); {summary.get('input_errors', 0)} input errors"
+        + (" (see errors.parquet)." if summary.get("input_errors") else ".")
     )
-    lines.append("")
-    lines.append("Each cell: test value [95% bootstrap CI over patients]; repeated draws or seeds: mean ± std.")
+    lines += ["", "Each entry: test value [95% bootstrap CI, resampling patients]; repeated seeds or draws: "
+              "mean ± std (n). Model selection used validation only."]
     for task in sorted(results["task"].unique()) if len(results) else []:
         sub = results[results["task"] == task]
         metric = _headline(sub, (task_types or {}).get(task))
         table = summary_table(sub, metric)
-        if table.empty:
-            continue
-        table["text"] = table.apply(_cell_text, axis=1)
-        wide = table.pivot(index="backbone", columns="column", values="text").fillna("—")
-        lines += ["", f"## {task} — {metric}", "", _markdown(wide)]
+        if not table.empty:
+            table["text"] = table.apply(_cell_text, axis=1)
+            wide = table.pivot(index="backbone", columns="column", values="text").fillna("—")
+            lines += ["", f"## {task} — {metric}", "", _markdown(wide, "backbone")]
+        few = fewshot_table(sub, metric)
+        if not few.empty:
+            few["text"] = few.apply(_cell_text, axis=1)
+            wide = few.pivot(index=["backbone", "probe"], columns="shots", values="text").fillna("—")
+            wide.columns = [f"{c}-shot" for c in wide.columns]
+            lines += ["", f"### {task} — few-shot {metric}", "", _markdown(wide, "backbone / probe")]
+            if output is not None:
+                name = f"fewshot_{task}.png"
+                storage.write_bytes(storage.join(output, name), fewshot_plot(few, task, metric))
+                lines += ["", f"![few-shot {task}]({name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -67,22 +127,14 @@ def _headline(sub: pd.DataFrame, task_type: Optional[str]) -> str:
     return metric if metric in set(sub["metric"]) else sorted(sub["metric"].unique())[0]
 
 
-def _markdown(wide: pd.DataFrame) -> str:
-    cols = list(wide.columns)
-    out = ["| backbone | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for backbone, row in wide.iterrows():
-        out.append(f"| {backbone} | " + " | ".join(str(row[c]) for c in cols) + " |")
-    return "\n".join(out)
-
-
 def write_report(output: str, gathered: dict, summary: dict) -> str:
     results = gathered["results"].to_pandas() if gathered.get("results") is not None else pd.DataFrame(
-        columns=["task", "metric", "value"])
+        columns=["task", "metric", "value", "protocol", "params"])
     task_types = {}
     if gathered.get("predictions") is not None:
         p = gathered["predictions"].select(["task", "task_type"]).to_pandas().drop_duplicates()
         task_types = dict(zip(p["task"], p["task_type"]))
-    text = render(results, summary, task_types)
+    text = render(results, summary, task_types, output=output)
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
     return uri

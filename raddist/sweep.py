@@ -113,7 +113,8 @@ def _run_cells(plan: Plan, pending: List[Cell], keys, cache_root, output, salt, 
     tuner = tune.Tuner(
         trainable,
         param_space={"cell_id": tune.grid_search(list(by_id))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent_cells),
+        # reuse_actors: a cell takes seconds; a fresh worker process per trial would cost more
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent_cells, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{plan.spec.name}-tune",
             storage_path=tune_path,

@@ -1,0 +1,37 @@
+import json
+
+import pandas as pd
+
+from raddist.report import fewshot_table, render, summary_table
+
+
+def _rows():
+    rows = []
+    for backbone, base in (("vit", 0.8), ("cnn", 0.7)):
+        rows.append(dict(task="chest", backbone=backbone, protocol="knn", params="{}", seed=0, metric="auroc",
+                         value=base, ci_low=base - 0.05, ci_high=base + 0.05))
+        for shots in (1, 4):
+            for draw in range(5):
+                rows.append(dict(task="chest", backbone=backbone, protocol="fewshot",
+                                 params=json.dumps({"shots": shots, "draw": draw, "probe": "linear"}), seed=0,
+                                 metric="auroc", value=base - 0.1 / shots + 0.01 * draw, ci_low=0.0, ci_high=1.0))
+    return pd.DataFrame(rows)
+
+
+def test_fewshot_is_averaged_over_draws_and_kept_out_of_the_main_table():
+    df = _rows()
+    main = summary_table(df, "auroc")
+    assert set(main["column"]) == {"knn"} and main["n"].tolist() == [1, 1]
+    few = fewshot_table(df, "auroc")
+    row = few[(few.backbone == "vit") & (few.shots == 1)].iloc[0]
+    assert row["n"] == 5
+    assert abs(row["value"] - (0.8 - 0.1 + 0.02)) < 1e-12  # mean of draws 0..4 adds 0.02
+    assert abs(row["std"] - pd.Series([0.01 * d for d in range(5)]).std()) < 1e-12
+
+
+def test_render_writes_tables_and_plot(tmp_path):
+    text = render(_rows(), {"cells_done": 22, "cells_total": 22}, {"chest": "multilabel"}, output=str(tmp_path))
+    assert "| vit | 0.800 [0.750, 0.850] |" in text
+    assert "1-shot" in text and "4-shot" in text and "(n=5)" in text
+    png = (tmp_path / "fewshot_chest.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
