@@ -27,3 +27,39 @@ def synthetic_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic(str(out), seed=0, n_patients=30, size=128)
     return str(out)
+
+
+SECRET = "raddist-test-secret-Zq8w"  # a credential that must never appear in any output or log
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A real S3 HTTP endpoint (moto) on a free local port, for the whole module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch):
+    """An empty bucket on the moto endpoint, with the environment raddist.storage reads set."""
+    import uuid
+
+    import boto3
+
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    name = f"raddist-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
