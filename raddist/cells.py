@@ -6,6 +6,7 @@ the images. A failing cell writes failed.json and reports it; it never ends the 
 
 from __future__ import annotations
 
+import time
 import traceback
 from functools import lru_cache
 from typing import Optional
@@ -49,22 +50,36 @@ def train_inputs(cell: Cell, resources, output: str):
     )
 
 
+def _gpus_held(cell: Cell, resources) -> float:
+    if resources is None:
+        return 0.0
+    if cell.embedding_job is None:  # trainable: its Ray Train workers hold the GPUs
+        return float(resources.train_workers) if getattr(resources, "train_use_gpu", False) else 0.0
+    return float(resources.gpus_per_cell)
+
+
 def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, n_boot: int, salt: str,
                   resources=None) -> dict:
     from raddist.evaluate import predictions_table, run_cell
 
+    wall0, cpu0 = time.time(), time.process_time()
     try:
         if key is None:  # a trainable protocol: it reads images, not cached features
             inputs = train_inputs(cell, resources, output)
         else:
             inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
         prediction, rows, seconds = run_cell(cell, inputs, n_boot)
+        wall = time.time() - wall0
         info = {
             "embeddings": key,
             "selected": prediction.selected,
             "val_score": prediction.val_score,
             "n_test": int(len(prediction.sample_ids)),
             "seconds": round(seconds, 3),
+            # cost: this process's CPU time, and the GPUs held for the cell's wall time
+            "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(time.process_time() - cpu0, 3),
+            "gpu_seconds": round(wall * _gpus_held(cell, resources), 3),
         }
         results.write_cell(output, cell, rows, predictions_table(cell, prediction, salt), info)
         return {"cell_id": cell.id, "ok": True, "seconds": seconds}

@@ -127,6 +127,30 @@ def _headline(sub: pd.DataFrame, task_type: Optional[str]) -> str:
     return metric if metric in set(sub["metric"]) else sorted(sub["metric"].unique())[0]
 
 
+def cost_section(output: str, cell_infos: list) -> str:
+    from raddist.cost import paper_gpu_hours, sweep_costs
+
+    jobs_uri = storage.join(output, "embedding_jobs.json")
+    jobs = storage.read_json(jobs_uri) if storage.exists(jobs_uri) else []
+    costs = sweep_costs(cell_infos, jobs)
+    lines = ["", "## Cost", ""]
+    if costs:
+        lines += ["Per backbone (seconds; embedding counted where it was computed in this output's runs):", "",
+                  _markdown(costs["per_backbone"].round(1), "backbone"), "", "Per protocol (seconds):", "",
+                  _markdown(costs["per_protocol"].round(1), "protocol")]
+    try:
+        paper = paper_gpu_hours()
+        by_backbone = paper.groupby("backbone", sort=False)["gpu_hours"].sum().round(2)
+        lines += ["", f"Embedding the reference study's grid once (14 backbones × its classification datasets) "
+                  f"would take about **{paper['gpu_hours'].sum():.1f} H100 GPU-hours**, at forward rates capped "
+                  f"by 16-core decoding ({len(paper)} jobs; rates partly assumed, see raddist/cost.py). "
+                  f"Frozen protocols then read the cache and add no GPU time. Per backbone: "
+                  + ", ".join(f"{b} {h}" for b, h in by_backbone.items()) + "."]
+    except Exception as e:  # noqa: BLE001 - the estimate is a courtesy, never a failure
+        lines += ["", f"(paper-grid estimate unavailable: {e})"]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(output: str, gathered: dict, summary: dict) -> str:
     results = gathered["results"].to_pandas() if gathered.get("results") is not None else pd.DataFrame(
         columns=["task", "metric", "value", "protocol", "params"])
@@ -134,7 +158,7 @@ def write_report(output: str, gathered: dict, summary: dict) -> str:
     if gathered.get("predictions") is not None:
         p = gathered["predictions"].select(["task", "task_type"]).to_pandas().drop_duplicates()
         task_types = dict(zip(p["task"], p["task_type"]))
-    text = render(results, summary, task_types, output=output)
+    text = render(results, summary, task_types, output=output) + cost_section(output, gathered.get("cells") or [])
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
     return uri

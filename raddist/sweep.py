@@ -44,7 +44,7 @@ def validate_manifests(spec: SweepSpec) -> None:
 def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str], None] = print) -> dict:
     import ray
 
-    from raddist.embed.pipeline import run_embedding_job
+    from raddist.embed.pipeline import actor_resources, run_embedding_job
     from raddist.privacy import deployment_salt
 
     started = time.time()
@@ -58,14 +58,24 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
 
     keys: Dict[str, str] = {}
     computed = cached_jobs = images = 0
+    gpus = actor_resources(spec.resources)
+    job_costs = []
     for job in plan.jobs.values():
         outcome = run_embedding_job(job, cache, spec.resources)
         keys[job.id] = outcome.key
         computed += outcome.computed
         cached_jobs += not outcome.computed
         images += outcome.images
-        verb = f"embedded {outcome.images} images in {outcome.seconds:.1f}s" if outcome.computed else "cached"
+        rate = outcome.images / max(outcome.seconds, 1e-9)
+        verb = f"embedded {outcome.images} images in {outcome.seconds:.1f}s ({rate:.0f} img/s)" \
+            if outcome.computed else "cached"
         say(f"  embeddings {job.backbone.label} × {job.task.name}: {verb}, {outcome.errors} input errors")
+        job_costs.append({
+            "job_id": job.id, "key": outcome.key, "backbone": job.backbone.label, "task": job.task.name,
+            "computed": bool(outcome.computed), "images": outcome.images, "wall_seconds": round(outcome.seconds, 3),
+            "gpu_seconds": round(outcome.seconds * gpus["actors"] * gpus["num_gpus"], 3) if outcome.computed else 0.0,
+        })
+    storage.write_json(storage.join(output, "embedding_jobs.json"), job_costs)
     input_errors = _write_input_errors(plan, keys, cache, output)
 
     pending = [c for c in plan.cells if not results.is_done(output, c.id)]
