@@ -34,9 +34,10 @@ DECODE_VERSION = 1
 
 
 def minmax(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linear map of [lo, hi] to [0, 1], float32 (hi > lo)."""
-    x = np.asarray(arr, dtype=np.float32)
-    return (x - np.float32(lo)) / np.float32(hi - lo)
+    """Linear map of [lo, hi] to [0, 1], float32 (hi > lo). In float64: a corrupt file's extreme
+    values (±3e38) would overflow the float32 range hi - lo and give NaN."""
+    x = np.asarray(arr, dtype=np.float64)
+    return ((x - lo) / (float(hi) - float(lo))).astype(np.float32)
 
 
 def quantise(unit: np.ndarray) -> np.ndarray:
