@@ -1,0 +1,154 @@
+"""One Ray Train fit, its best checkpoint, and scoring a checkpoint.
+
+Resources: the calling cell already holds a CPU share (0.5 by default). Each worker asks for a
+fraction of the cluster's CPUs that leaves one worker's share free for Ray Data decode tasks and
+scorers (of this or another cell): (CPUs - 0.5) / (workers + 1), at most 1 -- 0.5 each for 2
+workers on 2 CPUs. Ray Train V2's controller reserves no CPU (ScalingConfig.trainer_resources is
+deprecated there). A fit and a scorer read materialised datasets only, so once placed they need
+no further task and finish: whatever waits for their CPUs waits, but never forever.
+
+Checkpoints: RunConfig(storage_path=checkpoint_dir, name=<run>); Ray keeps the best checkpoint by
+'selection' (val AUROC, earlier epoch on ties) and the latest, for resuming. Running a trainer
+again with the same storage path and name restores that run (Train V2's replacement for
+TorchTrainer.restore); FailureConfig(max_failures) restarts a lost worker group from the latest
+checkpoint within one fit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+CELL_CPUS = 0.5  # what the calling cell task holds (spec resources.cpus_per_cell default)
+MIN_WORKER_CPUS = 0.1
+
+
+@dataclass(frozen=True)
+class Placement:
+    worker: Dict[str, float]  # resources_per_worker
+    threads: int  # torch threads per worker
+
+
+@dataclass(frozen=True)
+class RunBest:
+    """The epoch a run's validation chose."""
+
+    lr: float
+    epoch: int
+    val_auroc: float
+    selection: float
+    checkpoint: str  # URI of the checkpoint directory
+
+
+def placement(num_workers: int, use_gpu: bool) -> Placement:
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    share = min(1.0, max(MIN_WORKER_CPUS, (cpus - CELL_CPUS) / (num_workers + 1)))
+    share = float(np.floor(share * 100) / 100)  # Ray rounds resources to 1e-4; keep round numbers
+    worker = {"CPU": share, **({"GPU": 1.0} if use_gpu else {})}
+    return Placement(worker, max(1, int(share)))
+
+
+def trainer(datasets: dict, config: dict, storage: str, name: str, num_workers: int, use_gpu: bool,
+            max_failures: int = 1, callbacks: Sequence = ()):
+    """A TorchTrainer for one learning rate: 'train' sharded to the workers, 'val' whole to each."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raddist import storage as storage_lib
+    from raddist.train.loop import train_loop_per_worker
+
+    where = placement(num_workers, use_gpu)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**config, "threads": where.threads},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=where.worker),
+        run_config=RunConfig(
+            storage_path=storage_lib.normalize(storage),
+            name=name,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selection",
+                                               checkpoint_score_order="max"),
+            callbacks=list(callbacks),
+        ),
+        datasets={"train": datasets["train"].randomize_block_order(), "val": datasets["val"]},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+
+
+def run_name(lr: float) -> str:
+    return f"lr_{lr:.3g}"
+
+
+def best_of_run(storage: str, lr: float) -> Optional[RunBest]:
+    """The best reported checkpoint of the run for lr, read back from storage (None: nothing reported)."""
+    from ray.train import Result
+
+    from raddist import storage as storage_lib
+
+    path = storage_lib.join(storage_lib.normalize(storage), run_name(lr))
+    try:
+        result = Result.from_path(path)
+    except RuntimeError:  # the run never reported a checkpoint
+        return None
+    scored = [(m["selection"], c, m) for c, m in result.best_checkpoints or [] if "selection" in m]
+    if not scored:
+        return None
+    selection, checkpoint, metrics = max(scored, key=lambda t: t[0])
+    val_auroc = metrics["val_auroc"]  # NaN comes back from the run's JSON state as None
+    return RunBest(lr, int(metrics["epoch"]), float("nan") if val_auroc is None else float(val_auroc),
+                   float(selection), _uri(checkpoint, storage))
+
+
+def _uri(checkpoint, storage: str) -> str:
+    from raddist import storage as storage_lib
+
+    if storage_lib.is_remote(storage):
+        scheme = storage.split("://", 1)[0]
+        return f"{scheme}://{checkpoint.path.lstrip('/')}"
+    return checkpoint.path
+
+
+def load_checkpoint(spec: dict, checkpoint: str):
+    """The classifier of spec with a checkpoint's trainable state (the base from its own weights)."""
+    import torch
+    from ray.train import Checkpoint
+
+    from raddist.train.loop import MODEL_FILE
+    from raddist.train.model import build_classifier, load_trainable_state
+
+    model = build_classifier(spec)
+    with Checkpoint(checkpoint).as_directory() as d:
+        load_trainable_state(model, spec["method"], torch.load(os.path.join(d, MODEL_FILE)))
+    return model.eval()
+
+
+def score(spec: dict, checkpoint: str, dataset, num_workers: int = 1, use_gpu: bool = False,
+          batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+    """(row index, probabilities) of every row of dataset under a checkpoint, in one Ray task."""
+    import ray
+
+    where = placement(num_workers, use_gpu)
+    # "DEFAULT": not captured by a calling Tune trial's placement group (a trainable cell's bundle
+    # holds 0.5 CPU and no GPU); the scorer takes a worker's share of the cluster, as the fits did.
+    task = ray.remote(_score).options(num_cpus=where.worker["CPU"], num_gpus=1 if use_gpu else 0, max_retries=1,
+                                      scheduling_strategy="DEFAULT")
+    return ray.get(task.remote(spec, checkpoint, dataset, batch_size, where.threads))
+
+
+def _score(spec: dict, checkpoint: str, dataset, batch_size: int, threads: int):
+    import torch
+
+    from raddist.train.model import predict
+
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_checkpoint(spec, checkpoint).to(device)
+    # Iterate the materialised blocks as they are: any Ray Data op here (select_columns, map) would
+    # need a task, and so a CPU that the other cells' decoders, fits and scorers may all be holding.
+    batches = dataset.iter_torch_batches(batch_size=batch_size)
+    return predict(model, batches, spec["task_type"], device)

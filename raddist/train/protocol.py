@@ -1,0 +1,99 @@
+"""What the trainable protocols (finetune, lora, bitfit) share: their parameters and their run.
+
+run(): decode the task's images once (val carved from train by patient when the manifest has
+none), fit every learning rate with Ray Train under Ray Tune, choose the (learning rate, epoch)
+with the best validation macro AUROC, and score the test split ONCE with that checkpoint.
+Probabilities as the frozen protocols give them: sigmoid for multilabel and binary (C = 1),
+softmax for multiclass.
+"""
+
+from __future__ import annotations
+
+from typing import List, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+
+from raddist.protocols.base import Prediction, TrainInputs
+
+TASK_TYPES = ("multilabel", "binary", "multiclass")
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lrs: List[PositiveFloat] = Field(default=[1e-4, 1e-3], min_length=1)  # the searched grid
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 32  # per worker
+    weight_decay: NonNegativeFloat = 0.05
+    scheduler: Literal["grid", "asha"] = "grid"  # asha: stop poor learning rates early
+    asha_grace_epochs: PositiveInt = 1
+    max_failures: NonNegativeInt = 1  # worker-group restarts (from the last checkpoint) per fit
+
+
+class LoraParams(TrainParams):
+    r: PositiveInt = 48
+    alpha: PositiveInt = 16
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: List[str] = Field(default=["qkv", "fc1", "fc2"], min_length=1)
+
+
+def num_classes(task_type: str, class_names: List[str]) -> int:
+    return 1 if task_type == "binary" else len(class_names)
+
+
+def model_spec(method: str, inputs: TrainInputs, params: TrainParams) -> dict:
+    from raddist.train.model import ModelSpec
+
+    lora = {}
+    if isinstance(params, LoraParams):
+        lora = dict(lora_r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                    lora_targets=tuple(params.target_modules))
+    return ModelSpec(inputs.backbone, inputs.weights, num_classes(inputs.task_type, inputs.class_names),
+                     inputs.task_type, method, **lora).to_dict()
+
+
+def check_model(spec: dict) -> None:
+    """Fail in the cell, before any worker starts, on a model that cannot be built (e.g. LoRA on a CNN).
+    On the meta device with random init: no weights are read and no memory is taken."""
+    import torch
+
+    from raddist.train.model import build_classifier
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        build_classifier({**spec, "weights": "random"})
+
+
+def run(method: str, inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
+    from raddist.protocols.validation import select_best
+    from raddist.train import data, fit, search
+
+    if inputs.task_type not in TASK_TYPES:
+        raise ValueError(f"{method} applies to {TASK_TYPES}, not {inputs.task_type!r}")
+    spec = model_spec(method, inputs, params)
+    check_model(spec)
+    table = data.assign_splits(inputs.manifest, seed)
+    datasets, rows, dropped = data.decode_splits(table, inputs.task_type, inputs.label_columns, inputs.contract)
+    config = {"model": spec, "epochs": params.epochs, "batch_size": params.batch_size,
+              "weight_decay": params.weight_decay, "seed": seed, "train_rows": datasets["train"].count()}
+    runs = search.search_lr(datasets, config, params.lrs, inputs.checkpoint_dir, inputs.num_workers,
+                            inputs.use_gpu, params.max_failures, params.scheduler, params.asha_grace_epochs)
+    done = [r for r in runs if r is not None]
+    if not done:
+        raise RuntimeError(f"{method}: no learning rate reported a validated checkpoint")
+    best, _, _ = select_best(done, lambda r: r.selection)  # lrs ascending: ties go to the lower one
+    index, scores = fit.score(spec, best.checkpoint, datasets["test"], inputs.num_workers, inputs.use_gpu)
+    test = rows["test"].take(pa.array(index))
+    carved = "val" not in set(inputs.manifest["split"].to_pylist())
+    selected = {"method": method, "lr": best.lr, "epoch": best.epoch, "epochs": params.epochs,
+                "checkpoint": best.checkpoint, "val_auroc_by_lr": {f"{r.lr:g}": r.val_auroc for r in done},
+                "dropped_rows": dropped, "val_carved_from_train": carved}
+    return Prediction(
+        sample_ids=np.asarray(test["sample_id"].to_pylist(), dtype=object),
+        patient_ids=np.asarray(test["patient_id"].to_pylist(), dtype=object),
+        labels=data.label_array(test, inputs.task_type, inputs.label_columns),
+        scores=scores,
+        selected=selected,
+        val_score=best.val_auroc,
+    )
