@@ -106,6 +106,8 @@ def make_plan(spec: SweepSpec) -> Plan:
                 module = protocols.get(proto.name)
                 if task.type not in module.TASK_TYPES:
                     continue
+                if proto.backbones is not None and backbone.label not in proto.backbones:
+                    continue
                 needs = bool(getattr(module, "NEEDS_EMBEDDINGS", True))
                 if needs:
                     plan.jobs.setdefault(job.id, job)

@@ -88,6 +88,8 @@ class TaskSpec(Strict):
 class ProtocolSpec(Strict):
     name: str
     params: Dict[str, Any] = {}
+    # only these backbones (names or aliases); default all. E.g. LoRA only where qkv/fc1/fc2 exist
+    backbones: Optional[List[str]] = None
 
     @model_validator(mode="after")
     def _check(self) -> "ProtocolSpec":
@@ -146,6 +148,15 @@ class SweepSpec(Strict):
     storage: StorageSpec = StorageSpec()
     resources: ResourcesSpec = ResourcesSpec()
     bootstrap: int = Field(1000, ge=0)  # bootstrap resamples for the confidence intervals
+
+    @model_validator(mode="after")
+    def _protocol_backbones(self) -> "SweepSpec":
+        labels = [b.label for b in self.backbones]
+        for i, proto in enumerate(self.protocols):
+            unknown = sorted(set(proto.backbones or []) - set(labels))
+            if unknown:
+                raise ValueError(f"protocols.{i}.backbones: unknown backbone(s) {unknown}; allowed: {labels}")
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> "SweepSpec":

@@ -66,3 +66,14 @@ def test_paper_grid_has_at_least_200_cells():
     plan = make_plan(spec)
     assert len(spec.backbones) == 14
     assert len(plan.cells) >= 200
+
+
+def test_protocol_restricted_to_some_backbones():
+    plan = make_plan(_spec(protocols=[{"name": "knn"}, {"name": "lora", "backbones": ["tiny_vit"]}], seeds=[0]))
+    lora = [c for c in plan.cells if c.protocol == "lora"]
+    assert len(lora) == 2 and {c.backbone.label for c in lora} == {"tiny_vit"}
+    assert all(c.embedding_job is None for c in lora)
+    from raddist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"protocols.1.backbones: unknown backbone\(s\) \['vit_x'\]"):
+        _spec(protocols=[{"name": "knn"}, {"name": "lora", "backbones": ["vit_x"]}])
