@@ -60,7 +60,7 @@ def _gpus_held(cell: Cell, resources) -> float:
 
 def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, n_boot: int, salt: str,
                   resources=None) -> dict:
-    from raddist.evaluate import predictions_table, run_cell
+    from raddist.evaluate import predictions_table, run_cell, write_masks
 
     wall0, cpu0 = time.time(), time.process_time()
     try:
@@ -69,12 +69,14 @@ def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, 
         else:
             inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
         prediction, rows, seconds = run_cell(cell, inputs, n_boot)
+        masks = write_masks(prediction, results.cell_dir(output, cell.id), salt)  # segmentation: label maps
         wall = time.time() - wall0
         info = {
             "embeddings": key,
             "selected": prediction.selected,
             "val_score": prediction.val_score,
             "n_test": int(len(prediction.sample_ids)),
+            **({"masks_written": masks} if masks else {}),
             "seconds": round(seconds, 3),
             # cost: this process's CPU time, and the GPUs held for the cell's wall time
             "wall_seconds": round(wall, 3),

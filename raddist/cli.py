@@ -37,6 +37,7 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from raddist.data.synthetic import write_synthetic
+    from raddist.data.synthetic_seg import write_synthetic_seg
     from raddist.spec import load
     from raddist.sweep import run_sweep
 
@@ -46,6 +47,8 @@ def cmd_demo(args) -> int:
         write_synthetic(data)
     else:
         print(f"using the dataset in {data}")
+    if not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
+        write_synthetic_seg(data)  # 2D and 3D segmentation, 3D classification
     os.environ["RADDIST_DEMO_DATA"] = data  # the demo config reads ${RADDIST_DEMO_DATA}
     overrides = {"storage.cache": args.cache} if args.cache else None
     spec = load(str(args.config), overrides)
@@ -94,6 +97,8 @@ def cmd_compare(args) -> int:
         preds = preds[preds["protocol"].isin(args.protocol)]
     else:  # few-shot draws are compared through their means in the report, not draw by draw
         preds = preds[preds["protocol"] != "fewshot"]
+    # segmentation rows hold per-case Dice, not scores to rank; their paired comparison is still to come
+    preds = preds[preds["task_type"] != "segmentation"]
     try:
         table = compare_backbones(preds, args.a, args.b, n_boot=args.bootstrap, seed=args.seed,
                                   keys=("task", "protocol", "params", "seed"))
@@ -113,8 +118,10 @@ def pd_display():
 def cmd_datasets(args) -> int:
     if args.datasets_cmd == "synth":
         from raddist.data.synthetic import write_synthetic
+        from raddist.data.synthetic_seg import write_synthetic_seg
 
         manifests = write_synthetic(storage.normalize(args.out), seed=args.seed)
+        manifests.update(write_synthetic_seg(storage.normalize(args.out), seed=args.seed))
         for name, uri in manifests.items():
             print(f"{name}: {uri}")
         return 0

@@ -137,9 +137,20 @@ def make_plan(spec: SweepSpec) -> Plan:
     return plan
 
 
+def patch_token_blocks(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> int:
+    """Blocks of patch tokens this backbone x task's protocols read (seg_linear 1, seg_unet 5); 0 for most."""
+    wanted = [getattr(protocols.get(p.name), "PATCH_TOKEN_BLOCKS", 0) for p in spec.protocols
+              if task.type in protocols.get(p.name).TASK_TYPES
+              and (p.backbones is None or backbone.label in p.backbones)]
+    return max(wanted, default=0)
+
+
 def _embedding_job(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> EmbeddingJob:
     contract = contract_for(spec, backbone, task)
     features = spec.features.model_dump()
+    dense = patch_token_blocks(spec, backbone, task)
+    if dense:  # only then, so that the keys of jobs without patch tokens stay as they were
+        features["patch_tokens"] = dense
     key = {
         "backbone": backbone.name,
         "weights": backbone.weights,

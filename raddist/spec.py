@@ -58,9 +58,13 @@ class TaskSpec(Strict):
     name: str
     manifest: str
     type: TaskType
-    labels: List[str] = Field(min_length=1)
-    classes: Optional[List[str]] = None  # multiclass: class names, index = label value
+    labels: List[str] = []  # label columns; none for segmentation, whose labels are the masks (mask_uri)
+    # multiclass: class names, index = label value; segmentation: mask value i, background first
+    classes: Optional[List[str]] = None
     preprocess: PreprocessSpec = PreprocessSpec()
+    # volume tasks (manifest rows with volume_id): the one row per volume the frozen protocols see,
+    # the mean (the reference's) or max of its slices' features; attention pooling: attention_mil
+    pool: Literal["mean", "max"] = "mean"
 
     @field_validator("manifest")
     @classmethod
@@ -71,6 +75,16 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _classes(self) -> "TaskSpec":
+        if self.type == "segmentation":
+            if self.labels:
+                raise ValueError("a segmentation task has no label columns (its labels are the masks in "
+                                 "mask_uri); name the mask values in 'classes', background first")
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError("a segmentation task needs 'classes': the name of each mask value, "
+                                 "background first, at least two")
+            return self
+        if not self.labels:
+            raise ValueError(f"a {self.type} task needs 'labels': its label column(s)")
         if self.type == "multiclass":
             if len(self.labels) != 1:
                 raise ValueError(f"a multiclass task has one label column of class indices; got {self.labels}")
@@ -82,7 +96,7 @@ class TaskSpec(Strict):
 
     @property
     def class_names(self) -> List[str]:
-        return list(self.classes) if self.type == "multiclass" else list(self.labels)
+        return list(self.classes) if self.type in ("multiclass", "segmentation") else list(self.labels)
 
 
 class ProtocolSpec(Strict):

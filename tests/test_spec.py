@@ -71,3 +71,15 @@ def test_load_expands_env_vars_and_reports_missing_file(tmp_path, monkeypatch):
     assert s.storage.cache_uri() == "/tmp/c"
     with pytest.raises(ConfigError, match="config not found"):
         spec_lib.load(str(tmp_path / "missing.yaml"))
+
+
+def test_segmentation_task_names_mask_classes_not_label_columns():
+    seg = {"name": "lungs", "manifest": "/d/s.parquet", "type": "segmentation", "classes": ["background", "lung"]}
+    s = spec_lib.parse(_data(tasks=[seg]))
+    assert s.tasks[0].class_names == ["background", "lung"] and s.tasks[0].labels == []
+    with pytest.raises(ConfigError, match="no label columns"):
+        spec_lib.parse(_data(tasks=[{**seg, "labels": ["x"]}]))
+    with pytest.raises(ConfigError, match="needs 'labels'"):
+        spec_lib.parse(_data(tasks=[{"name": "c", "manifest": "m", "type": "binary"}]))
+    with pytest.raises(ConfigError, match=r"pool.*'mean'"):
+        spec_lib.parse(_data(tasks=[{**seg, "pool": "median"}]))

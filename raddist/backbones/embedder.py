@@ -8,11 +8,14 @@ Output of ``Embedder.forward`` (float32 tensors), as ``raddist.protocols.base.Sp
   'patch_mean'   (B, D) mean patch token of the last block after the final norm. Only for ViTs with
                    a class token (``config.has_patch_mean``); for SAM and CNNs it would repeat 'cls'.
   'patch_tokens' (B, D, h, w) last block's patch tokens / feature map, only if asked for.
+  'patch_tokens_<k>' (B, D_k, h_k, w_k) block -k's patch tokens (k = 2..n), when patch_tokens=n > 1:
+                   the skips of a UNet decoder. ViT blocks share one grid; CNN stages halve it.
+                   n is clipped to the model's depth (``dense_blocks``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Union
 
 import torch
 
@@ -35,7 +38,7 @@ class Embedder(torch.nn.Module):
         model: torch.nn.Module,
         n_last_blocks: int = 1,
         patch_mean: bool = True,
-        patch_tokens: bool = False,
+        patch_tokens: Union[bool, int] = False,
     ):
         super().__init__()
         self.config = config
@@ -43,7 +46,7 @@ class Embedder(torch.nn.Module):
         self.n_last_blocks = n_last_blocks
         self.block_dims = feature_dims(config, n_last_blocks)
         self.patch_mean = patch_mean and config.has_patch_mean
-        self.patch_tokens = patch_tokens
+        self.patch_tokens = dense_blocks(config, int(patch_tokens))
         # x/255 then (x - mean)/std, folded into one multiply-add; buffers follow .to(device).
         std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
         mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -52,7 +55,7 @@ class Embedder(torch.nn.Module):
 
     @property
     def output_keys(self) -> List[str]:
-        return ["cls"] + (["patch_mean"] if self.patch_mean else []) + (["patch_tokens"] if self.patch_tokens else [])
+        return ["cls"] + (["patch_mean"] if self.patch_mean else []) + dense_names(self.patch_tokens)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W), (B, 1, H, W) or (B, 3, H, W) -> normalised float32 (B, 3, H, W), channels_last."""
@@ -73,32 +76,49 @@ class Embedder(torch.nn.Module):
         on_cuda = x.device.type == "cuda"
         with torch.autocast(device_type="cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=on_cuda):
             if self.config.family == "cnn":
-                pooled, last = self._cnn(x)
+                pooled, grids = self._cnn(x)
                 out = {}
             elif self.config.has_cls_token:
-                pooled, last = self._vit(x)
-                out = {"patch_mean": last.mean(dim=(2, 3))} if self.patch_mean else {}
+                pooled, grids = self._vit(x)
+                out = {"patch_mean": grids[-1].mean(dim=(2, 3))} if self.patch_mean else {}
             else:
-                pooled, last = self._vit_without_cls(x)
+                pooled, grids = self._vit_without_cls(x)
                 out = {}
-        out["cls"] = torch.cat(pooled, dim=1)
-        if self.patch_tokens:
-            out["patch_tokens"] = last
+        out["cls"] = torch.cat(pooled[-self.n_last_blocks:], dim=1)
+        for name, k in zip(dense_names(self.patch_tokens), range(1, self.patch_tokens + 1)):
+            out[name] = grids[-k]
         return {k: v.float() for k, v in out.items()}
+
+    @property
+    def _depth(self) -> int:
+        """Blocks to run to the end of: enough for both the class tokens and the patch-token grids."""
+        return max(self.n_last_blocks, self.patch_tokens)
 
     def _vit(self, x):
         outs = self.model.forward_intermediates(
-            x, indices=self.n_last_blocks, norm=True, return_prefix_tokens=True, intermediates_only=True
+            x, indices=self._depth, norm=True, return_prefix_tokens=True, intermediates_only=True
         )
         # each entry: (patch tokens (B, D, h, w), prefix tokens (B, P, D)); the class token is prefix 0
-        return [prefix[:, 0] for _, prefix in outs], outs[-1][0]
+        return [prefix[:, 0] for _, prefix in outs], [grid for grid, _ in outs]
 
     def _vit_without_cls(self, x):
         # SAM: norm=True would run the 256-d neck convs; the raw block output keeps the 1024-d tokens.
-        outs = self.model.forward_intermediates(x, indices=self.n_last_blocks, intermediates_only=True)
-        return [o.mean(dim=(2, 3)) for o in outs], outs[-1]
+        outs = self.model.forward_intermediates(x, indices=self._depth, intermediates_only=True)
+        return [o.mean(dim=(2, 3)) for o in outs], outs
 
     def _cnn(self, x):
-        indices = list(self.config.block_indices[-self.n_last_blocks:])
+        indices = list(self.config.block_indices[-self._depth:])
         outs = self.model.forward_intermediates(x, indices=indices, stop_early=True, intermediates_only=True)
-        return [o.mean(dim=(2, 3)) for o in outs], outs[-1]
+        return [o.mean(dim=(2, 3)) for o in outs], outs
+
+
+def dense_blocks(config: BackboneConfig, requested: int) -> int:
+    """How many blocks of patch tokens a request yields: 0, or 1..depth (5 on a 4-block model gives 4)."""
+    if requested < 0:
+        raise ValueError(f"patch_tokens must be >= 0, got {requested}")
+    return min(requested, config.num_blocks)
+
+
+def dense_names(n: int) -> List[str]:
+    """Output names of the last n blocks' patch tokens, the last block first."""
+    return ["patch_tokens"][:n] + [f"patch_tokens_{k}" for k in range(2, n + 1)]

@@ -3,14 +3,17 @@
 The key hashes the backbone and its weights' identity, the preprocessing contract, the feature
 spec and the manifest's content, so a change to any of them means a new key and an equal key is
 never computed twice. Layout of CACHE/<key>/:
-  features.parquet  sample_id, cls (float16 list), patch_mean (float16 list, optional)
+  features.parquet  sample_id, cls (float16 list), patch_mean (float16 list, optional), and as the job
+                    asks: patch_tokens, patch_tokens_2.. (float16 tensors (D, h, w), the last block
+                    first), mask (uint8 (S, S) label map at the model's size), volume_id,
+                    slice_index, shape (the source's (D, H, W)), affine (16 floats, volumes only)
   errors.parquet    sample_id, uri, error: rows that could not be read or decoded
   meta.json         written last: what was embedded, block widths, counts, timings
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -31,23 +34,28 @@ class CachedEmbeddings:
     block_dims: List[int]
     meta: dict
     errors: pa.Table
+    dense: Dict[str, np.ndarray] = field(default_factory=dict)  # float16 (N, D, h, w), meta["dense_names"]
+    rows: Optional[pa.Table] = None  # per-row extras: mask, volume_id, slice_index, shape, affine
 
 
 class EmbeddingCache:
     def __init__(self, root: str):
         self.root = storage.normalize(root)
 
-    def key(self, job: EmbeddingJob, weights_identity: str, manifest_hash: str) -> str:
-        return content_hash(
-            {
-                "backbone": job.backbone.name,
-                "weights": weights_identity,
-                "contract": job.contract,
-                "features": job.features,
-                "manifest": manifest_hash,
-                "version": EMBEDDER_VERSION,
-            }
-        )
+    def key(self, job: EmbeddingJob, weights_identity: str, manifest_hash: str, slices: bool = False) -> str:
+        """slices: the manifest's rows are volumes, embedded slice by slice (a different output for
+        the same inputs than the middle slice per row that such rows got before)."""
+        parts = {
+            "backbone": job.backbone.name,
+            "weights": weights_identity,
+            "contract": job.contract,
+            "features": job.features,
+            "manifest": manifest_hash,
+            "version": EMBEDDER_VERSION,
+        }
+        if slices:
+            parts["slices"] = "axis2"
+        return content_hash(parts)
 
     def dir(self, key: str) -> str:
         return storage.join(self.root, key)
@@ -84,6 +92,8 @@ class EmbeddingCache:
             flat = col.values.to_numpy(zero_copy_only=False)
             features[name] = flat.reshape(-1, width).astype(np.float32)
         errors = storage.read_parquet(self.uri(key, "errors.parquet"))
+        dense = {n: tensor_column(table, n) for n in meta.get("dense_names", []) if n in table.column_names}
+        extras = [c for c in ROW_COLUMNS if c in table.column_names]
         return CachedEmbeddings(
             key=key,
             sample_ids=np.asarray(table["sample_id"].to_pylist(), dtype=object),
@@ -91,7 +101,41 @@ class EmbeddingCache:
             block_dims=list(meta["block_dims"]),
             meta=meta,
             errors=errors,
+            dense=dense,
+            rows=table.select(extras) if extras else None,
         )
+
+
+# per-row columns other than features, carried from the decode step to the cache
+ROW_COLUMNS = ("mask", "volume_id", "slice_index", "shape", "affine")
+
+
+def tensor_column(table: pa.Table, name: str) -> np.ndarray:
+    """A fixed-shape tensor column as one (N, *shape) array (zero-copy where Arrow allows)."""
+    col = table[name].combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0,), np.float16)
+    return col.to_numpy_ndarray()
+
+
+def rows_table(sample_ids, features: Dict[str, np.ndarray], extras: Dict[str, np.ndarray]) -> pa.Table:
+    """features_table plus the tensors (N, ...) >= 3-D and the per-row extras of ROW_COLUMNS."""
+    flat = {k: v for k, v in features.items() if v.ndim == 2}
+    table = features_table(sample_ids, flat)
+    for name, arr in [(k, v) for k, v in features.items() if v.ndim > 2] + list(extras.items()):
+        table = table.append_column(name, _arrow(arr))
+    return table
+
+
+def _arrow(arr: np.ndarray) -> pa.Array:
+    arr = np.asarray(arr)
+    if arr.ndim > 2:
+        return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arr))
+    if arr.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(arr).reshape(-1)), arr.shape[1])
+    if arr.dtype.kind in "OUS":
+        return pa.array([str(v) for v in arr], pa.string())
+    return pa.array(arr)
 
 
 def features_table(sample_ids, features: Dict[str, np.ndarray]) -> pa.Table:

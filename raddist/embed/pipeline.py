@@ -3,6 +3,11 @@
 Decode tasks ship uint8 squares at the model's resolution; the actors normalise on their device
 (bf16 autocast on GPUs) so the CPUs only decode. A row that fails to read or decode is carried
 through as an error and recorded, never fatal.
+
+Dense features (job.features["patch_tokens"] = n > 0, for segmentation): the last n blocks' patch
+tokens, cast to float16 on the device. Segmentation jobs also cache each row's mask at the model's
+size. A manifest whose rows are volumes (volume_id, no slice_index) is expanded in the decode step:
+one row per slice, read once per volume, so a volume's intensity window is the volume's.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import pyarrow.parquet as pq
 
 from raddist import storage
 from raddist.data import manifest as manifest_lib
-from raddist.embed.cache import ERRORS_SCHEMA, EmbeddingCache, errors_table, features_table
-from raddist.plan import EmbeddingJob
+from raddist.data.transforms import decode
+from raddist.data.volumes import decode_volume, read_mask, resize_labels
+from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
+from raddist.errors import InputError
+from raddist.plan import EmbeddingJob, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -38,37 +46,103 @@ class JobOutcome:
 
 
 class DecodeBatch:
-    """Read and decode a batch of uris; a failing row becomes an error string, not an exception."""
+    """Read and decode a batch of rows; a failing row becomes an error string, not an exception.
 
-    def __init__(self, contract: dict):
+    masks:   also read each row's mask_uri (class indices) at the model's size, nearest (segmentation).
+    volumes: each row is a NIfTI volume: it becomes one row per slice (volumes.decode_volume), with
+             sample_id f"{volume_id}:{z}", slice_index z, and the source's shape and affine.
+    Rows of a manifest with volume_id (slices of volumes) carry volume_id and slice_index along.
+    """
+
+    def __init__(self, contract: dict, masks: bool = False, volumes: bool = False):
         from raddist.data.contract import PreprocessContract
 
         self.contract = PreprocessContract.from_dict(contract)
+        self.masks, self.volumes = masks, volumes
 
     def __call__(self, batch: dict) -> dict:
-        from raddist.data.transforms import decode
-        from raddist.errors import InputError
+        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["uri"]))]
+        parts = [self._row(row) for row in rows] or [self._empty(batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-        size = self.contract.size
-        n = len(batch["uri"])
-        images = np.zeros((n, size, size), dtype=np.uint8)
-        errors = np.array([""] * n, dtype=object)
-        for i, uri in enumerate(batch["uri"]):
-            try:
-                images[i] = decode(uri, storage.read_bytes(uri), self.contract)
-            except InputError as e:
-                errors[i] = e.reason
-            except FileNotFoundError:
-                errors[i] = "object not found"
-            except Exception as e:  # noqa: BLE001 - one bad image must not end the run
-                errors[i] = f"{type(e).__name__}: {e}"[:300]
-        return {"sample_id": batch["sample_id"], "uri": batch["uri"], "image": images, "error": errors}
+    def _row(self, row: dict) -> dict:
+        try:
+            if self.volumes:
+                return self._volume(row)
+            image = decode(row["uri"], storage.read_bytes(row["uri"]), self.contract)
+            decoded = {"image": image[None]}
+            if self.masks:
+                mask = read_mask(_mask_uri(row), storage.read_bytes(_mask_uri(row)))
+                decoded["mask"] = resize_labels(mask, (self.contract.size,) * 2)[None]
+                decoded["shape"] = np.array([[1, *mask.shape]], np.int64)
+            return self._rows(row, [str(row["sample_id"])], decoded, "")
+        except Exception as e:  # noqa: BLE001 - one bad image must not end the run
+            return self._failed(row, e)
+
+    def _volume(self, row: dict) -> dict:
+        mask_uri = _mask_uri(row) if self.masks else None
+        vol = decode_volume(row["uri"], storage.read_bytes(row["uri"]), self.contract, _text(row.get("modality")),
+                            mask_uri, storage.read_bytes(mask_uri) if mask_uri else None)
+        depth = len(vol["image"])
+        decoded = {"image": vol["image"], "shape": np.tile(np.asarray(vol["shape"], np.int64), (depth, 1)),
+                   "affine": np.tile(np.asarray(vol["affine"], np.float64).reshape(1, 16), (depth, 1)),
+                   "slice_index": np.arange(depth, dtype=np.int64)}
+        if self.masks:
+            decoded["mask"] = vol["mask"]
+        volume_id = _text(row["volume_id"])
+        return self._rows(row, [f"{volume_id}:{z}" for z in range(depth)], decoded, "")
+
+    def _rows(self, row: dict, sample_ids, decoded: dict, error: str) -> dict:
+        n, size = len(sample_ids), self.contract.size
+        out = {"sample_id": np.array(sample_ids, dtype=object), "uri": np.array([str(row["uri"])] * n, dtype=object),
+               "image": decoded.get("image", np.zeros((n, size, size), np.uint8)),
+               "error": np.array([error] * n, dtype=object)}
+        if self.masks:
+            out["mask"] = decoded.get("mask", np.zeros((n, size, size), np.uint8))
+        if "volume_id" in row:
+            out["volume_id"] = np.array([_text(row["volume_id"])] * n, dtype=object)
+            default = int(row["slice_index"]) if "slice_index" in row and not _missing(row["slice_index"]) else -1
+            out["slice_index"] = decoded.get("slice_index", np.full(n, default, np.int64))
+        if self.masks or self.volumes:
+            out["shape"] = decoded.get("shape", np.zeros((n, 3), np.int64))
+        if self.volumes:
+            out["affine"] = decoded.get("affine", np.zeros((n, 16), np.float64))
+        return out
+
+    def _failed(self, row: dict, e: Exception) -> dict:
+        if isinstance(e, InputError):
+            reason = e.reason
+        elif isinstance(e, FileNotFoundError):
+            reason = "object not found"
+        else:
+            reason = f"{type(e).__name__}: {e}"[:300]
+        return self._rows(row, [str(row["sample_id"])], {}, reason)
+
+    def _empty(self, batch: dict) -> dict:
+        row = {k: None for k in batch}
+        row["uri"] = ""
+        return {k: v[:0] for k, v in self._rows(row, [""], {}, "").items()}
+
+
+def _mask_uri(row: dict) -> str:
+    uri = row.get("mask_uri")
+    if _missing(uri) or not str(uri):
+        raise InputError(str(row["uri"]), "segmentation row has no mask_uri")
+    return str(uri)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value) -> str:
+    return "" if _missing(value) else str(value)
 
 
 class EmbedBatch:
     """Holds the backbone on its device for the lifetime of the actor."""
 
-    def __init__(self, backbone: str, weights: str, features: dict, threads: int):
+    def __init__(self, backbone: str, weights: str, features: dict, threads: int, size: int):
         import torch
 
         from raddist.backbones import get_config
@@ -82,30 +156,36 @@ class EmbedBatch:
         config = get_config(backbone)
         model = build_model(config, weights)
         self.embedder = Embedder(
-            config, model, n_last_blocks=features["n_last_blocks"], patch_mean=features["patch_mean"]
+            config, model, n_last_blocks=features["n_last_blocks"], patch_mean=features["patch_mean"],
+            patch_tokens=features.get("patch_tokens", 0),
         ).to(self.device).eval()
-        self.widths = {"cls": sum(self.embedder.block_dims)}
-        if "patch_mean" in self.embedder.output_keys:
-            self.widths["patch_mean"] = self.embedder.block_dims[-1]
+        self.size = size
+        self.shapes = None  # every output's shape: a batch whose every row failed still has all columns
 
-    def __call__(self, batch: dict) -> dict:
+    def _embed(self, images: np.ndarray) -> dict:
         import torch
 
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():  # cast on the device: half the bytes to move, and what the cache holds
+            return {k: v.to(torch.float16).cpu().numpy() for k, v in self.embedder(x).items()}
+
+    def __call__(self, batch: dict) -> dict:
         ok = np.array([e == "" for e in batch["error"]], dtype=bool)
-        out = {"sample_id": batch["sample_id"], "uri": batch["uri"], "error": batch["error"]}
-        feats = {}
+        out = {k: v for k, v in batch.items() if k != "image"}
         if ok.any():
-            images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok]))
-            if self.device == "cuda":
-                images = images.pin_memory().to(self.device, non_blocking=True)
-            with torch.inference_mode():
-                feats = {k: v.float().cpu().numpy() for k, v in self.embedder(images).items()}
-        for name, arr in feats.items():
-            full = np.zeros((len(ok), arr.shape[1]), dtype=np.float16)
-            full[ok] = arr
+            feats = self._embed(batch["image"][ok])
+        elif self.shapes is None:  # every row of a first batch failed: a blank image tells the shapes
+            feats = {k: v[:0] for k, v in self._embed(np.zeros((1, self.size, self.size), np.uint8)).items()}
+        else:
+            feats = {}
+        self.shapes = self.shapes or {k: v.shape[1:] for k, v in feats.items()}
+        for name, shape in self.shapes.items():
+            full = np.zeros((len(ok), *shape), dtype=np.float16)
+            if ok.any():
+                full[ok] = feats[name]
             out[name] = full
-        for name, width in self.widths.items():  # a batch whose every row failed
-            out.setdefault(name, np.zeros((len(ok), width), dtype=np.float16))
         return out
 
 
@@ -127,21 +207,30 @@ def actor_resources(resources) -> dict:
 def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> JobOutcome:
     import ray
 
+    from raddist.backbones import get_config
+    from raddist.backbones.embedder import dense_blocks, dense_names, feature_dims
     from raddist.backbones.weights import weights_identity
 
     start = time.time()
     table = manifest_lib.load(job.task.manifest)
-    key = cache.key(job, weights_identity(job.backbone.weights), manifest_lib.content_hash(table))
+    masks = job.task.type == "segmentation"
+    volumes = is_volume_manifest(table)
+    manifest_hash = manifest_lib.content_hash(table)
+    if masks:  # the masks are cached too: their uris are part of what was computed
+        manifest_hash = content_hash([manifest_hash, table["mask_uri"].to_pylist()])
+    key = cache.key(job, weights_identity(job.backbone.weights), manifest_hash, slices=volumes)
     if cache.is_complete(key):
         meta = cache.meta(key)
         return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start)
     cache.clear_partial(key)
 
     res = actor_resources(resources)
-    rows = table.select(["sample_id", "uri"])
-    blocks = max(1, math.ceil(rows.num_rows / DECODE_ROWS_PER_BLOCK))
-    ds = ray.data.from_arrow(rows).repartition(blocks)
-    ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract}, batch_format="numpy", batch_size=None)
+    wanted = ["sample_id", "uri", "mask_uri", "volume_id", "slice_index", "modality"]
+    rows = table.select([c for c in wanted if c in table.column_names and (c != "mask_uri" or masks)])
+    per_block = 1 if volumes else DECODE_ROWS_PER_BLOCK  # a volume is a block of its own: decoded in parallel
+    ds = ray.data.from_arrow(rows).repartition(max(1, math.ceil(rows.num_rows / per_block)))
+    ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract, "masks": masks, "volumes": volumes},
+                        batch_format="numpy", batch_size=None)
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
@@ -149,6 +238,7 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
             "weights": job.backbone.weights,
             "features": job.features,
             "threads": res["threads"],
+            "size": job.contract["size"],
         },
         compute=ray.data.ActorPoolStrategy(size=res["actors"]),
         num_gpus=res["num_gpus"],
@@ -158,9 +248,7 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
     )
     images, error_rows = _write_features(ds, cache, key)
     storage.write_parquet(cache.uri(key, "errors.parquet"), errors_table(error_rows))
-    from raddist.backbones import get_config
-    from raddist.backbones.embedder import feature_dims
-
+    config = get_config(job.backbone.name)
     seconds = time.time() - start
     cache.write_meta(
         key,
@@ -171,8 +259,11 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
             "contract": job.contract,
             "features": job.features,
             "manifest": job.task.manifest,
-            "feature_names": feature_names(get_config(job.backbone.name), job.features),
-            "block_dims": feature_dims(get_config(job.backbone.name), job.features["n_last_blocks"]),
+            "feature_names": feature_names(config, job.features),
+            "block_dims": feature_dims(config, job.features["n_last_blocks"]),
+            "dense_names": dense_names(dense_blocks(config, job.features.get("patch_tokens", 0))),
+            "masks": masks,
+            "volumes": volumes,
             "images": images,
             "errors": len(error_rows),
             "seconds": round(seconds, 3),
@@ -182,12 +273,17 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
     return JobOutcome(job.id, key, True, images, len(error_rows), seconds)
 
 
+def is_volume_manifest(table: pa.Table) -> bool:
+    """Rows are whole volumes (volume_id without slice_index): the pipeline embeds them slice by slice."""
+    return "volume_id" in table.column_names and "slice_index" not in table.column_names
+
+
 def feature_names(config, features: dict) -> list:
     return ["cls", "patch_mean"] if features["patch_mean"] and config.has_patch_mean else ["cls"]
 
 
-def _decode(batch: dict, contract: dict) -> dict:
-    return DecodeBatch(contract)(batch)
+def _decode(batch: dict, contract: dict, masks: bool, volumes: bool) -> dict:
+    return DecodeBatch(contract, masks, volumes)(batch)
 
 
 def _write_features(ds, cache: EmbeddingCache, key: str):
@@ -204,8 +300,9 @@ def _write_features(ds, cache: EmbeddingCache, key: str):
                 error_rows.append({"sample_id": str(sid), "uri": str(uri), "error": str(err)})
             if not ok.any():
                 continue
-            names = [n for n in ("cls", "patch_mean") if n in batch]
-            part = features_table(batch["sample_id"][ok], {n: batch[n][ok] for n in names})
+            names = [n for n in batch if n not in ("sample_id", "uri", "error", *ROW_COLUMNS)]
+            extras = {c: batch[c][ok] for c in ROW_COLUMNS if c in batch}
+            part = rows_table(batch["sample_id"][ok], {n: batch[n][ok] for n in names}, extras)
             if writer is None:
                 writer = pq.ParquetWriter(path, part.schema, filesystem=fs)
             writer.write_table(part)

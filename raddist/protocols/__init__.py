@@ -26,6 +26,9 @@ _MODULES: Dict[str, str] = {
     "finetune": "raddist.protocols.finetune",
     "lora": "raddist.protocols.lora",
     "bitfit": "raddist.protocols.bitfit",
+    "seg_linear": "raddist.protocols.seg_linear",
+    "seg_unet": "raddist.protocols.seg_unet",
+    "attention_mil": "raddist.protocols.attention_mil",
 }
 
 

@@ -1,0 +1,142 @@
+"""Attention-MIL: one prediction per volume from its slices' cached features, pooled by learned
+attention (gated attention, Ilse et al. 2018) instead of the plain average the frozen protocols see.
+
+Bags: features['slices'] of a volume task (evaluate.pooled_volumes: each volume's per-slice
+[cls | patch_mean]); on a task of single images every image is a bag of one. The named feature set
+(features.py) picks the columns of every slice; they are standardised with the training slices'
+statistics. Model: Linear -> ReLU (hidden) -> gated attention over the slices -> linear classifier.
+Training: AdamW, a fixed number of epochs, mini-batches of padded bags, every learning rate of the
+grid on the same batches. Loss: cross-entropy (multiclass) or per-label BCE.
+Selection: the best validation macro AUROC (ties: the lower learning rate); that configuration is
+retrained on train+val and scores test once.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.features import _FEATURE_SETS, FeatureSet, column_range, label_matrix, num_classes
+from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+
+TASK_TYPES = ("multilabel", "binary", "multiclass")
+NEEDS_EMBEDDINGS = True
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lrs: List[PositiveFloat] = Field(default=[1e-4, 1e-3, 1e-2], min_length=1)
+    features: FeatureSet = "cls_last"
+    hidden: PositiveInt = 128
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 16  # bags per step
+    weight_decay: float = Field(default=1e-4, ge=0)
+
+
+def bags(inputs: FrozenInputs, split: SplitData, name: str) -> List[np.ndarray]:
+    """Each sample's (n_slices, F) matrix of the named feature set, float32."""
+    blocks, with_patch = _FEATURE_SETS[name]
+    has_patch = "patch_mean" in split.features
+    if with_patch and not has_patch:
+        raise ValueError(f"features='{name}' needs a 'patch_mean' feature, which this backbone's cache lacks")
+    patch_dim = split.features["patch_mean"].shape[1] if has_patch else 0
+    a, b = column_range(inputs.block_dims, blocks or len(inputs.block_dims), with_patch, patch_dim)
+    if "slices" in split.features:
+        return [np.asarray(s[:, a:b], dtype=np.float32) for s in split.features["slices"]]
+    stacked = np.concatenate([split.features["cls"]] + ([split.features["patch_mean"]] if has_patch else []), 1)
+    return [row[None, a:b].astype(np.float32) for row in stacked]
+
+
+def _padded(bag_list: List[np.ndarray], idx: np.ndarray, stats) -> Tuple[object, object]:
+    """(x (B, S_max, F), mask (B, S_max)) tensors of the bags idx, standardised."""
+    import torch
+
+    longest = max(len(bag_list[i]) for i in idx)
+    x = np.zeros((len(idx), longest, bag_list[idx[0]].shape[1]), np.float32)
+    mask = np.zeros((len(idx), longest), bool)
+    for k, i in enumerate(idx):
+        x[k, : len(bag_list[i])] = (bag_list[i] - stats[0]) / stats[1]
+        mask[k, : len(bag_list[i])] = True
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def build(width: int, hidden: int, n_out: int):
+    import torch
+    from torch import nn
+
+    class GatedAttentionMIL(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
+            self.v, self.u, self.w = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 1)
+            self.classify = nn.Linear(hidden, n_out)
+
+        def forward(self, x, mask):
+            h = self.embed(x)
+            a = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
+            a = torch.softmax(a.masked_fill(~mask, float("-inf")), dim=1)
+            return self.classify((a.unsqueeze(-1) * h).sum(1))
+
+    return GatedAttentionMIL()
+
+
+def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multiclass: bool, seed: int):
+    """One model per learning rate, all on the same mini-batches; returns (models, stats)."""
+    import torch
+    import torch.nn.functional as F
+
+    slices = np.concatenate(bag_list)
+    stats = (slices.mean(0), np.where(slices.std(0) < 1e-6, 1.0, slices.std(0)).astype(np.float32))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        models = [build(slices.shape[1], params.hidden, targets.shape[1]) for _ in lrs]
+    opts = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=params.weight_decay) for m, lr in zip(models, lrs)]
+    y = torch.from_numpy(targets.argmax(1) if multiclass else targets.astype(np.float32))
+    rng = np.random.default_rng([seed, 0xA11])
+    for _ in range(params.epochs):
+        order = rng.permutation(len(bag_list))
+        for a in range(0, len(order), params.batch_size):
+            idx = order[a:a + params.batch_size]
+            x, mask = _padded(bag_list, idx, stats)
+            for model, opt in zip(models, opts):
+                logits = model(x, mask)
+                loss = F.cross_entropy(logits, y[idx]) if multiclass else F.binary_cross_entropy_with_logits(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    return models, stats
+
+
+def predict(model, bag_list, stats, multiclass: bool, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for a in range(0, len(bag_list), batch_size):
+            logits = model(*_padded(bag_list, np.arange(a, min(a + batch_size, len(bag_list))), stats))
+            out.append((torch.softmax(logits, 1) if multiclass else torch.sigmoid(logits)).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
+    multiclass = inputs.task_type == "multiclass"
+    train, val = train_val_split(inputs, seed)
+    lrs = sorted(set(params.lrs))
+    y_train, y_val = label_matrix(inputs, train.labels), label_matrix(inputs, val.labels)
+    if num_classes(inputs, train.labels) != y_train.shape[1]:
+        raise ValueError("label columns and classes disagree")
+    models, stats = fit(bags(inputs, train, params.features), y_train, lrs, params, multiclass, seed)
+    val_bags = bags(inputs, val, params.features)
+    best, val_score, scores = select_best(
+        list(range(len(lrs))), lambda i: macro_auroc(y_val, predict(models[i], val_bags, stats, multiclass)))
+    fit_set = train_plus_val(train, val)
+    [model], stats = fit(bags(inputs, fit_set, params.features), label_matrix(inputs, fit_set.labels), [lrs[best]],
+                         params, multiclass, seed)
+    test = inputs.splits["test"]
+    test_scores = predict(model, bags(inputs, test, params.features), stats, multiclass)
+    selected = {"lr": lrs[best], "features": params.features, "val_auroc": [round(s, 4) for s in scores]}
+    return to_prediction(test, test_scores, selected, val_score)

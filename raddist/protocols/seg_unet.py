@@ -1,0 +1,87 @@
+"""UNet-style segmentation decoder over the frozen patch tokens of the last five blocks.
+
+As the reference: the last block's tokens are the bottleneck; up to four up-blocks (transposed
+convolution x2, then a 3x3 convolution, BatchNorm, ReLU) each take a skip from an earlier block,
+-2 into the coarsest up-block through -5 into the finest. A skip is a 1x1 projection resized
+bilinearly to its up-block's grid (ViT blocks share one grid; CNN stages come at their own).
+Up-blocks stop once the grid reaches the mask size (16 -> 256 for a 224 px ViT/14: four); the
+logits are then resized bilinearly to the mask size. A model with fewer blocks has fewer skips.
+
+Trained with MONAI's DiceCELoss over a learning-rate grid; selected on validation Dice; test
+scored once (seg_common).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from raddist.protocols.seg_common import NEEDS_EMBEDDINGS, TASK_TYPES, SegInputs, SegParams, SegPrediction, run_grid
+
+__all__ = ["NEEDS_EMBEDDINGS", "PATCH_TOKEN_BLOCKS", "TASK_TYPES", "Params", "run"]
+
+PATCH_TOKEN_BLOCKS = 5  # the embedding job caches the patch tokens of the last five blocks
+
+
+class Params(SegParams):
+    lrs: List[PositiveFloat] = Field(default=[1e-4, 1e-3, 1e-2], min_length=1)
+    channels: List[PositiveInt] = Field(default=[256, 128, 64, 32], min_length=1)  # per up-block
+    up_blocks: PositiveInt = 4  # at most; fewer when the mask size is reached sooner
+
+
+def up_blocks_for(grid: int, size: int, most: int) -> int:
+    """Doublings from the bottleneck's grid to the mask size, at least one, at most `most`."""
+    return max(1, min(most, math.ceil(math.log2(max(size / grid, 1.0)))))
+
+
+def build(shapes, n_classes: int, size: int, channels=(256, 128, 64, 32), most: int = 4):
+    """The decoder: tokens (last block first) -> logits at the finest up-block's grid."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    def conv(c_in, c_out):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                             nn.ReLU(inplace=True))
+
+    n_up = up_blocks_for(shapes[0][1], size, most)
+    widths = [channels[min(i, len(channels) - 1)] for i in range(n_up)]
+
+    class UNetDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = conv(shapes[0][0], widths[0])
+            self.skipped = [i + 1 < len(shapes) for i in range(n_up)]
+            self.up = nn.ModuleList()
+            self.skip = nn.ModuleList()
+            self.fuse = nn.ModuleList()
+            c_prev = widths[0]
+            for i, c in enumerate(widths):
+                self.up.append(nn.ConvTranspose2d(c_prev, c, 2, stride=2))
+                self.skip.append(nn.Conv2d(shapes[i + 1][0], c, 1) if self.skipped[i] else nn.Identity())
+                self.fuse.append(conv(2 * c if self.skipped[i] else c, c))
+                c_prev = c
+            self.out = nn.Conv2d(c_prev, n_classes, 1)
+
+        def forward(self, tokens):
+            x = self.stem(tokens[0])
+            for i in range(n_up):
+                x = self.up[i](x)
+                if self.skipped[i]:
+                    s = self.skip[i](tokens[i + 1])
+                    if s.shape[-2:] != x.shape[-2:]:
+                        s = F.interpolate(s, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                    x = torch.cat([x, s], dim=1)
+                x = self.fuse[i](x)
+            return self.out(x)
+
+    return UNetDecoder()
+
+
+def run(inputs: SegInputs, params: Params, seed: int) -> SegPrediction:
+    def builder(shapes, n_classes, size):
+        return build(shapes, n_classes, size, params.channels, params.up_blocks)
+
+    return run_grid(inputs, params, seed, builder, blocks=PATCH_TOKEN_BLOCKS)

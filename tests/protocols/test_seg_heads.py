@@ -1,0 +1,129 @@
+"""The segmentation heads on token grids built directly (no backbone, no cache, no Ray): they learn,
+they select on validation, and a volume's prediction goes back to NIfTI on its source's grid."""
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from raddist import protocols
+from raddist.protocols.seg_common import CaseGeometry, SegInputs, SegSplit, run_grid
+from raddist.seg_metrics import mean_dice
+from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
+
+CLASSES = ["background", "organ", "lesion"]
+AFFINE = np.array([[-0.8, 0, 0, 10.0], [0, -0.8, 0, 5.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]])
+
+
+
+
+def _mask(rng, size):
+    y, x = np.mgrid[0:size, 0:size] / size
+    cy, cx = rng.uniform(0.35, 0.65, 2)
+    organ = ((y - cy) / 0.25) ** 2 + ((x - cx) / 0.2) ** 2 < 1
+    lesion = ((y - cy - 0.05) / 0.1) ** 2 + ((x - cx) / 0.08) ** 2 < 1
+    return np.where(lesion & organ, 2, np.where(organ, 1, 0)).astype(np.uint8)
+
+
+def fake_inputs(n_patients=16, per_patient=4, size=32, grid=8, volumetric=False, noise=0.5, seed=0):
+    """Token grids that carry each patch's class fractions under noise, in 3 blocks (last first)."""
+    rng = np.random.default_rng(seed)
+    n = n_patients * per_patient
+    masks = np.stack([_mask(rng, size) for _ in range(n)])
+    f = size // grid
+    fractions = np.stack([(masks == c).reshape(n, grid, f, grid, f).mean((2, 4)) for c in range(3)], 1)
+    mix = rng.normal(size=(3, 16))
+    tokens = [(np.einsum("nchw,cd->ndhw", fractions, mix * s) + rng.normal(0, noise, (n, 16, grid, grid)))
+              .astype(np.float16) for s in (1.0, 0.6, 0.3)]
+    patients = np.repeat([f"p{i:02d}" for i in range(n_patients)], per_patient)
+    if volumetric:  # one volume per patient, per_patient slices
+        case_ids, slice_index = patients.copy(), np.tile(np.arange(per_patient), n_patients)
+        geometry = {c: CaseGeometry((2.5, 0.8 * 48 / size, 0.8 * 40 / size), (per_patient, 48, 40), AFFINE)
+                    for c in np.unique(case_ids)}
+    else:
+        case_ids, slice_index = np.array([f"img{i:03d}" for i in range(n)]), np.full(n, -1)
+        geometry = {c: CaseGeometry((1.0, 1.0), (size, size)) for c in case_ids}
+    split_of = {p: s for p, s in zip(np.unique(patients), np.resize(["train", "train", "val", "test"], n_patients))}
+    splits = {}
+    for name in ("train", "val", "test"):
+        idx = np.flatnonzero([split_of[p] == name for p in patients])
+        splits[name] = SegSplit([t[idx] for t in tokens], masks[idx], np.array([f"s{i}" for i in idx]),
+                                patients[idx], case_ids[idx].astype(object), slice_index[idx])
+    return SegInputs("segmentation", CLASSES, splits, geometry, volumetric)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("seg_linear", {"epochs": 15}),
+    ("seg_unet", {"epochs": 20, "batch_size": 8, "channels": [16, 8], "lrs": [1e-3, 1e-2]}),
+])
+def test_heads_learn_far_beyond_a_constant_prediction(name, params):
+    module = protocols.get(name)
+    inputs = fake_inputs()
+    prediction = module.run(inputs, module.Params(**params), seed=0)
+    cases = prediction.cases
+    assert len(cases) == len(inputs.splits["test"]) and cases[0].pred.shape == (32, 32)
+    dice = mean_dice(cases, 3)
+    for c in cases:
+        c.pred = np.ones_like(c.truth)  # predict the organ everywhere
+    constant = mean_dice(cases, 3)
+    assert dice > 0.5 and dice > constant + 0.3
+    assert prediction.selected["lr"] in module.Params(**params).lrs
+    assert prediction.val_score == pytest.approx(max(prediction.selected["val_dice"].values()), abs=1e-4)
+
+
+def test_selection_uses_validation_and_is_deterministic():
+    module = protocols.get("seg_linear")
+    params = module.Params(epochs=5, lrs=[1e-5, 1e-1])
+    a = module.run(fake_inputs(), params, seed=1)
+    b = module.run(fake_inputs(), params, seed=1)
+    assert a.selected == b.selected and a.selected["lr"] == 0.1  # 1e-5 barely moves in 5 epochs
+    assert all(np.array_equal(x.pred, y.pred) for x, y in zip(a.cases, b.cases))
+
+
+def test_volumes_are_scored_whole_and_written_back_on_the_source_grid(tmp_path):
+    from raddist.data.readers import read_nifti
+    from raddist.evaluate import write_masks
+
+    module = protocols.get("seg_linear")
+    inputs = fake_inputs(volumetric=True)
+    prediction = module.run(inputs, module.Params(epochs=10), seed=0)
+    assert [c.pred.shape for c in prediction.cases] == [(4, 32, 32)] * 4  # 4 test volumes of 4 slices
+    assert prediction.cases[0].spacing == pytest.approx((2.5, 1.2, 1.0))
+    assert write_masks(prediction, str(tmp_path), salt="s") == 4
+    files = sorted((tmp_path / "masks").iterdir())
+    volume, affine = read_nifti(str(files[0]), files[0].read_bytes())
+    assert volume.shape == (4, 48, 40)
+    np.testing.assert_allclose(affine, AFFINE, atol=1e-6)
+    assert set(np.unique(volume)) <= {0, 1, 2}
+
+
+def test_carves_validation_from_train_by_patient_when_there_is_none():
+    inputs = fake_inputs()
+    inputs.splits.pop("val")
+    prediction = protocols.get("seg_linear").run(inputs, protocols.get("seg_linear").Params(epochs=3), seed=0)
+    assert prediction.val_score is not None
+
+
+def test_unet_decoder_shapes_for_vit_and_cnn_grids():
+    from raddist.protocols.seg_unet import build, up_blocks_for
+
+    assert up_blocks_for(16, 224, 4) == 4 and up_blocks_for(8, 64, 4) == 3 and up_blocks_for(8, 64, 2) == 2
+    assert up_blocks_for(16, 16, 4) == 1
+    vit = [(32, 8, 8)] * 5
+    out = build(vit, 3, 64, channels=[16, 8, 8, 4])([torch.zeros(2, *s) for s in vit])
+    assert out.shape == (2, 3, 64, 64)
+    cnn = [(96, 2, 2), (192, 4, 4), (48, 8, 8), (32, 16, 16)]  # tiny_cnn's stages, last first
+    out = build(cnn, 4, 64, channels=[16, 8])([torch.zeros(2, *s) for s in cnn])
+    assert out.shape == (2, 4, 32, 32)  # four doublings at most: 2 -> 32, resized to the mask later
+
+
+def test_contract_and_params():
+    for name, blocks in (("seg_linear", 1), ("seg_unet", 5)):
+        module = protocols.get(name)
+        assert module.TASK_TYPES == ("segmentation",) and module.NEEDS_EMBEDDINGS is True
+        assert module.PATCH_TOKEN_BLOCKS == blocks
+        with pytest.raises(ValidationError, match="not_a_field"):
+            module.Params(not_a_field=1)
+        with pytest.raises(ValidationError, match="lrs"):
+            module.Params(lrs=[])
+    assert run_grid  # the shared loop both heads call
