@@ -17,22 +17,22 @@ from raddist.embed.cache import EmbeddingCache
 from raddist.plan import Cell
 
 @lru_cache(maxsize=2)
-def _task_inputs(task_json: str, key: str, cache_root: str):
+def _task_inputs(task_json: str, key: str, cache_root: str, salt: str):
     """Per worker process: the joined inputs of one (task, embeddings), reused by its cells."""
     from raddist.evaluate import frozen_inputs
     from raddist.spec import TaskSpec
 
     task = TaskSpec.model_validate_json(task_json)
     cached = EmbeddingCache(cache_root).load(key)
-    return frozen_inputs(task, manifest_lib.load(task.manifest), cached)
+    return frozen_inputs(task, manifest_lib.load(task.manifest, salt), cached)
 
 
-def train_inputs(cell: Cell, resources, output: str):
+def train_inputs(cell: Cell, resources, output: str, salt: str):
     import ray
 
     from raddist.protocols.base import TrainInputs
 
-    table = manifest_lib.load(cell.task.manifest)
+    table = manifest_lib.load(cell.task.manifest, salt)
     use_gpu = resources.train_use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
@@ -65,9 +65,9 @@ def evaluate_cell(cell: Cell, key: Optional[str], cache_root: str, output: str, 
     wall0, cpu0 = time.time(), time.process_time()
     try:
         if key is None:  # a trainable protocol: it reads images, not cached features
-            inputs = train_inputs(cell, resources, output)
+            inputs = train_inputs(cell, resources, output, salt)
         else:
-            inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root)
+            inputs = _task_inputs(cell.task.model_dump_json(), key, cache_root, salt)
         prediction, rows, seconds = run_cell(cell, inputs, n_boot)
         masks = write_masks(prediction, results.cell_dir(output, cell.id), salt)  # segmentation: label maps
         wall = time.time() - wall0

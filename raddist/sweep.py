@@ -54,6 +54,7 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     ensure_ray()
     storage.makedirs(output)
     cache = EmbeddingCache(spec.storage.cache_uri())
+    salt = deployment_salt()
     say(f"plan: {len(plan.cells)} cells, {len(plan.jobs)} embedding jobs → {output}")
 
     keys: Dict[str, str] = {}
@@ -61,7 +62,7 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     gpus = actor_resources(spec.resources)
     job_costs = []
     for job in plan.jobs.values():
-        outcome = run_embedding_job(job, cache, spec.resources)
+        outcome = run_embedding_job(job, cache, spec.resources, salt)
         keys[job.id] = outcome.key
         computed += outcome.computed
         cached_jobs += not outcome.computed
@@ -80,7 +81,7 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
 
     pending = [c for c in plan.cells if not results.is_done(output, c.id)]
     say(f"cells: {len(plan.cells) - len(pending)} already done, {len(pending)} to run")
-    outcomes = _run_cells(plan, pending, keys, cache.root, output, deployment_salt(), say)
+    outcomes = _run_cells(plan, pending, keys, cache.root, output, salt, say)
 
     gathered = results.gather(output, plan.cells)
     done = sum(results.is_done(output, c.id) for c in plan.cells)

@@ -28,8 +28,15 @@ REQUIRED = ("sample_id", "uri", "patient_id", "split")
 OPTIONAL = ("modality", "volume_id", "slice_index", "mask_uri")
 
 
-def load(uri: str) -> pa.Table:
-    """Read a manifest and resolve relative uris against its directory."""
+PSEUDONYMISED = ("sample_id", "patient_id", "volume_id")
+
+
+def load(uri: str, salt: Optional[str] = None) -> pa.Table:
+    """Read a manifest and resolve relative uris against its directory.
+
+    With a salt, the id columns become keyed pseudonyms, so that no site identifier (an accession
+    number used as a sample id, a PatientID) travels into the cache, the outputs or a log.
+    """
     if not storage.exists(uri):
         raise ManifestError(f"manifest not found: {uri}")
     try:
@@ -44,6 +51,13 @@ def load(uri: str) -> pa.Table:
         if col in table.column_names:
             values = [None if u is None else storage.resolve(u, base) for u in table[col].to_pylist()]
             table = table.set_column(table.column_names.index(col), col, pa.array(values, pa.string()))
+    if salt is not None:
+        from raddist.privacy import pseudonym
+
+        for col in PSEUDONYMISED:
+            if col in table.column_names:
+                values = [None if v is None else pseudonym(v, salt) for v in table[col].to_pylist()]
+                table = table.set_column(table.column_names.index(col), col, pa.array(values, pa.string()))
     return table
 
 
@@ -60,13 +74,11 @@ def validate(
             raise ManifestError(f"manifest {uri}: label column '{col}' not found; columns are {table.column_names}")
     ids = table["sample_id"].to_pylist()
     if len(set(ids)) != len(ids):
-        seen, dup = set(), None
-        for i in ids:
-            if i in seen:
-                dup = i
-                break
-            seen.add(i)
-        raise ManifestError(f"manifest {uri}: duplicate sample_id '{dup}'")
+        first = {}
+        for row, i in enumerate(ids):
+            if i in first:
+                raise ManifestError(f"manifest {uri}: rows {first[i]} and {row} have the same sample_id")
+            first[i] = row
     splits = table["split"].to_pylist()
     bad = [(i, s) for i, s in enumerate(splits) if s not in SPLITS]
     if bad:
@@ -95,8 +107,10 @@ def _check_values(table: pa.Table, col: str, uri: str, allowed: Optional[Iterabl
 def check_patient_splits(patients: Sequence[str], splits: Sequence[str], uri: str = "manifest") -> None:
     first = {}
     for row, (p, s) in enumerate(zip(patients, splits)):
-        if first.setdefault(p, s) != s:
-            raise ManifestError(f"{uri}: patient '{p}' is in both '{first[p]}' and '{s}' (row {row}); splits must be by patient")
+        split, where = first.setdefault(p, (s, row))
+        if split != s:
+            raise ManifestError(f"{uri}: the patient of rows {where} and {row} is in both '{split}' and '{s}'; "
+                                "splits must be by patient")
 
 
 def content_hash(table: pa.Table) -> str:

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from typing import Optional
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,7 +205,8 @@ def actor_resources(resources) -> dict:
     return {"actors": actors, "num_gpus": 0, "num_cpus": share, "threads": max(1, int(cpus // actors))}
 
 
-def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> JobOutcome:
+def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt: Optional[str] = None) -> JobOutcome:
+    """salt: ids are pseudonymised before anything is embedded (see manifest.load)."""
     import ray
 
     from raddist.backbones import get_config
@@ -212,7 +214,7 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources) -> Jo
     from raddist.backbones.weights import weights_identity
 
     start = time.time()
-    table = manifest_lib.load(job.task.manifest)
+    table = manifest_lib.load(job.task.manifest, salt)
     masks = job.task.type == "segmentation"
     volumes = is_volume_manifest(table)
     manifest_hash = manifest_lib.content_hash(table)

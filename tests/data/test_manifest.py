@@ -38,8 +38,8 @@ def test_missing_required_column(tmp_path):
 @pytest.mark.parametrize(
     "over, match",
     [
-        ({"patient_id": ["p1", "p2", "p2", "p3"]}, "patient 'p2' is in both 'train' and 'val'"),
-        ({"sample_id": ["a", "b", "a", "d"]}, "duplicate sample_id 'a'"),
+        ({"patient_id": ["p1", "p2", "p2", "p3"]}, "the patient of rows 1 and 2 is in both 'train' and 'val'"),
+        ({"sample_id": ["a", "b", "a", "d"]}, "rows 0 and 2 have the same sample_id"),
         ({"split": ["train", "train", "valid", "test"]}, "row 2 has split 'valid'"),
         ({"finding": [0, 1, 2, 1]}, "row 2 column 'finding' has value 2"),
     ],
@@ -58,3 +58,15 @@ def test_content_hash_tracks_uris_not_labels():
     base = manifest.content_hash(_table())
     assert manifest.content_hash(_table(finding=[1, 1, 1, 1])) == base
     assert manifest.content_hash(_table(uri=["x", "b", "c", "d"])) != base
+
+
+def test_salted_load_pseudonymises_ids_consistently(tmp_path):
+    pq.write_table(_table(), tmp_path / "m.parquet")
+    a = manifest.load(str(tmp_path / "m.parquet"), salt="s1")
+    b = manifest.load(str(tmp_path / "m.parquet"), salt="s1")
+    c = manifest.load(str(tmp_path / "m.parquet"), salt="s2")
+    assert a["sample_id"].to_pylist() == b["sample_id"].to_pylist()
+    assert set(a["sample_id"].to_pylist()).isdisjoint({"a", "b", "c", "d"})
+    assert a["patient_id"][0] == a["patient_id"][1] != a["patient_id"][2]  # same patient, same pseudonym
+    assert a["sample_id"].to_pylist() != c["sample_id"].to_pylist()
+    assert a["uri"].to_pylist() == manifest.load(str(tmp_path / "m.parquet"))["uri"].to_pylist()
