@@ -108,6 +108,8 @@ def make_plan(spec: SweepSpec) -> Plan:
                     continue
                 if proto.backbones is not None and backbone.label not in proto.backbones:
                     continue
+                if proto.tasks is not None and task.name not in proto.tasks:
+                    continue
                 needs = bool(getattr(module, "NEEDS_EMBEDDINGS", True))
                 if needs:
                     plan.jobs.setdefault(job.id, job)
@@ -141,7 +143,8 @@ def patch_token_blocks(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) 
     """Blocks of patch tokens this backbone x task's protocols read (seg_linear 1, seg_unet 5); 0 for most."""
     wanted = [getattr(protocols.get(p.name), "PATCH_TOKEN_BLOCKS", 0) for p in spec.protocols
               if task.type in protocols.get(p.name).TASK_TYPES
-              and (p.backbones is None or backbone.label in p.backbones)]
+              and (p.backbones is None or backbone.label in p.backbones)
+              and (p.tasks is None or task.name in p.tasks)]
     return max(wanted, default=0)
 
 

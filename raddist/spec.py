@@ -104,6 +104,7 @@ class ProtocolSpec(Strict):
     params: Dict[str, Any] = {}
     # only these backbones (names or aliases); default all. E.g. LoRA only where qkv/fc1/fc2 exist
     backbones: Optional[List[str]] = None
+    tasks: Optional[List[str]] = None  # only these tasks; default every task of a matching type
 
     @model_validator(mode="after")
     def _check(self) -> "ProtocolSpec":
@@ -170,6 +171,10 @@ class SweepSpec(Strict):
             unknown = sorted(set(proto.backbones or []) - set(labels))
             if unknown:
                 raise ValueError(f"protocols.{i}.backbones: unknown backbone(s) {unknown}; allowed: {labels}")
+            tasks = [t.name for t in self.tasks]
+            unknown = sorted(set(proto.tasks or []) - set(tasks))
+            if unknown:
+                raise ValueError(f"protocols.{i}.tasks: unknown task(s) {unknown}; allowed: {tasks}")
         return self
 
     @model_validator(mode="after")

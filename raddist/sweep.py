@@ -160,10 +160,12 @@ def _trial_resources(cell: Cell, res):
 
 
 def _cell_trial(config, cells, keys, cache_root, output, n_boot, salt, resources):
+    import ray
     from ray import tune
 
     from raddist.cells import evaluate_cell
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # trainable cells read with Ray Data
     cell = cells[config["cell_id"]]
     outcome = evaluate_cell(cell, keys.get(cell.embedding_job), cache_root, output, n_boot, salt, resources)
     tune.report({k: v for k, v in outcome.items() if k != "cell_id"})

@@ -75,5 +75,9 @@ def test_protocol_restricted_to_some_backbones():
     assert all(c.embedding_job is None for c in lora)
     from raddist.errors import ConfigError
 
+    plan = make_plan(_spec(protocols=[{"name": "knn", "tasks": ["brain"]}], seeds=[0]))
+    assert {c.task.name for c in plan.cells} == {"brain"} and len(plan.jobs) == 2
+    with pytest.raises(ConfigError, match=r"protocols.0.tasks: unknown task\(s\) \['lung'\]"):
+        _spec(protocols=[{"name": "knn", "tasks": ["lung"]}])
     with pytest.raises(ConfigError, match=r"protocols.1.backbones: unknown backbone\(s\) \['vit_x'\]"):
         _spec(protocols=[{"name": "knn"}, {"name": "lora", "backbones": ["vit_x"]}])

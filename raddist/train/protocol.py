@@ -71,6 +71,9 @@ def run(method: str, inputs: TrainInputs, params: TrainParams, seed: int) -> Pre
 
     if inputs.task_type not in TASK_TYPES:
         raise ValueError(f"{method} applies to {TASK_TYPES}, not {inputs.task_type!r}")
+    if "volume_id" in inputs.manifest.column_names:  # it would train and score slices, not volumes
+        raise ValueError(f"{method} does not yet score volume tasks per volume; use the frozen protocols "
+                         "(which pool slice features per volume) or attention_mil")
     spec = model_spec(method, inputs, params)
     check_model(spec)
     table = data.assign_splits(inputs.manifest, seed)
