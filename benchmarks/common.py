@@ -1,0 +1,207 @@
+"""Shared pieces of the benchmarks: the machine's description, CPU accounting of a process tree, the
+naive path's Dataset and model, synthetic PNG data, output.
+
+Every benchmark prints progress lines and, as its LAST line, one JSON object with its results.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import time
+import warnings
+from multiprocessing import Pool
+
+import numpy as np
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# decode() returns read-only arrays (views of Pillow images); the DataLoader's collate copies them anyway
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def machine() -> dict:
+    """What the numbers were measured on, and how busy the machine was at the start."""
+    import torch
+
+    info = {
+        "host_cpus": cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def emit(result: dict) -> None:
+    """The benchmark's result: one JSON object, the last line of its output."""
+    print(json.dumps(result, sort_keys=True), flush=True)
+
+
+class TreeCpu:
+    """CPU seconds used by this process and all its descendants while the block runs.
+
+    That covers DataLoader workers and, after ray.init, the local Ray cluster (gcs, raylet, the
+    workers and actors under it). Ray's processes are not reaped with accounting, so a process's
+    time is lost when it exits: a thread samples every process of the tree every `interval`
+    seconds and keeps each one's last reading (at most `interval` of a process's life is lost).
+    Unlike wall time, CPU time barely moves when other work shares the machine.
+
+        with TreeCpu() as cpu:
+            work()
+        cpu.seconds
+
+    new_only: count this process and the processes started in the block (e.g. DataLoader workers),
+    not those that were already running (e.g. an idle local Ray cluster).
+    """
+
+    def __init__(self, interval: float = 0.25, new_only: bool = False):
+        import threading
+
+        self.interval, self.new_only, self.seconds = interval, new_only, 0.0
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> dict:
+        import psutil
+
+        root, out = psutil.Process(), {}
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                out[(proc.pid, proc.create_time())] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self._last.update(self._sample())
+
+    def __enter__(self):
+        self._base = self._sample()
+        self._last = dict(self._base)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._sample())
+        root = next(iter(self._base))  # this process, sampled first
+        counted = {k: v for k, v in self._last.items() if not self.new_only or k == root or k not in self._base}
+        self.seconds = sum(v - self._base.get(k, 0.0) for k, v in counted.items())
+
+
+# --------------------------------------------------------------------------- the naive path's pieces
+
+class DecodedImages:
+    """torch Dataset: read one file's bytes and decode it exactly as the pipeline's DecodeBatch does."""
+
+    def __init__(self, uris, contract):
+        from raddist.data.contract import PreprocessContract
+
+        self.uris, self.contract = list(uris), PreprocessContract.from_dict(contract)
+
+    def __len__(self):
+        return len(self.uris)
+
+    def __getitem__(self, i):
+        from raddist import storage
+        from raddist.data.transforms import decode
+
+        return decode(self.uris[i], storage.read_bytes(self.uris[i]), self.contract)
+
+
+def build_embedder(job, device: str):
+    from raddist.backbones import Embedder, build_model, get_config
+
+    config = get_config(job.backbone.name)
+    model = build_model(config, job.backbone.weights)
+    return Embedder(config, model, job.features["n_last_blocks"], job.features["patch_mean"],
+                    patch_tokens=job.features.get("patch_tokens", 0)).to(device).eval()
+
+
+
+# --------------------------------------------------------------------------- synthetic PNG images
+
+def _png(args) -> bytes:
+    """One 8-bit grayscale 'radiograph': a bright body ellipse, a few blobs, smooth shading and noise.
+
+    The noise keeps the PNG's size (and so its decode cost) near that of a real radiograph,
+    roughly 0.6 bytes per pixel, instead of the near-free decode of a flat synthetic image.
+    """
+    from PIL import Image
+
+    seed, size = args
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(size)
+    cy, cx = rng.uniform(0.45, 0.55, 2)
+    img = 40 + 120 * np.exp(-(((y - cy) / 0.35) ** 2 + ((x - cx) / 0.3) ** 2) ** 2)
+    for _ in range(int(rng.integers(1, 4))):
+        by, bx, r = rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75), rng.uniform(0.02, 0.08)
+        img += 60 * np.exp(-((y - by) ** 2 + (x - bx) ** 2) / (2 * r * r))
+    img += 20 * y + rng.normal(0, 6, img.shape).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_png_dataset(out_dir: str, rows: int, distinct: int, size: int, seed: int = 0) -> str:
+    """`distinct` PNG files of size x size, and a manifest of `rows` rows that cycles over them.
+
+    Rows beyond the distinct files reuse a file under a new sample id: the decode work per row is
+    the same, and writing thousands of large PNGs would cost more time than the benchmark itself.
+    Returns the manifest's path.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = os.path.join(out_dir, "images")
+    os.makedirs(images, exist_ok=True)
+    distinct = min(distinct, rows)
+    with Pool(cpu_count()) as pool:
+        blobs = pool.map(_png, [(seed * 1_000_003 + i, size) for i in range(distinct)], chunksize=8)
+    uris = []
+    for i, blob in enumerate(blobs):
+        uri = os.path.join(images, f"img{i:05d}.png")
+        with open(uri, "wb") as f:
+            f.write(blob)
+        uris.append(uri)
+    table = pa.table({
+        "sample_id": [f"s{i:06d}" for i in range(rows)],
+        "uri": [uris[i % distinct] for i in range(rows)],
+        "patient_id": [f"p{i:06d}" for i in range(rows)],
+        "split": [("train", "train", "train", "val", "test")[i % 5] for i in range(rows)],
+        "finding": [i % 2 for i in range(rows)],
+    })
+    path = os.path.join(out_dir, "manifest.parquet")
+    pq.write_table(table, path)
+    return path
+
+
+def subset_manifest(path: str, rows: int) -> str:
+    """A manifest of the first `rows` rows of another, beside it."""
+    import pyarrow.parquet as pq
+
+    out = path.replace(".parquet", f"-{rows}.parquet")
+    pq.write_table(pq.read_table(path).slice(0, rows), out)
+    return out
