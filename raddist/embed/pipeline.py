@@ -199,10 +199,14 @@ def actor_resources(resources) -> dict:
     gpus = int(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 1))
     if gpus:
-        return {"actors": resources.embed_actors or gpus, "num_gpus": 1, "num_cpus": 1, "threads": 1}
+        return {"actors": resources.embed_actors or gpus, "num_gpus": 1, "num_cpus": 1, "threads": 1,
+                "decode_cpus": 1}
     actors = resources.embed_actors or 1
     share = max(0.1, min(1.0, cpus / (4 * actors)))
-    return {"actors": actors, "num_gpus": 0, "num_cpus": share, "threads": max(1, int(cpus // actors))}
+    # decode tasks at half a CPU: with the actor's share, several run at once on a small node;
+    # the actor's torch threads leave a core to them (measured: benchmarks/RESULTS.md)
+    return {"actors": actors, "num_gpus": 0, "num_cpus": share, "threads": max(1, int(cpus // actors) - 1),
+            "decode_cpus": 0.5}
 
 
 def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt: Optional[str] = None) -> JobOutcome:
@@ -232,7 +236,7 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
     per_block = 1 if volumes else DECODE_ROWS_PER_BLOCK  # a volume is a block of its own: decoded in parallel
     ds = ray.data.from_arrow(rows).repartition(max(1, math.ceil(rows.num_rows / per_block)))
     ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract, "masks": masks, "volumes": volumes},
-                        batch_format="numpy", batch_size=None)
+                        batch_format="numpy", batch_size=None, num_cpus=res["decode_cpus"])
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
