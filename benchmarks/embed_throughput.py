@@ -157,7 +157,7 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
 
     jobs = {}
     for size, path in manifests.items():
-        spec, jobs[size] = make_job(path, backbone, args.batch_size, workdir)
+        spec, jobs[size] = make_job(path, backbone, args.batch_size, workdir, args.embed_actors)
     uris = {size: pq.read_table(path)["uri"].to_pylist() for size, path in manifests.items()}
     say(f"{backbone}: contract {jobs['large'].contract}, batch {args.batch_size}, "
         f"runs of {len(uris['small'])} and {len(uris['large'])} images")
@@ -223,7 +223,7 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
             "by_threads": by_threads, "pipeline_actor": actor}
 
 
-def make_job(manifest: str, backbone: str, batch_size: int, cache_dir: str):
+def make_job(manifest: str, backbone: str, batch_size: int, cache_dir: str, actors=None):
     from raddist import spec as spec_lib
     from raddist.plan import make_plan
 
@@ -232,7 +232,7 @@ def make_job(manifest: str, backbone: str, batch_size: int, cache_dir: str):
         "tasks": [{"name": "bench", "manifest": manifest, "type": "multilabel", "labels": ["finding"]}],
         "protocols": [{"name": "knn"}],
         "storage": {"cache": cache_dir},
-        "resources": {"embed_batch_size": batch_size},
+        "resources": {"embed_batch_size": batch_size, "embed_actors": actors},
     })
     return spec, next(iter(make_plan(spec).jobs.values()))
 
@@ -259,6 +259,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, nargs="+", help="torch threads to try (default: 1 2; --gpu: 1)")
     p.add_argument("--repeats", type=int, default=1, help="small+large run pairs per path and thread count")
     p.add_argument("--actor-cpus", type=float, help="experiment: override the embed actor's num_cpus")
+    p.add_argument("--embed-actors", type=int, help="the spec's resources.embed_actors (default: the pipeline's)")
     p.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of a large run")
     p.add_argument("--workdir", help="where data and caches go (default: a temporary dir, removed after)")
     args = p.parse_args(argv)
