@@ -33,7 +33,10 @@ from raddist.plan import EmbeddingJob, content_hash
 
 log = logging.getLogger(__name__)
 
-DECODE_ROWS_PER_BLOCK = 32
+MIN_ROWS_PER_BLOCK, MAX_ROWS_PER_BLOCK = 16, 128
+MAX_CPU_ACTORS = 16  # each holds a copy of the model
+SLICES_PER_VOLUME = 50  # a guess, for sizing the pool before the volumes are read
+ROWS_PER_CPU_ACTOR = 1000  # ~2.5 CPU-s of decoding at 512^2 PNG: about what an actor's start costs
 
 
 @dataclass
@@ -190,9 +193,18 @@ class EmbedBatch:
         return out
 
 
-def actor_resources(resources) -> dict:
-    """One actor per GPU when there are GPUs; else a fractional CPU share, so that the actors
-    never starve the decode tasks (two 1-CPU actors on two cores hang the pipeline)."""
+def actor_resources(resources, rows: Optional[int] = None) -> dict:
+    """How the embedding stage of a job of `rows` rows (None: a large one) is laid out on this cluster.
+
+    GPUs: one actor per GPU, fed by decode tasks of one CPU each on every core of the cluster.
+    CPU-only: one actor per ROWS_PER_CPU_ACTOR rows, at most one per core (and MAX_CPU_ACTORS),
+    because an actor's start (a process importing torch and timm, ~4.5 CPU-s) outweighs decoding a
+    small job serially. Each has one torch thread and asks for the
+    same fractional CPU as the decode step so that Ray Data fuses the two: each actor reads,
+    decodes and embeds its own blocks, as a DataLoader worker would, with no object transfer in
+    between (benchmarks/RESULTS.md). The fractional share (half the cluster in all) keeps CPUs free
+    for Ray Data's own tasks: two 1-CPU actors on two cores hang the pipeline.
+    """
     import ray
 
     cluster = ray.cluster_resources()
@@ -201,12 +213,17 @@ def actor_resources(resources) -> dict:
     if gpus:
         return {"actors": resources.embed_actors or gpus, "num_gpus": 1, "num_cpus": 1, "threads": 1,
                 "decode_cpus": 1}
-    actors = resources.embed_actors or 1
-    share = max(0.1, min(1.0, cpus / (4 * actors)))
-    # decode tasks at half a CPU: with the actor's share, several run at once on a small node;
-    # the actor's torch threads leave a core to them (measured: benchmarks/RESULTS.md)
-    return {"actors": actors, "num_gpus": 0, "num_cpus": share, "threads": max(1, int(cpus // actors) - 1),
-            "decode_cpus": 0.5}
+    most = max(1, min(int(cpus), MAX_CPU_ACTORS))
+    actors = resources.embed_actors or (most if rows is None else min(most, math.ceil(rows / ROWS_PER_CPU_ACTOR)))
+    share = round(max(0.05, min(1.0, cpus / (2 * actors))), 3)
+    return {"actors": actors, "num_gpus": 0, "num_cpus": share, "threads": 1, "decode_cpus": share}
+
+
+def rows_per_block(rows: int, cpus: float) -> int:
+    """Rows per decode block: about four blocks per CPU, so that every decoder stays busy to the
+    end, but never so few rows that Ray's per-block cost (task launch, scheduling, ~20 ms of driver
+    CPU) rivals the decoding itself."""
+    return int(min(MAX_ROWS_PER_BLOCK, max(MIN_ROWS_PER_BLOCK, math.ceil(rows / (4 * max(cpus, 1))))))
 
 
 def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt: Optional[str] = None) -> JobOutcome:
@@ -230,11 +247,13 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
         return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start)
     cache.clear_partial(key)
 
-    res = actor_resources(resources)
+    res = actor_resources(resources, table.num_rows * (SLICES_PER_VOLUME if volumes else 1))
     wanted = ["sample_id", "uri", "mask_uri", "volume_id", "slice_index", "modality"]
     rows = table.select([c for c in wanted if c in table.column_names and (c != "mask_uri" or masks)])
-    per_block = 1 if volumes else DECODE_ROWS_PER_BLOCK  # a volume is a block of its own: decoded in parallel
-    ds = ray.data.from_arrow(rows).repartition(max(1, math.ceil(rows.num_rows / per_block)))
+    # a volume is a block of its own: decoded in parallel. Blocks are sliced here, not repartitioned
+    # by Ray Data (an all-to-all step that would wait for the whole manifest)
+    per_block = 1 if volumes else rows_per_block(rows.num_rows, ray.cluster_resources().get("CPU", 1))
+    ds = ray.data.from_arrow([rows.slice(i, per_block) for i in range(0, rows.num_rows, per_block)] or [rows])
     ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract, "masks": masks, "volumes": volumes},
                         batch_format="numpy", batch_size=None, num_cpus=res["decode_cpus"])
     ds = ds.map_batches(

@@ -11,7 +11,7 @@ import torch
 from raddist import spec as spec_lib
 from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import EmbeddingCache
-from raddist.embed.pipeline import run_embedding_job
+from raddist.embed.pipeline import actor_resources, rows_per_block, run_embedding_job
 from raddist.plan import make_plan
 
 
@@ -33,13 +33,13 @@ def _subset_manifest(synthetic_data, tmp_path, n=24):
     return str(tmp_path / "manifest.parquet"), table
 
 
-def _job(manifest_uri, cache_dir):
+def _job(manifest_uri, cache_dir, **resources):
     spec = spec_lib.parse({
         "backbones": [{"name": "tiny_vit", "weights": "random"}],
         "tasks": [{"name": "t", "manifest": manifest_uri, "type": "multilabel", "labels": ["opacity"]}],
         "protocols": [{"name": "knn"}],
         "storage": {"cache": str(cache_dir)},
-        "resources": {"embed_batch_size": 8},
+        "resources": {"embed_batch_size": 8, **resources},
     })
     return spec, next(iter(make_plan(spec).jobs.values()))
 
@@ -87,3 +87,32 @@ def test_partial_job_is_recomputed(ray_local, synthetic_data, tmp_path):
     assert not cache.is_complete(first.key)
     second = run_embedding_job(job, cache, spec.resources)
     assert second.computed and second.images == 8
+
+
+def test_cpu_only_layout_fuses_decode_into_few_actors(ray_local):
+    """On the 2-CPU test cluster: one actor for a small job, one per core for a large one, each
+    asking for what the decode step asks (so Ray Data fuses them), half the cluster in all."""
+    from raddist.spec import ResourcesSpec
+
+    small, large = actor_resources(ResourcesSpec(), rows=300), actor_resources(ResourcesSpec(), rows=5000)
+    assert (small["actors"], large["actors"]) == (1, 2)
+    for layout in (small, large):
+        assert layout["num_gpus"] == 0 and layout["threads"] == 1
+        assert layout["num_cpus"] == layout["decode_cpus"] and layout["actors"] * layout["num_cpus"] <= 1.0 + 1e-9
+    assert actor_resources(ResourcesSpec(embed_actors=3), rows=10)["actors"] == 3
+    # about four blocks per CPU, within 16..128 rows
+    assert [rows_per_block(n, 2) for n in (10, 400, 3600, 100_000)] == [16, 50, 128, 128]
+
+
+def test_two_actors_embed_every_row_once_as_one_does(ray_local, synthetic_data, tmp_path):
+    manifest_uri, table = _subset_manifest(synthetic_data, tmp_path, n=60)
+    spec1, job = _job(manifest_uri, tmp_path / "c1")
+    spec2, _ = _job(manifest_uri, tmp_path / "c2", embed_actors=2)
+    one = EmbeddingCache(str(tmp_path / "c1"))
+    two = EmbeddingCache(str(tmp_path / "c2"))
+    a = one.load(run_embedding_job(job, one, spec1.resources).key)
+    b = two.load(run_embedding_job(job, two, spec2.resources).key)
+    assert len(b.sample_ids) == len(set(b.sample_ids)) == 60 and b.errors.num_rows == 2
+    order = np.argsort(a.sample_ids), np.argsort(b.sample_ids)
+    assert list(a.sample_ids[order[0]]) == list(b.sample_ids[order[1]])
+    np.testing.assert_allclose(a.features["cls"][order[0]], b.features["cls"][order[1]], rtol=1e-3, atol=1e-3)
