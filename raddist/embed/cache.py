@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from raddist import storage
+from raddist.data.transforms import DECODE_VERSION
 from raddist.plan import EmbeddingJob, content_hash
 
 # bump when the embedding code changes what it computes for the same inputs
@@ -52,6 +53,7 @@ class EmbeddingCache:
             "features": job.features,
             "manifest": manifest_hash,
             "version": EMBEDDER_VERSION,
+            "decode_version": DECODE_VERSION,  # the pixels the model saw
         }
         if slices:
             parts["slices"] = "axis2"
