@@ -141,9 +141,15 @@ class StorageSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    embed_batch_size: int = Field(64, ge=1)
-    # embedding actors; default: one per GPU, or one on a CPU-only cluster
+    # images per forward pass; default: sized to the GPU's free memory, or 64 on a CPU (embed.forward)
+    embed_batch_size: Optional[int] = Field(None, ge=1)
+    # embedding actors; default: one per GPU, or on a CPU-only cluster one per core for large jobs
     embed_actors: Optional[int] = Field(None, ge=1)
+    # torch.compile the backbone for embedding: pays only when the model, not decoding, is the limit
+    # and the job is long enough to repay the compile (benchmarks/embed_throughput.py --gpu measures it)
+    compile: bool = False
+    # JPEGs decoded by nvjpeg on the embedding GPU instead of by the CPUs (data.device_decode)
+    gpu_jpeg_decode: bool = True
     max_concurrent_cells: int = Field(4, ge=1)
     cpus_per_cell: float = Field(0.5, gt=0)
     gpus_per_cell: float = Field(0.0, ge=0)

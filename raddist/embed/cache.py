@@ -43,9 +43,11 @@ class EmbeddingCache:
     def __init__(self, root: str):
         self.root = storage.normalize(root)
 
-    def key(self, job: EmbeddingJob, weights_identity: str, manifest_hash: str, slices: bool = False) -> str:
+    def key(self, job: EmbeddingJob, weights_identity: str, manifest_hash: str, slices: bool = False,
+            decoder: Optional[str] = None) -> str:
         """slices: the manifest's rows are volumes, embedded slice by slice (a different output for
-        the same inputs than the middle slice per row that such rows got before)."""
+        the same inputs than the middle slice per row that such rows got before).
+        decoder: JPEGs were decoded on the GPU by this decoder (data.device_decode), not by Pillow."""
         parts = {
             "backbone": job.backbone.name,
             "weights": weights_identity,
@@ -57,6 +59,8 @@ class EmbeddingCache:
         }
         if slices:
             parts["slices"] = "axis2"
+        if decoder:
+            parts["decoder"] = decoder
         return content_hash(parts)
 
     def dir(self, key: str) -> str:

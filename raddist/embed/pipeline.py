@@ -25,8 +25,10 @@ import pyarrow.parquet as pq
 
 from raddist import storage
 from raddist.data import manifest as manifest_lib
+from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs, defer_to_device
 from raddist.data.transforms import decode
 from raddist.data.volumes import decode_volume, read_mask, resize_labels
+from raddist.embed.forward import CPU_BATCH, MAX_GPU_BATCH
 from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
 from raddist.errors import InputError
 from raddist.plan import EmbeddingJob, content_hash
@@ -56,13 +58,16 @@ class DecodeBatch:
     volumes: each row is a NIfTI volume: it becomes one row per slice (volumes.decode_volume), with
              sample_id f"{volume_id}:{z}", slice_index z, and the source's shape and affine.
     Rows of a manifest with volume_id (slices of volumes) carry volume_id and slice_index along.
+    device_jpeg: a JPEG that device_decode can take is passed on undecoded, its bytes in `encoded`
+             (b"" for every other row), for the actor to decode on its GPU.
     """
 
-    def __init__(self, contract: dict, masks: bool = False, volumes: bool = False):
+    def __init__(self, contract: dict, masks: bool = False, volumes: bool = False, device_jpeg: bool = False):
         from raddist.data.contract import PreprocessContract
 
         self.contract = PreprocessContract.from_dict(contract)
         self.masks, self.volumes = masks, volumes
+        self.device_jpeg = device_jpeg and not (masks or volumes)
 
     def __call__(self, batch: dict) -> dict:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["uri"]))]
@@ -73,8 +78,10 @@ class DecodeBatch:
         try:
             if self.volumes:
                 return self._volume(row)
-            image = decode(row["uri"], storage.read_bytes(row["uri"]), self.contract)
-            decoded = {"image": image[None]}
+            data = storage.read_bytes(row["uri"])
+            if self.device_jpeg and defer_to_device(str(row["uri"]), data, self.contract):
+                return self._rows(row, [str(row["sample_id"])], {"encoded": np.array([data], dtype=object)}, "")
+            decoded = {"image": decode(row["uri"], data, self.contract)[None]}
             if self.masks:
                 mask = read_mask(_mask_uri(row), storage.read_bytes(_mask_uri(row)))
                 decoded["mask"] = resize_labels(mask, (self.contract.size,) * 2)[None]
@@ -103,6 +110,8 @@ class DecodeBatch:
                "error": np.array([error] * n, dtype=object)}
         if self.masks:
             out["mask"] = decoded.get("mask", np.zeros((n, size, size), np.uint8))
+        if self.device_jpeg:
+            out["encoded"] = decoded.get("encoded", np.array([b""] * n, dtype=object))
         if "volume_id" in row:
             out["volume_id"] = np.array([_text(row["volume_id"])] * n, dtype=object)
             default = int(row["slice_index"]) if "slice_index" in row and not _missing(row["slice_index"]) else -1
@@ -144,44 +153,47 @@ def _text(value) -> str:
 
 
 class EmbedBatch:
-    """Holds the backbone on its device for the lifetime of the actor."""
+    """Holds the backbone on its device for the lifetime of the actor.
 
-    def __init__(self, backbone: str, weights: str, features: dict, threads: int, size: int):
+    batch / compile: see embed.forward.BatchedForward. Rows whose bytes came in `encoded` (JPEGs
+    left to the device) are decoded here first; one that fails gets its error, like a decode task's.
+    """
+
+    def __init__(self, backbone: str, weights: str, features: dict, threads: int, size: int,
+                 batch: Optional[int] = None, compile: bool = False):
         import torch
 
         from raddist.backbones import get_config
         from raddist.backbones.embedder import Embedder
         from raddist.backbones.weights import build_model
+        from raddist.embed.forward import BatchedForward
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
-            # Ray pins OMP threads to the actor's (fractional) CPU share; use the node's cores.
+            # Ray pins OMP threads to the actor's (fractional) CPU share; set them as laid out
             torch.set_num_threads(max(1, threads))
         config = get_config(backbone)
         model = build_model(config, weights)
-        self.embedder = Embedder(
+        embedder = Embedder(
             config, model, n_last_blocks=features["n_last_blocks"], patch_mean=features["patch_mean"],
             patch_tokens=features.get("patch_tokens", 0),
         ).to(self.device).eval()
+        self.forward = BatchedForward(embedder, self.device, size, batch, compile)
         self.size = size
         self.shapes = None  # every output's shape: a batch whose every row failed still has all columns
 
-    def _embed(self, images: np.ndarray) -> dict:
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(images))
-        if self.device == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode():  # cast on the device: half the bytes to move, and what the cache holds
-            return {k: v.to(torch.float16).cpu().numpy() for k, v in self.embedder(x).items()}
-
     def __call__(self, batch: dict) -> dict:
-        ok = np.array([e == "" for e in batch["error"]], dtype=bool)
-        out = {k: v for k, v in batch.items() if k != "image"}
+        errors = np.array([str(e) for e in batch["error"]], dtype=object)
+        images = batch["image"]
+        if "encoded" in batch:
+            images, errors = self._decode_deferred(images, batch["encoded"], errors)
+        ok = errors == ""
+        out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
+        out["error"] = errors
         if ok.any():
-            feats = self._embed(batch["image"][ok])
+            feats = self.forward(images[ok] if isinstance(images, np.ndarray) else images[torch_mask(ok, images)])
         elif self.shapes is None:  # every row of a first batch failed: a blank image tells the shapes
-            feats = {k: v[:0] for k, v in self._embed(np.zeros((1, self.size, self.size), np.uint8)).items()}
+            feats = {k: v[:0] for k, v in self.forward(np.zeros((1, self.size, self.size), np.uint8)).items()}
         else:
             feats = {}
         self.shapes = self.shapes or {k: v.shape[1:] for k, v in feats.items()}
@@ -191,6 +203,25 @@ class EmbedBatch:
                 full[ok] = feats[name]
             out[name] = full
         return out
+
+    def _decode_deferred(self, images: np.ndarray, encoded: np.ndarray, errors: np.ndarray):
+        """The batch's images as one tensor on the device, the deferred JPEGs decoded into it."""
+        import torch
+
+        todo = np.flatnonzero([len(b) > 0 for b in encoded] & (errors == ""))
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        if len(todo):
+            decoded, failed = decode_jpegs([encoded[i] for i in todo], self.size, self.device)
+            x[torch.from_numpy(todo).to(self.device)] = decoded
+            errors = errors.copy()
+            errors[todo] = failed
+        return x, errors
+
+
+def torch_mask(mask: np.ndarray, like):
+    import torch
+
+    return torch.from_numpy(mask).to(like.device)
 
 
 def actor_resources(resources, rows: Optional[int] = None) -> dict:
@@ -241,20 +272,23 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
     manifest_hash = manifest_lib.content_hash(table)
     if masks:  # the masks are cached too: their uris are part of what was computed
         manifest_hash = content_hash([manifest_hash, table["mask_uri"].to_pylist()])
-    key = cache.key(job, weights_identity(job.backbone.weights), manifest_hash, slices=volumes)
+    res = actor_resources(resources, table.num_rows * (SLICES_PER_VOLUME if volumes else 1))
+    device_jpeg = bool(res["num_gpus"]) and resources.gpu_jpeg_decode and not (masks or volumes)
+    key = cache.key(job, weights_identity(job.backbone.weights), manifest_hash, slices=volumes,
+                    decoder=DEVICE_DECODER if device_jpeg else None)
     if cache.is_complete(key):
         meta = cache.meta(key)
         return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start)
     cache.clear_partial(key)
 
-    res = actor_resources(resources, table.num_rows * (SLICES_PER_VOLUME if volumes else 1))
     wanted = ["sample_id", "uri", "mask_uri", "volume_id", "slice_index", "modality"]
     rows = table.select([c for c in wanted if c in table.column_names and (c != "mask_uri" or masks)])
     # a volume is a block of its own: decoded in parallel. Blocks are sliced here, not repartitioned
     # by Ray Data (an all-to-all step that would wait for the whole manifest)
     per_block = 1 if volumes else rows_per_block(rows.num_rows, ray.cluster_resources().get("CPU", 1))
     ds = ray.data.from_arrow([rows.slice(i, per_block) for i in range(0, rows.num_rows, per_block)] or [rows])
-    ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract, "masks": masks, "volumes": volumes},
+    ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract, "masks": masks, "volumes": volumes,
+                                                  "device_jpeg": device_jpeg},
                         batch_format="numpy", batch_size=None, num_cpus=res["decode_cpus"])
     ds = ds.map_batches(
         EmbedBatch,
@@ -264,11 +298,14 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
             "features": job.features,
             "threads": res["threads"],
             "size": job.contract["size"],
+            "batch": resources.embed_batch_size,
+            "compile": resources.compile,
         },
         compute=ray.data.ActorPoolStrategy(size=res["actors"]),
         num_gpus=res["num_gpus"],
         num_cpus=res["num_cpus"],
-        batch_size=resources.embed_batch_size,
+        # rows handed to an actor per call; it cuts them into device batches (embed.forward)
+        batch_size=resources.embed_batch_size or (MAX_GPU_BATCH if res["num_gpus"] else CPU_BATCH),
         batch_format="numpy",
     )
     images, error_rows = _write_features(ds, cache, key)
@@ -307,8 +344,8 @@ def feature_names(config, features: dict) -> list:
     return ["cls", "patch_mean"] if features["patch_mean"] and config.has_patch_mean else ["cls"]
 
 
-def _decode(batch: dict, contract: dict, masks: bool, volumes: bool) -> dict:
-    return DecodeBatch(contract, masks, volumes)(batch)
+def _decode(batch: dict, contract: dict, masks: bool, volumes: bool, device_jpeg: bool) -> dict:
+    return DecodeBatch(contract, masks, volumes, device_jpeg)(batch)
 
 
 def _write_features(ds, cache: EmbeddingCache, key: str):

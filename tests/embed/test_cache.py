@@ -25,9 +25,10 @@ def test_key_follows_what_the_features_depend_on(tmp_path, monkeypatch):
         cache.key(job, "sha256:abc", "manifest-a"),
         cache.key(_job(size=96), "random", "manifest-a"),
         cache.key(job, "random", "manifest-a", slices=True),
+        cache.key(job, "random", "manifest-a", decoder="nvjpeg"),  # JPEGs decoded on the GPU
     }
     monkeypatch.setattr(cache_lib, "DECODE_VERSION", cache_lib.DECODE_VERSION + 1)  # the decoded pixels change
     others.add(cache.key(job, "random", "manifest-a"))
     monkeypatch.setattr(cache_lib, "EMBEDDER_VERSION", cache_lib.EMBEDDER_VERSION + 1)
     others.add(cache.key(job, "random", "manifest-a"))
-    assert key not in others and len(others) == 6
+    assert key not in others and len(others) == 7
