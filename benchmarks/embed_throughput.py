@@ -61,8 +61,8 @@ def run_pipeline(job, resources, threads, workdir: str, actor_cpus=None, stats: 
         seen["ds"] = ds
         return orig_write(Timed(ds), cache, key)
 
-    def resources_override(res):
-        out = orig_resources(res)
+    def resources_override(res, rows=None):
+        out = orig_resources(res, rows)
         out.update({k: v for k, v in (("threads", threads), ("num_cpus", actor_cpus)) if v is not None})
         return out
 
@@ -205,7 +205,7 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
     def best(key, fn=max):
         return fn(r[key] for r in rows)
 
-    actor = actor_resources(spec.resources)
+    actor = actor_resources(spec.resources, len(uris["large"]))
     if args.actor_cpus is not None:
         actor["num_cpus"] = args.actor_cpus
     p_row = max(rows, key=lambda r: r["pipeline_img_s"])

@@ -28,7 +28,7 @@ from raddist.data import manifest as manifest_lib
 from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs, defer_to_device
 from raddist.data.transforms import decode
 from raddist.data.volumes import decode_volume, read_mask, resize_labels
-from raddist.embed.forward import CPU_BATCH, MAX_GPU_BATCH
+from raddist.embed.forward import MAX_GPU_BATCH
 from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
 from raddist.errors import InputError
 from raddist.plan import EmbeddingJob, content_hash
@@ -304,8 +304,10 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
         compute=ray.data.ActorPoolStrategy(size=res["actors"]),
         num_gpus=res["num_gpus"],
         num_cpus=res["num_cpus"],
-        # rows handed to an actor per call; it cuts them into device batches (embed.forward)
-        batch_size=resources.embed_batch_size or (MAX_GPU_BATCH if res["num_gpus"] else CPU_BATCH),
+        # rows handed to an actor per call; it cuts them into device batches (embed.forward). A GPU
+        # actor's calls gather blocks from many decode tasks; a CPU actor takes each block it decoded
+        # whole (no re-batching copies)
+        batch_size=(resources.embed_batch_size or MAX_GPU_BATCH) if res["num_gpus"] else None,
         batch_format="numpy",
     )
     images, error_rows = _write_features(ds, cache, key)
