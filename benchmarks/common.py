@@ -143,6 +143,15 @@ def build_embedder(job, device: str):
 
 # --------------------------------------------------------------------------- synthetic PNG images
 
+def _jpeg(args) -> bytes:
+    """The same image as _png, as a quality-90 JPEG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(_png(args))).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def _png(args) -> bytes:
     """One 8-bit grayscale 'radiograph': a bright body ellipse, a few blobs, smooth shading and noise.
 
@@ -165,7 +174,7 @@ def _png(args) -> bytes:
     return buf.getvalue()
 
 
-def write_png_dataset(out_dir: str, rows: int, distinct: int, size: int, seed: int = 0) -> str:
+def write_png_dataset(out_dir: str, rows: int, distinct: int, size: int, seed: int = 0, jpeg: bool = False) -> str:
     """`distinct` PNG files of size x size, and a manifest of `rows` rows that cycles over them.
 
     Rows beyond the distinct files reuse a file under a new sample id: the decode work per row is
@@ -179,10 +188,10 @@ def write_png_dataset(out_dir: str, rows: int, distinct: int, size: int, seed: i
     os.makedirs(images, exist_ok=True)
     distinct = min(distinct, rows)
     with Pool(cpu_count()) as pool:
-        blobs = pool.map(_png, [(seed * 1_000_003 + i, size) for i in range(distinct)], chunksize=8)
+        blobs = pool.map(_jpeg if jpeg else _png, [(seed * 1_000_003 + i, size) for i in range(distinct)], chunksize=8)
     uris = []
     for i, blob in enumerate(blobs):
-        uri = os.path.join(images, f"img{i:05d}.png")
+        uri = os.path.join(images, f"img{i:05d}.{'jpg' if jpeg else 'png'}")
         with open(uri, "wb") as f:
             f.write(blob)
         uris.append(uri)

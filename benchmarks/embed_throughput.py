@@ -119,12 +119,16 @@ def run_naive(job, uris, batch_size: int, workers: int, threads: int, device: st
             "first_batch_s": first - start}
 
 
-def run_ceiling(job, images: np.ndarray, batch_size: int, threads: int, device: str) -> float:
-    """Images/s of the model alone on device-resident uint8 batches; one warm-up batch excluded."""
+def run_ceiling(job, images: np.ndarray, batch_size: int, threads: int, device: str, compile: bool = False) -> float:
+    """Images/s of the model alone on device-resident uint8 batches; one warm-up batch excluded
+    (with compile: the warm-up is the compile)."""
     import torch
 
     torch.set_num_threads(threads)
     embedder = build_embedder(job, device)
+    if compile:
+        embedder = torch.compile(embedder, dynamic=False)
+        images = images[: len(images) // batch_size * batch_size]  # whole batches: one graph
     batches = [torch.from_numpy(images[i : i + batch_size]).to(device) for i in range(0, len(images), batch_size)]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.inference_mode():
@@ -188,6 +192,16 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
     ceiling = {t: max(run_ceiling(jobs["large"], images, args.batch_size, t, device) for _ in range(args.repeats))
                for t in args.threads}
     say("  " + ", ".join(f"threads={t}: {v:.1f} img/s" for t, v in ceiling.items()))
+    extra = {}
+    if device == "cuda":  # what the GPU path's own choices would give: the card-sized batch, torch.compile
+        from raddist.embed.forward import sized_batch
+
+        extra["sized_batch"] = sized_batch(build_embedder(jobs["large"], device), jobs["large"].contract["size"], device)
+        start = time.perf_counter()
+        extra["ceiling_compiled_img_s"] = round(run_ceiling(jobs["large"], images, args.batch_size, 1, device, True), 1)
+        extra["compile_and_run_s"] = round(time.perf_counter() - start, 1)
+        extra["ceiling_sized_batch_img_s"] = round(run_ceiling(jobs["large"], images, extra["sized_batch"], 1, device), 1)
+        say(f"  GPU choices: {extra}")
 
     def pick(path, t, key, best=max):  # the best repeat: the run least disturbed by other work
         return round(best(r[key] for r in runs[(path, t)]), 2)
@@ -220,7 +234,7 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
             "naive_cpu_ms_per_img": best("naive_cpu_ms_per_img", min),
             "pipeline_fixed_cpu_s": best("pipeline_fixed_cpu_s", min),
             "naive_fixed_cpu_s": best("naive_fixed_cpu_s", min),
-            "by_threads": by_threads, "pipeline_actor": actor}
+            "by_threads": by_threads, "pipeline_actor": actor, **extra}
 
 
 def make_job(manifest: str, backbone: str, batch_size: int, cache_dir: str, actors=None):
@@ -261,6 +275,8 @@ def main(argv=None) -> dict:
     p.add_argument("--actor-cpus", type=float, help="experiment: override the embed actor's num_cpus")
     p.add_argument("--embed-actors", type=int, help="the spec's resources.embed_actors (default: the pipeline's)")
     p.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats of a large run")
+    p.add_argument("--jpeg", action="store_true",
+                   help="JPEG files (quality 90) instead of PNG: on a GPU the pipeline decodes them on the device")
     p.add_argument("--workdir", help="where data and caches go (default: a temporary dir, removed after)")
     args = p.parse_args(argv)
     gpu = args.gpu
@@ -281,8 +297,9 @@ def main(argv=None) -> dict:
     workdir = args.workdir or tempfile.mkdtemp(prefix="raddist-bench-")
     started, info = time.perf_counter(), machine()
     say(f"machine: {info}")
-    say(f"writing {args.distinct} PNGs of {args.png_size}^2 under {workdir}")
-    manifests = {"large": write_png_dataset(os.path.join(workdir, "data"), args.rows, args.distinct, args.png_size)}
+    say(f"writing {args.distinct} {'JPEG' if args.jpeg else 'PNG'}s of {args.png_size}^2 under {workdir}")
+    manifests = {"large": write_png_dataset(os.path.join(workdir, "data"), args.rows, args.distinct, args.png_size,
+                                             jpeg=args.jpeg)}
     manifests["small"] = subset_manifest(manifests["large"], args.small_rows)
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
@@ -299,7 +316,8 @@ def main(argv=None) -> dict:
     out = dict(results[0])  # the headline keys are the first backbone's
     out.update({
         "device": device, "rows": [args.small_rows, args.rows], "distinct_files": args.distinct,
-        "png_size": args.png_size, "batch_size": args.batch_size, "ray_cpus": args.cpus,
+        "png_size": args.png_size, "format": "jpeg" if args.jpeg else "png", "batch_size": args.batch_size,
+        "ray_cpus": args.cpus,
         "dataloader_workers": args.workers, "threads_tried": args.threads, "repeats": args.repeats,
         "machine": info, "load_avg_1m_end": round(os.getloadavg()[0], 2),
         "seconds": round(time.perf_counter() - started, 1),

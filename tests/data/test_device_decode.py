@@ -14,10 +14,11 @@ from raddist.data.transforms import decode
 
 @pytest.fixture(scope="module")
 def radiograph_jpegs():
-    """A real CR chest radiograph (pydicom-data), 8-bit, as JPEGs at three sizes."""
+    """A real CR chest radiograph (pydicom-data), 8-bit, as JPEGs at three sizes. Where pydicom-data
+    is not installed (the GPU machine), pydicom's own CT slice stands in."""
     from raddist.data.readers import read_array
 
-    path = get_testdata_file("RG1_UNCR.dcm", download=False)
+    path = get_testdata_file("RG1_UNCR.dcm", download=False) or get_testdata_file("CT_small.dcm", download=False)
     pixels = read_array(path, open(path, "rb").read()).pixels.astype(np.float32)
     gray = Image.fromarray(np.rint(255 * (pixels - pixels.min()) / np.ptp(pixels)).astype(np.uint8), "L")
     out = []
@@ -66,3 +67,12 @@ def test_draft_scale_as_pillow_picks_it():
         jpeg = Image.open(io.BytesIO(buf.getvalue()))
         jpeg.draft("L", (size, size))
         assert -(-w // draft_scale(h, w, size)) == jpeg.size[0], (h, w)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU (nvjpeg)")
+def test_nvjpeg_matches_the_cpu_device(radiograph_jpegs):
+    cpu, _ = decode_jpegs(radiograph_jpegs, 224, "cpu")
+    gpu, errors = decode_jpegs(radiograph_jpegs + [radiograph_jpegs[0][:300]], 224, "cuda")
+    assert errors[:3] == ["", "", ""] and errors[3].startswith("corrupt JPEG") and gpu.is_cuda
+    diff = (gpu[:3].cpu().int() - cpu.int()).abs()
+    assert diff.float().mean() < 1.0 and diff.max() <= 4
