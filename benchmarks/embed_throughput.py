@@ -57,9 +57,9 @@ def run_pipeline(job, resources, threads, workdir: str, actor_cpus=None, stats: 
                 seen["first"] = seen["first"] or time.perf_counter()
                 yield batch
 
-    def write(ds, cache, key):
+    def write(ds, cache, keys):
         seen["ds"] = ds
-        return orig_write(Timed(ds), cache, key)
+        return orig_write(Timed(ds), cache, keys)
 
     def resources_override(res, rows=None):
         out = orig_resources(res, rows)

@@ -50,7 +50,8 @@ def reembed(job, batch_size: int) -> float:
 
     from common import build_embedder
     from raddist.data import manifest as manifest_lib
-    from raddist.embed.pipeline import DecodeBatch, is_volume_manifest
+    from raddist.embed.decode import DecodeBatch
+    from raddist.embed.pipeline import is_volume_manifest
 
     start = time.perf_counter()
     table = manifest_lib.load(job.task.manifest)

@@ -44,7 +44,7 @@ def validate_manifests(spec: SweepSpec) -> None:
 def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str], None] = print) -> dict:
     import ray
 
-    from raddist.embed.pipeline import actor_resources, run_embedding_job
+    from raddist.embed.pipeline import actor_resources, run_embedding_jobs
     from raddist.privacy import deployment_salt
 
     started = time.time()
@@ -58,15 +58,14 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     say(f"plan: {len(plan.cells)} cells, {len(plan.jobs)} embedding jobs → {output}")
 
     keys: Dict[str, str] = {}
-    computed = cached_jobs = images = 0
+    counts = {"computed": 0, "cached": 0, "images": 0}
     gpus = actor_resources(spec.resources)
     job_costs = []
-    for job in plan.jobs.values():
-        outcome = run_embedding_job(job, cache, spec.resources, salt)
+
+    def record(job, outcome):
         keys[job.id] = outcome.key
-        computed += outcome.computed
-        cached_jobs += not outcome.computed
-        images += outcome.images
+        counts["computed" if outcome.computed else "cached"] += 1
+        counts["images"] += outcome.images
         rate = outcome.images / max(outcome.seconds, 1e-9)
         verb = f"embedded {outcome.images} images in {outcome.seconds:.1f}s ({rate:.0f} img/s)" \
             if outcome.computed else "cached"
@@ -76,6 +75,10 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
             "computed": bool(outcome.computed), "images": outcome.images, "wall_seconds": round(outcome.seconds, 3),
             "gpu_seconds": round(outcome.seconds * gpus["actors"] * gpus["num_gpus"], 3) if outcome.computed else 0.0,
         })
+
+    # one Dataset and actor pool per backbone: its weights load once for all of its tasks
+    run_embedding_jobs(list(plan.jobs.values()), cache, spec.resources, salt, on_outcome=record)
+    computed, cached_jobs, images = counts["computed"], counts["cached"], counts["images"]
     storage.write_json(storage.join(output, "embedding_jobs.json"), job_costs)
     input_errors = _write_input_errors(plan, keys, cache, output)
 

@@ -1,8 +1,9 @@
-"""The embedding pipeline: manifest → read + decode (CPU tasks) → embed (actor pool) → cache.
+"""The embedding pipeline: manifest → read + decode (embed.decode) → embed (actor pool) → cache.
 
 Decode tasks ship uint8 squares at the model's resolution; the actors normalise on their device
 (bf16 autocast on GPUs) so the CPUs only decode. A row that fails to read or decode is carried
-through as an error and recorded, never fatal.
+through as an error and recorded, never fatal. The jobs of one backbone share one Dataset and one
+actor pool (run_embedding_jobs).
 
 Dense features (job.features["patch_tokens"] = n > 0, for segmentation): the last n blocks' patch
 tokens, cast to float16 on the device. Segmentation jobs also cache each row's mask at the model's
@@ -12,12 +13,13 @@ one row per slice, read once per volume, so a volume's intensity window is the v
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import time
-from typing import Optional
 from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -25,12 +27,10 @@ import pyarrow.parquet as pq
 
 from raddist import storage
 from raddist.data import manifest as manifest_lib
-from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs, defer_to_device
-from raddist.data.transforms import decode
-from raddist.data.volumes import decode_volume, read_mask, resize_labels
-from raddist.embed.forward import MAX_GPU_BATCH
+from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs
 from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
-from raddist.errors import InputError
+from raddist.embed.decode import DecodeBatch
+from raddist.embed.forward import MAX_GPU_BATCH
 from raddist.plan import EmbeddingJob, content_hash
 
 log = logging.getLogger(__name__)
@@ -49,107 +49,6 @@ class JobOutcome:
     images: int  # images embedded now (0 when cached)
     errors: int
     seconds: float
-
-
-class DecodeBatch:
-    """Read and decode a batch of rows; a failing row becomes an error string, not an exception.
-
-    masks:   also read each row's mask_uri (class indices) at the model's size, nearest (segmentation).
-    volumes: each row is a NIfTI volume: it becomes one row per slice (volumes.decode_volume), with
-             sample_id f"{volume_id}:{z}", slice_index z, and the source's shape and affine.
-    Rows of a manifest with volume_id (slices of volumes) carry volume_id and slice_index along.
-    device_jpeg: a JPEG that device_decode can take is passed on undecoded, its bytes in `encoded`
-             (b"" for every other row), for the actor to decode on its GPU.
-    """
-
-    def __init__(self, contract: dict, masks: bool = False, volumes: bool = False, device_jpeg: bool = False):
-        from raddist.data.contract import PreprocessContract
-
-        self.contract = PreprocessContract.from_dict(contract)
-        self.masks, self.volumes = masks, volumes
-        self.device_jpeg = device_jpeg and not (masks or volumes)
-
-    def __call__(self, batch: dict) -> dict:
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["uri"]))]
-        parts = [self._row(row) for row in rows] or [self._empty(batch)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def _row(self, row: dict) -> dict:
-        try:
-            if self.volumes:
-                return self._volume(row)
-            data = storage.read_bytes(row["uri"])
-            if self.device_jpeg and defer_to_device(str(row["uri"]), data, self.contract):
-                return self._rows(row, [str(row["sample_id"])], {"encoded": np.array([data], dtype=object)}, "")
-            decoded = {"image": decode(row["uri"], data, self.contract)[None]}
-            if self.masks:
-                mask = read_mask(_mask_uri(row), storage.read_bytes(_mask_uri(row)))
-                decoded["mask"] = resize_labels(mask, (self.contract.size,) * 2)[None]
-                decoded["shape"] = np.array([[1, *mask.shape]], np.int64)
-            return self._rows(row, [str(row["sample_id"])], decoded, "")
-        except Exception as e:  # noqa: BLE001 - one bad image must not end the run
-            return self._failed(row, e)
-
-    def _volume(self, row: dict) -> dict:
-        mask_uri = _mask_uri(row) if self.masks else None
-        vol = decode_volume(row["uri"], storage.read_bytes(row["uri"]), self.contract, _text(row.get("modality")),
-                            mask_uri, storage.read_bytes(mask_uri) if mask_uri else None)
-        depth = len(vol["image"])
-        decoded = {"image": vol["image"], "shape": np.tile(np.asarray(vol["shape"], np.int64), (depth, 1)),
-                   "affine": np.tile(np.asarray(vol["affine"], np.float64).reshape(1, 16), (depth, 1)),
-                   "slice_index": np.arange(depth, dtype=np.int64)}
-        if self.masks:
-            decoded["mask"] = vol["mask"]
-        volume_id = _text(row["volume_id"])
-        return self._rows(row, [f"{volume_id}:{z}" for z in range(depth)], decoded, "")
-
-    def _rows(self, row: dict, sample_ids, decoded: dict, error: str) -> dict:
-        n, size = len(sample_ids), self.contract.size
-        out = {"sample_id": np.array(sample_ids, dtype=object), "uri": np.array([str(row["uri"])] * n, dtype=object),
-               "image": decoded.get("image", np.zeros((n, size, size), np.uint8)),
-               "error": np.array([error] * n, dtype=object)}
-        if self.masks:
-            out["mask"] = decoded.get("mask", np.zeros((n, size, size), np.uint8))
-        if self.device_jpeg:
-            out["encoded"] = decoded.get("encoded", np.array([b""] * n, dtype=object))
-        if "volume_id" in row:
-            out["volume_id"] = np.array([_text(row["volume_id"])] * n, dtype=object)
-            default = int(row["slice_index"]) if "slice_index" in row and not _missing(row["slice_index"]) else -1
-            out["slice_index"] = decoded.get("slice_index", np.full(n, default, np.int64))
-        if self.masks or self.volumes:
-            out["shape"] = decoded.get("shape", np.zeros((n, 3), np.int64))
-        if self.volumes:
-            out["affine"] = decoded.get("affine", np.zeros((n, 16), np.float64))
-        return out
-
-    def _failed(self, row: dict, e: Exception) -> dict:
-        if isinstance(e, InputError):
-            reason = e.reason
-        elif isinstance(e, FileNotFoundError):
-            reason = "object not found"
-        else:
-            reason = f"{type(e).__name__}: {e}"[:300]
-        return self._rows(row, [str(row["sample_id"])], {}, reason)
-
-    def _empty(self, batch: dict) -> dict:
-        row = {k: None for k in batch}
-        row["uri"] = ""
-        return {k: v[:0] for k, v in self._rows(row, [""], {}, "").items()}
-
-
-def _mask_uri(row: dict) -> str:
-    uri = row.get("mask_uri")
-    if _missing(uri) or not str(uri):
-        raise InputError(str(row["uri"]), "segmentation row has no mask_uri")
-    return str(uri)
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _text(value) -> str:
-    return "" if _missing(value) else str(value)
 
 
 class EmbedBatch:
@@ -257,12 +156,57 @@ def rows_per_block(rows: int, cpus: float) -> int:
     return int(min(MAX_ROWS_PER_BLOCK, max(MIN_ROWS_PER_BLOCK, math.ceil(rows / (4 * max(cpus, 1))))))
 
 
-def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt: Optional[str] = None) -> JobOutcome:
-    """salt: ids are pseudonymised before anything is embedded (see manifest.load)."""
-    import ray
+@dataclass
+class _Pending:
+    """A job whose embeddings are not in the cache yet, ready to run."""
+    job: EmbeddingJob
+    key: str
+    rows: pa.Table  # the manifest columns the decode step reads
+    masks: bool
+    volumes: bool
+    device_jpeg: bool
 
-    from raddist.backbones import get_config
-    from raddist.backbones.embedder import dense_blocks, dense_names, feature_dims
+    @property
+    def group(self) -> tuple:
+        """Jobs that can share one Dataset and its actors: same model, features and decode kind
+        (so the same output columns)."""
+        b = self.job.backbone
+        return (b.name, b.weights, json.dumps(self.job.features, sort_keys=True), self.job.contract["size"],
+                self.masks, self.volumes, self.device_jpeg, tuple(self.rows.column_names))
+
+
+def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt: Optional[str] = None) -> JobOutcome:
+    return run_embedding_jobs([job], cache, resources, salt)[0]
+
+
+def run_embedding_jobs(jobs, cache: EmbeddingCache, resources, salt: Optional[str] = None,
+                       on_outcome: Optional[Callable[[EmbeddingJob, JobOutcome], None]] = None) -> List[JobOutcome]:
+    """Embed every job whose features are not in the cache yet, in the order given.
+
+    Jobs of one backbone (same weights, features and decode kind) run through one Ray Dataset, so
+    its actors start, import torch and load the weights once for all of that backbone's tasks,
+    not once per task. salt: ids are pseudonymised before anything is embedded (manifest.load).
+    """
+    outcomes: Dict[str, JobOutcome] = {}
+    groups: Dict[tuple, List[_Pending]] = {}
+    for job in jobs:
+        pending = _prepare(job, cache, resources, salt)
+        if isinstance(pending, JobOutcome):
+            outcomes[job.id] = pending
+            if on_outcome:
+                on_outcome(job, pending)
+        else:
+            groups.setdefault(pending.group, []).append(pending)
+    for group in groups.values():
+        for p, outcome in zip(group, _embed_group(group, cache, resources)):
+            outcomes[p.job.id] = outcome
+            if on_outcome:
+                on_outcome(p.job, outcome)
+    return [outcomes[job.id] for job in jobs]
+
+
+def _prepare(job: EmbeddingJob, cache: EmbeddingCache, resources, salt):
+    """The job's cached outcome, or what it takes to run it."""
     from raddist.backbones.weights import weights_identity
 
     start = time.time()
@@ -272,32 +216,45 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
     manifest_hash = manifest_lib.content_hash(table)
     if masks:  # the masks are cached too: their uris are part of what was computed
         manifest_hash = content_hash([manifest_hash, table["mask_uri"].to_pylist()])
-    res = actor_resources(resources, table.num_rows * (SLICES_PER_VOLUME if volumes else 1))
-    device_jpeg = bool(res["num_gpus"]) and resources.gpu_jpeg_decode and not (masks or volumes)
+    device_jpeg = bool(actor_resources(resources, 1)["num_gpus"]) and resources.gpu_jpeg_decode \
+        and not (masks or volumes)
     key = cache.key(job, weights_identity(job.backbone.weights), manifest_hash, slices=volumes,
                     decoder=DEVICE_DECODER if device_jpeg else None)
     if cache.is_complete(key):
         meta = cache.meta(key)
         return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start)
     cache.clear_partial(key)
-
     wanted = ["sample_id", "uri", "mask_uri", "volume_id", "slice_index", "modality"]
     rows = table.select([c for c in wanted if c in table.column_names and (c != "mask_uri" or masks)])
-    # a volume is a block of its own: decoded in parallel. Blocks are sliced here, not repartitioned
-    # by Ray Data (an all-to-all step that would wait for the whole manifest)
-    per_block = 1 if volumes else rows_per_block(rows.num_rows, ray.cluster_resources().get("CPU", 1))
-    ds = ray.data.from_arrow([rows.slice(i, per_block) for i in range(0, rows.num_rows, per_block)] or [rows])
-    ds = ds.map_batches(_decode, fn_kwargs={"contract": job.contract, "masks": masks, "volumes": volumes,
-                                                  "device_jpeg": device_jpeg},
+    return _Pending(job, key, rows, masks, volumes, device_jpeg)
+
+
+def _embed_group(group: List[_Pending], cache: EmbeddingCache, resources) -> List[JobOutcome]:
+    import ray
+
+    start = time.time()
+    first = group[0]
+    total = sum(p.rows.num_rows for p in group)
+    res = actor_resources(resources, total * (SLICES_PER_VOLUME if first.volumes else 1))
+    # a volume is a block of its own: decoded in parallel. Blocks are sliced here, one job's rows
+    # each, not repartitioned by Ray Data (an all-to-all step that waits for the whole manifest)
+    per_block = 1 if first.volumes else rows_per_block(total, ray.cluster_resources().get("CPU", 1))
+    blocks = []
+    for i, p in enumerate(group):
+        tagged = p.rows.append_column("job", pa.array(np.full(p.rows.num_rows, i, np.int32)))
+        blocks += [tagged.slice(j, per_block) for j in range(0, tagged.num_rows, per_block)]
+    ds = ray.data.from_arrow(blocks or [first.rows.append_column("job", pa.array([], pa.int32()))])
+    ds = ds.map_batches(_decode, fn_kwargs={"contracts": [p.job.contract for p in group], "masks": first.masks,
+                                            "volumes": first.volumes, "device_jpeg": first.device_jpeg},
                         batch_format="numpy", batch_size=None, num_cpus=res["decode_cpus"])
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
-            "backbone": job.backbone.name,
-            "weights": job.backbone.weights,
-            "features": job.features,
+            "backbone": first.job.backbone.name,
+            "weights": first.job.backbone.weights,
+            "features": first.job.features,
             "threads": res["threads"],
-            "size": job.contract["size"],
+            "size": first.job.contract["size"],
             "batch": resources.embed_batch_size,
             "compile": resources.compile,
         },
@@ -310,31 +267,41 @@ def run_embedding_job(job: EmbeddingJob, cache: EmbeddingCache, resources, salt:
         batch_size=(resources.embed_batch_size or MAX_GPU_BATCH) if res["num_gpus"] else None,
         batch_format="numpy",
     )
-    images, error_rows = _write_features(ds, cache, key)
-    storage.write_parquet(cache.uri(key, "errors.parquet"), errors_table(error_rows))
-    config = get_config(job.backbone.name)
+    written = _write_features(ds, cache, [p.key for p in group])
     seconds = time.time() - start
-    cache.write_meta(
-        key,
-        {
-            "job_id": job.id,
-            "backbone": job.backbone.name,
-            "weights": weights_identity(job.backbone.weights),
-            "contract": job.contract,
-            "features": job.features,
-            "manifest": job.task.manifest,
-            "feature_names": feature_names(config, job.features),
-            "block_dims": feature_dims(config, job.features["n_last_blocks"]),
-            "dense_names": dense_names(dense_blocks(config, job.features.get("patch_tokens", 0))),
-            "masks": masks,
-            "volumes": volumes,
-            "images": images,
-            "errors": len(error_rows),
-            "seconds": round(seconds, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
-    return JobOutcome(job.id, key, True, images, len(error_rows), seconds)
+    outcomes = []
+    for p, (images, error_rows) in zip(group, written):
+        share = seconds * p.rows.num_rows / max(total, 1)  # the group's time, split by rows
+        storage.write_parquet(cache.uri(p.key, "errors.parquet"), errors_table(error_rows))
+        cache.write_meta(p.key, _meta(p, images, len(error_rows), share, seconds))
+        outcomes.append(JobOutcome(p.job.id, p.key, True, images, len(error_rows), share))
+    return outcomes
+
+
+def _meta(p: _Pending, images: int, errors: int, seconds: float, group_seconds: float) -> dict:
+    from raddist.backbones import get_config
+    from raddist.backbones.embedder import dense_blocks, dense_names, feature_dims
+    from raddist.backbones.weights import weights_identity
+
+    job, config = p.job, get_config(p.job.backbone.name)
+    return {
+        "job_id": job.id,
+        "backbone": job.backbone.name,
+        "weights": weights_identity(job.backbone.weights),
+        "contract": job.contract,
+        "features": job.features,
+        "manifest": job.task.manifest,
+        "feature_names": feature_names(config, job.features),
+        "block_dims": feature_dims(config, job.features["n_last_blocks"]),
+        "dense_names": dense_names(dense_blocks(config, job.features.get("patch_tokens", 0))),
+        "masks": p.masks,
+        "volumes": p.volumes,
+        "images": images,
+        "errors": errors,
+        "seconds": round(seconds, 3),  # this job's share of its group's wall time, by rows
+        "group_seconds": round(group_seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def is_volume_manifest(table: pa.Table) -> bool:
@@ -346,34 +313,54 @@ def feature_names(config, features: dict) -> list:
     return ["cls", "patch_mean"] if features["patch_mean"] and config.has_patch_mean else ["cls"]
 
 
-def _decode(batch: dict, contract: dict, masks: bool, volumes: bool, device_jpeg: bool) -> dict:
-    return DecodeBatch(contract, masks, volumes, device_jpeg)(batch)
+def _decode(batch: dict, contracts: list, masks: bool, volumes: bool, device_jpeg: bool) -> dict:
+    """Decode a block, each row by its job's contract; the job tag follows every output row
+    (a volume becomes many)."""
+    parts = []
+    for j in np.unique(batch["job"]):
+        rows = batch["job"] == j
+        out = DecodeBatch(contracts[j], masks, volumes, device_jpeg)({k: v[rows] for k, v in batch.items() if k != "job"})
+        out["job"] = np.full(len(out["sample_id"]), j, np.int32)
+        parts.append(out)
+    if not parts:
+        out = DecodeBatch(contracts[0], masks, volumes, device_jpeg)({k: v for k, v in batch.items() if k != "job"})
+        out["job"] = np.zeros(0, np.int32)
+        return out
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _write_features(ds, cache: EmbeddingCache, key: str):
-    """Stream the actor outputs into one Parquet file; errored rows go to the errors list."""
-    fs, path = storage.filesystem(cache.uri(key, "features.parquet"))
-    if not storage.is_remote(cache.root):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    writer = None
-    images, error_rows = 0, []
+def _write_features(ds, cache: EmbeddingCache, keys: List[str]) -> List[Tuple[int, list]]:
+    """Stream the actor outputs into one Parquet file per job (rows tagged by their index in keys);
+    errored rows go to that job's error list. Returns (images, error rows) per job."""
+    writers: Dict[int, pq.ParquetWriter] = {}
+    images, errors = [0] * len(keys), [[] for _ in keys]
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            ok = np.array([e == "" for e in batch["error"]], dtype=bool)
-            for sid, uri, err in zip(batch["sample_id"][~ok], batch["uri"][~ok], batch["error"][~ok]):
-                error_rows.append({"sample_id": str(sid), "uri": str(uri), "error": str(err)})
-            if not ok.any():
-                continue
-            names = [n for n in batch if n not in ("sample_id", "uri", "error", *ROW_COLUMNS)]
-            extras = {c: batch[c][ok] for c in ROW_COLUMNS if c in batch}
-            part = rows_table(batch["sample_id"][ok], {n: batch[n][ok] for n in names}, extras)
-            if writer is None:
-                writer = pq.ParquetWriter(path, part.schema, filesystem=fs)
-            writer.write_table(part)
-            images += int(ok.sum())
+            for j in np.unique(batch["job"]):
+                _write_job_rows({k: v[batch["job"] == j] for k, v in batch.items() if k != "job"},
+                                cache, keys[j], writers, int(j), images, errors[j])
     finally:
-        if writer is not None:
+        for writer in writers.values():
             writer.close()
-    if writer is None:  # every row failed: still a valid, empty features file
-        storage.write_parquet(cache.uri(key, "features.parquet"), pa.table({"sample_id": pa.array([], pa.string())}))
-    return images, error_rows
+    for j, key in enumerate(keys):
+        if j not in writers:  # every row failed: still a valid, empty features file
+            storage.write_parquet(cache.uri(key, "features.parquet"), pa.table({"sample_id": pa.array([], pa.string())}))
+    return list(zip(images, errors))
+
+
+def _write_job_rows(batch: dict, cache: EmbeddingCache, key: str, writers: dict, j: int, images: list, errors: list):
+    ok = np.array([e == "" for e in batch["error"]], dtype=bool)
+    for sid, uri, err in zip(batch["sample_id"][~ok], batch["uri"][~ok], batch["error"][~ok]):
+        errors.append({"sample_id": str(sid), "uri": str(uri), "error": str(err)})
+    if not ok.any():
+        return
+    names = [n for n in batch if n not in ("sample_id", "uri", "error", *ROW_COLUMNS)]
+    extras = {c: batch[c][ok] for c in ROW_COLUMNS if c in batch}
+    part = rows_table(batch["sample_id"][ok], {n: batch[n][ok] for n in names}, extras)
+    if j not in writers:
+        fs, path = storage.filesystem(cache.uri(key, "features.parquet"))
+        if not storage.is_remote(cache.root):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        writers[j] = pq.ParquetWriter(path, part.schema, filesystem=fs)
+    writers[j].write_table(part)
+    images[j] += int(ok.sum())

@@ -62,7 +62,7 @@ def decode_split(table: pa.Table, labels: np.ndarray, contract: dict, rows_per_b
 
 
 def _decode_rows(batch: dict, contract: dict) -> dict:
-    from raddist.embed.pipeline import DecodeBatch
+    from raddist.embed.decode import DecodeBatch
 
     out = DecodeBatch(contract)(batch)
     ok = np.array([e == "" for e in out["error"]], dtype=bool)

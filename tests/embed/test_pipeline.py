@@ -11,7 +11,7 @@ import torch
 from raddist import spec as spec_lib
 from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import EmbeddingCache
-from raddist.embed.pipeline import actor_resources, rows_per_block, run_embedding_job
+from raddist.embed.pipeline import actor_resources, rows_per_block, run_embedding_job, run_embedding_jobs
 from raddist.plan import make_plan
 
 
@@ -116,3 +116,43 @@ def test_two_actors_embed_every_row_once_as_one_does(ray_local, synthetic_data, 
     order = np.argsort(a.sample_ids), np.argsort(b.sample_ids)
     assert list(a.sample_ids[order[0]]) == list(b.sample_ids[order[1]])
     np.testing.assert_allclose(a.features["cls"][order[0]], b.features["cls"][order[1]], rtol=1e-3, atol=1e-3)
+
+
+def test_jobs_of_one_backbone_share_one_actor_pool(ray_local, synthetic_data, tmp_path):
+    """Two tasks of one backbone run through one Dataset: one actor start, and each job's cache
+    holds exactly its own rows, with the features a job run alone gets."""
+    from ray._private import state
+
+    chest = manifest_lib.load(os.path.join(synthetic_data, "chest", "manifest.parquet"))
+    uris = []
+    for name, part in (("a", chest.slice(0, 12)), ("b", chest.slice(12, 20))):
+        pq.write_table(part, tmp_path / f"{name}.parquet")
+        uris.append(str(tmp_path / f"{name}.parquet"))
+    labels = [c for c in chest.column_names if c not in ("sample_id", "uri", "patient_id", "split")][:1]
+    spec = spec_lib.parse({
+        "backbones": [{"name": "tiny_vit", "weights": "random"}],
+        "tasks": [{"name": n, "manifest": u, "type": "multilabel", "labels": labels} for n, u in zip("ab", uris)],
+        "protocols": [{"name": "knn"}],
+        "resources": {"embed_batch_size": 8},
+    })
+    jobs = list(make_plan(spec).jobs.values())
+
+    def embed_actors():
+        return {a["ActorID"] for a in state.actors().values() if "EmbedBatch" in a["ActorClassName"]}
+
+    before = embed_actors()
+    cache = EmbeddingCache(str(tmp_path / "together"))
+    seen = []
+    outcomes = run_embedding_jobs(jobs, cache, spec.resources, on_outcome=lambda job, o: seen.append(job.id))
+    assert len(embed_actors() - before) == 1
+    assert [o.images for o in outcomes] == [12, 20] and all(o.computed for o in outcomes)
+    assert sorted(seen) == sorted(j.id for j in jobs)
+
+    alone = EmbeddingCache(str(tmp_path / "alone"))
+    for job, outcome, part in zip(jobs, outcomes, (chest.slice(0, 12), chest.slice(12, 20))):
+        got = cache.load(outcome.key)
+        assert sorted(got.sample_ids) == sorted(manifest_lib.load(job.task.manifest)["sample_id"].to_pylist())
+        ref = alone.load(run_embedding_job(job, alone, spec.resources).key)
+        order = np.argsort(got.sample_ids), np.argsort(ref.sample_ids)
+        np.testing.assert_allclose(got.features["cls"][order[0]], ref.features["cls"][order[1]], rtol=1e-3, atol=1e-3)
+    assert not any(o.computed for o in run_embedding_jobs(jobs, cache, spec.resources))
