@@ -12,6 +12,10 @@ import pandas as pd
 from raddist import storage
 
 HEADLINE = {"multilabel": "auroc", "binary": "auroc", "multiclass": "auroc", "segmentation": "dice"}
+# tables after the headline's: segmentation's pooled Dice (every voxel of the test set at once) and
+# boundary error, which the per-case mean Dice hides
+SECONDARY = {"segmentation": ["dice_pooled", "hd95"]}
+SECONDARY_NOTES = {"dice_pooled": " (all test voxels pooled)", "hd95": " (95th-percentile Hausdorff, lower is better)"}
 # params that distinguish columns; the rest (draw, seed) are repeats, averaged over
 COLUMN_PARAMS = ("head",)
 
@@ -103,12 +107,12 @@ def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = No
               "mean ± std (n). Model selection used validation only."]
     for task in sorted(results["task"].unique()) if len(results) else []:
         sub = results[results["task"] == task]
-        metric = _headline(sub, (task_types or {}).get(task))
-        table = summary_table(sub, metric)
-        if not table.empty:
-            table["text"] = table.apply(_cell_text, axis=1)
-            wide = table.pivot(index="backbone", columns="column", values="text").fillna("—")
-            lines += ["", f"## {task} — {metric}", "", _markdown(wide, "backbone")]
+        task_type = (task_types or {}).get(task)
+        metric = _headline(sub, task_type)
+        lines += _summary_lines(sub, f"## {task} — {metric}", metric)
+        for extra in SECONDARY.get(task_type or "", []):
+            if extra in set(sub["metric"]):
+                lines += _summary_lines(sub, f"### {task} — {extra}{SECONDARY_NOTES.get(extra, '')}", extra)
         few = fewshot_table(sub, metric)
         if not few.empty:
             few["text"] = few.apply(_cell_text, axis=1)
@@ -120,6 +124,15 @@ def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = No
                 storage.write_bytes(storage.join(output, name), fewshot_plot(few, task, metric))
                 lines += ["", f"![few-shot {task}]({name})"]
     return "\n".join(lines) + "\n"
+
+
+def _summary_lines(sub: pd.DataFrame, heading: str, metric: str) -> list:
+    table = summary_table(sub, metric)
+    if table.empty:
+        return []
+    table["text"] = table.apply(_cell_text, axis=1)
+    wide = table.pivot(index="backbone", columns="column", values="text").fillna("—")
+    return ["", heading, "", _markdown(wide, "backbone")]
 
 
 def _headline(sub: pd.DataFrame, task_type: Optional[str]) -> str:

@@ -35,3 +35,14 @@ def test_render_writes_tables_and_plot(tmp_path):
     assert "1-shot" in text and "4-shot" in text and "(n=5)" in text
     png = (tmp_path / "fewshot_chest.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_segmentation_gets_pooled_dice_and_hd95_tables_after_dice():
+    rows = [dict(task="lungs", backbone="vit", protocol="seg_unet", params="{}", seed=0, metric=m,
+                 value=v, ci_low=v - 0.01, ci_high=v + 0.01)
+            for m, v in (("dice", 0.91), ("dice_pooled", 0.93), ("hd95", 4.25), ("jaccard", 0.84), ("dice/heart", 0.88))]
+    text = render(pd.DataFrame(rows), {}, {"lungs": "segmentation"})
+    headings = [line for line in text.splitlines() if line.startswith("#") and "lungs" in line]
+    assert [h.split(" — ")[1].split(" ")[0] for h in headings] == ["dice", "dice_pooled", "hd95"]
+    assert "| vit | 0.910 [0.900, 0.920] |" in text and "| vit | 4.250 [4.240, 4.260] |" in text
+    assert "0.840" not in text  # jaccard and per-class rows stay in results.parquet
