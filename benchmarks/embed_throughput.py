@@ -263,8 +263,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="GPU settings: ViT-B/14 and ViT-g/14, 1024^2 PNGs")
     p.add_argument("--backbones", nargs="+", help="registry names (default tiny_vit; --gpu: ViT-B/14, ViT-g/14)")
-    p.add_argument("--rows", type=int, help="images in the large run (default 3600; --gpu 12288)")
-    p.add_argument("--small-rows", type=int, help="images in the small run (default 1200; --gpu 4096)")
+    p.add_argument("--rows", type=int, help="images in the large run (default 7200; --gpu 12288)")
+    p.add_argument("--small-rows", type=int,
+                   help="images in the small run (default 2400, enough to outlast two actor starts; --gpu 4096)")
     p.add_argument("--distinct", type=int, help="distinct PNG files the rows cycle over (default 400; --gpu 1024)")
     p.add_argument("--png-size", type=int, help="side of the PNG files (default 512; --gpu 1024)")
     p.add_argument("--batch-size", type=int, help="default 32; --gpu 256")
@@ -282,7 +283,7 @@ def main(argv=None) -> dict:
     gpu = args.gpu
     defaults = dict(backbones=["dinov2_vitb14", "dinov2_vitg14"], rows=12288, small_rows=4096, distinct=1024,
                     png_size=1024, batch_size=256, threads=[1]) if gpu else \
-        dict(backbones=["tiny_vit"], rows=3600, small_rows=1200, distinct=400, png_size=512, batch_size=32,
+        dict(backbones=["tiny_vit"], rows=7200, small_rows=2400, distinct=400, png_size=512, batch_size=32,
              threads=[1, 2])
     for key, value in defaults.items():
         setattr(args, key, getattr(args, key) or value)

@@ -236,18 +236,16 @@ def _embed_group(group: List[_Pending], cache: EmbeddingCache, resources) -> Lis
     first = group[0]
     total = sum(p.rows.num_rows for p in group)
     res = actor_resources(resources, total * (SLICES_PER_VOLUME if first.volumes else 1))
-    # a volume is a block of its own: decoded in parallel. Blocks are sliced here, one job's rows
-    # each, not repartitioned by Ray Data (an all-to-all step that waits for the whole manifest)
+    # a volume is a block of its own: decoded in parallel. The blocks are cut here (from_items builds
+    # them and their metadata in the driver): from_arrow would run a remote task per block for the
+    # metadata, and a repartition is an all-to-all step that waits for the whole manifest
     per_block = 1 if first.volumes else rows_per_block(total, ray.cluster_resources().get("CPU", 1))
-    blocks = []
-    for i, p in enumerate(group):
-        tagged = p.rows.append_column("job", pa.array(np.full(p.rows.num_rows, i, np.int32)))
-        blocks += [tagged.slice(j, per_block) for j in range(0, tagged.num_rows, per_block)]
-    ds = ray.data.from_arrow(blocks or [first.rows.append_column("job", pa.array([], pa.int32()))])
-    ds = ds.map_batches(_decode, fn_kwargs={"contracts": [p.job.contract for p in group], "masks": first.masks,
+    items = [{**row, "job": i} for i, p in enumerate(group) for row in p.rows.to_pylist()]
+    ds = ray.data.from_items(items, override_num_blocks=math.ceil(total / per_block)) if items else None
+    ds = ds and ds.map_batches(_decode, fn_kwargs={"contracts": [p.job.contract for p in group], "masks": first.masks,
                                             "volumes": first.volumes, "device_jpeg": first.device_jpeg},
                         batch_format="numpy", batch_size=None, num_cpus=res["decode_cpus"])
-    ds = ds.map_batches(
+    ds = ds and ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={
             "backbone": first.job.backbone.name,
@@ -330,12 +328,12 @@ def _decode(batch: dict, contracts: list, masks: bool, volumes: bool, device_jpe
 
 
 def _write_features(ds, cache: EmbeddingCache, keys: List[str]) -> List[Tuple[int, list]]:
-    """Stream the actor outputs into one Parquet file per job (rows tagged by their index in keys);
-    errored rows go to that job's error list. Returns (images, error rows) per job."""
+    """Stream the actor outputs (ds; None: no rows) into one Parquet file per job (rows tagged by
+    their index in keys); errored rows go to that job's error list. Returns (images, error rows) per job."""
     writers: Dict[int, pq.ParquetWriter] = {}
     images, errors = [0] * len(keys), [[] for _ in keys]
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy") if ds is not None else []:
             for j in np.unique(batch["job"]):
                 _write_job_rows({k: v[batch["job"] == j] for k, v in batch.items() if k != "job"},
                                 cache, keys[j], writers, int(j), images, errors[j])
