@@ -4,7 +4,8 @@ The grid is the demo's (jobs/configs/demo.yaml expanded by raddist.plan; the fro
 that read an embedding job: kNN, ML-kNN, linear, logreg, few-shot, segmentation heads, attention
 MIL), on the synthetic data `raddist demo` writes. Two ways to run it:
 
-  raddist    run_embedding_job once per (backbone, task) on a local Ray cluster into a fresh cache;
+  raddist    run_embedding_jobs over every (backbone, task), as the sweep does (one actor pool per
+             backbone and decode kind), on a local Ray cluster into a fresh cache;
              every cell then runs as the sweep runs it (raddist.cells.evaluate_cell: reads the
              cache, runs its protocol, scores it, writes its results);
   reference  as the study's reference code does: for every cell, run the backbone over the task's
@@ -88,7 +89,7 @@ def main(argv=None) -> dict:
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
     from raddist.embed.cache import EmbeddingCache
-    from raddist.embed.pipeline import run_embedding_job
+    from raddist.embed.pipeline import run_embedding_jobs
     from raddist.plan import make_plan
 
     torch.set_num_threads(args.threads)
@@ -117,14 +118,15 @@ def main(argv=None) -> dict:
     embed_s, cell_s, keys, images = {}, {}, {}, {}
     cache = EmbeddingCache(cache_dir)
     try:
-        for job_id in per_job:
+        t0 = time.perf_counter()  # as the sweep embeds: every job at once, one actor pool per backbone
+        outcomes = run_embedding_jobs([plan.jobs[j] for j in per_job], cache, spec.resources, SALT)
+        scale = (time.perf_counter() - t0) / max(sum(o.seconds for o in outcomes), 1e-9)  # manifest loads too
+        for job_id, outcome in zip(per_job, outcomes):
             job = plan.jobs[job_id]
-            t0 = time.perf_counter()
-            outcome = run_embedding_job(job, cache, spec.resources, SALT)
-            embed_s[job_id], keys[job_id], images[job_id] = time.perf_counter() - t0, outcome.key, outcome.images
+            embed_s[job_id], keys[job_id], images[job_id] = outcome.seconds * scale, outcome.key, outcome.images
             assert outcome.computed, "the cache dir is fresh, so every job must compute"
             say(f"  raddist embed {job.backbone.name} x {job.task.name}: {outcome.images} images in "
-                f"{embed_s[job_id]:.1f}s (Ray pipeline, actor start included)")
+                f"{embed_s[job_id]:.1f}s (its share of its backbone group's Ray pipeline, actor start included)")
         for job_id, job_cells in per_job.items():
             job = plan.jobs[job_id]
             for c in job_cells:  # as the sweep runs a cell: cache read (once per job), protocol, metrics, write
@@ -141,7 +143,7 @@ def main(argv=None) -> dict:
     for job_id, job_cells in per_job.items():
         job = plan.jobs[job_id]
         k = min(args.reference_cells, len(job_cells))
-        reembed_s[job_id] = sum(reembed(job, spec.resources.embed_batch_size) for _ in range(k)) / k
+        reembed_s[job_id] = sum(reembed(job, spec.resources.embed_batch_size or 64) for _ in range(k)) / k
         measured += k
         say(f"  reference re-embed {job.backbone.name} x {job.task.name}: {reembed_s[job_id]:.2f}s per cell "
             f"(mean of {k} measured, x {len(job_cells)} cells)")
