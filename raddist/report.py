@@ -154,7 +154,8 @@ def cost_section(output: str, cell_infos: list) -> str:
     try:
         paper = paper_gpu_hours()
         by_backbone = paper.groupby("backbone", sort=False)["gpu_hours"].sum().round(2)
-        lines += ["", f"Embedding the reference study's grid once (14 backbones × its classification datasets) "
+        lines += ["", f"Embedding the reference study's grid once (14 backbones × its classification datasets; "
+                  f"the segmentation volumes are not counted yet) "
                   f"would take about **{paper['gpu_hours'].sum():.1f} H100 GPU-hours**, at forward rates capped "
                   f"by 16-core decoding ({len(paper)} jobs; rates partly assumed, see raddist/cost.py). "
                   f"Frozen protocols then read the cache and add no GPU time. Per backbone: "
