@@ -6,9 +6,11 @@ tasks pass a JPEG row's bytes through undecoded (`defer_to_device`) and the acto
 one batched call on its GPU, then does what transforms.decode does for an 8-bit image with the
 "auto" window: stretch min..max to 0..255 and resize to size x size, bilinear with antialiasing.
 
-The pixels differ from Pillow's by a grey level or two (IDCT rounding, resampling kernel), so the
-embedding cache keys the decoder (cache.key(..., decoder=DECODER)). The same code runs on a CPU
-device, which is how the tests check it against transforms.decode.
+A file the device decoder refuses is decoded by Pillow in the actor instead (EmbedBatch), so a
+gap in the device's codec support costs speed, never rows. The pixels differ from Pillow's by a
+grey level or two (IDCT rounding, resampling kernel), so the embedding cache keys the decoder
+(cache.key(..., decoder=DECODER)). The same code runs on a CPU device, which is how the tests
+check it against transforms.decode.
 """
 
 from __future__ import annotations

@@ -28,9 +28,12 @@ import pyarrow.parquet as pq
 from raddist import storage
 from raddist.data import manifest as manifest_lib
 from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs
+from raddist.data.contract import PreprocessContract
+from raddist.data.transforms import decode
 from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
 from raddist.embed.decode import DecodeBatch
 from raddist.embed.forward import MAX_GPU_BATCH
+from raddist.errors import InputError
 from raddist.plan import EmbeddingJob, content_hash
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ class EmbedBatch:
         errors = np.array([str(e) for e in batch["error"]], dtype=object)
         images = batch["image"]
         if "encoded" in batch:
-            images, errors = self._decode_deferred(images, batch["encoded"], errors)
+            images, errors = self._decode_deferred(images, batch["encoded"], batch["uri"], errors)
         ok = errors == ""
         out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
         out["error"] = errors
@@ -103,8 +106,10 @@ class EmbedBatch:
             out[name] = full
         return out
 
-    def _decode_deferred(self, images: np.ndarray, encoded: np.ndarray, errors: np.ndarray):
-        """The batch's images as one tensor on the device, the deferred JPEGs decoded into it."""
+    def _decode_deferred(self, images: np.ndarray, encoded: np.ndarray, uris: np.ndarray, errors: np.ndarray):
+        """The batch's images as one tensor on the device, the deferred JPEGs decoded into it. A JPEG
+        the device cannot decode is decoded by Pillow instead, so that a decoder's gap costs speed,
+        never rows; only a file Pillow cannot read either becomes an error."""
         import torch
 
         todo = np.flatnonzero([len(b) > 0 for b in encoded] & (errors == ""))
@@ -113,8 +118,19 @@ class EmbedBatch:
             decoded, failed = decode_jpegs([encoded[i] for i in todo], self.size, self.device)
             x[torch.from_numpy(todo).to(self.device)] = decoded
             errors = errors.copy()
-            errors[todo] = failed
+            for i, device_error in zip(todo, failed):
+                if device_error:
+                    x[int(i)], errors[i] = self._pillow(str(uris[i]), encoded[i])
         return x, errors
+
+    def _pillow(self, uri: str, data: bytes):
+        import torch
+
+        try:
+            return torch.from_numpy(decode(uri, data, PreprocessContract(size=self.size))).to(self.device), ""
+        except Exception as e:  # noqa: BLE001 - as the decode step: one bad image must not end the run
+            reason = e.reason if isinstance(e, InputError) else f"{type(e).__name__}: {e}"[:300]
+            return torch.zeros((self.size, self.size), dtype=torch.uint8, device=self.device), reason
 
 
 def torch_mask(mask: np.ndarray, like):

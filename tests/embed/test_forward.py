@@ -73,13 +73,8 @@ def test_sized_batch_fits_the_card(embedder):
     embedder.to("cpu")
 
 
-def test_actor_decodes_deferred_jpegs_and_reports_the_bad_one(tmp_path):
-    """DecodeBatch leaves JPEGs to the device; EmbedBatch (here on the CPU device) decodes them,
-    embeds them as it embeds Pillow's pixels, and gives a corrupt one its own error."""
-    from raddist.data.contract import PreprocessContract
-    from raddist.data.transforms import decode
-    from raddist.embed.pipeline import DecodeBatch, EmbedBatch
-
+def _mixed_files(tmp_path):
+    """Two JPEGs, a PNG and a truncated JPEG, with smooth radiograph-like content."""
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:256, 0:256]
     blobs = []
@@ -93,6 +88,17 @@ def test_actor_decodes_deferred_jpegs_and_reports_the_bad_one(tmp_path):
     for i, (blob, ext) in enumerate(zip(blobs, ("jpg", "png", "jpg", "jpg"))):
         uris.append(str(tmp_path / f"im{i}.{ext}"))
         open(uris[-1], "wb").write(blob)
+    return uris
+
+
+def test_actor_decodes_deferred_jpegs_and_reports_the_bad_one(tmp_path):
+    """DecodeBatch leaves JPEGs to the device; EmbedBatch (here on the CPU device) decodes them,
+    embeds them as it embeds Pillow's pixels, and gives a corrupt one its own error."""
+    from raddist.data.contract import PreprocessContract
+    from raddist.data.transforms import decode
+    from raddist.embed.pipeline import DecodeBatch, EmbedBatch
+
+    uris = _mixed_files(tmp_path)
     batch = {"sample_id": np.array([f"s{i}" for i in range(4)], dtype=object), "uri": np.array(uris, dtype=object)}
     contract = {"size": 64, "window": "auto", "clip_percentiles": None}
 
@@ -107,3 +113,25 @@ def test_actor_decodes_deferred_jpegs_and_reports_the_bad_one(tmp_path):
     pillow = np.stack([decode(u, open(u, "rb").read(), PreprocessContract(size=64)) for u in uris[:3]])
     ref = actor.forward(pillow)["cls"].astype(np.float32)
     np.testing.assert_allclose(out["cls"][:3].astype(np.float32), ref, atol=0.05, rtol=0.05)
+
+
+def test_jpegs_the_device_cannot_decode_fall_back_to_pillow(tmp_path, monkeypatch):
+    """If the device decoder refuses every file (a codec it lacks, a driver fault), the rows are
+    decoded by Pillow in the actor: the same pixels as a CPU run, and only the truncated file fails."""
+    from raddist.data.contract import PreprocessContract
+    from raddist.data.transforms import decode
+    from raddist.embed import pipeline
+
+    def refusing_decoder(blobs, size, device):
+        return torch.zeros((len(blobs), size, size), dtype=torch.uint8), ["nvjpeg: unsupported"] * len(blobs)
+
+    monkeypatch.setattr(pipeline, "decode_jpegs", refusing_decoder)
+    uris = _mixed_files(tmp_path)
+    batch = {"sample_id": np.array([f"s{i}" for i in range(4)], dtype=object), "uri": np.array(uris, dtype=object)}
+    decoded = pipeline.DecodeBatch({"size": 64}, device_jpeg=True)(batch)
+    actor = pipeline.EmbedBatch("tiny_vit", "random", {"n_last_blocks": 1, "patch_mean": False}, threads=1, size=64)
+    out = actor(decoded)
+    assert list(out["error"][:3]) == ["", "", ""] and out["error"][3].startswith("corrupt JPEG")
+    pillow = np.stack([decode(u, open(u, "rb").read(), PreprocessContract(size=64)) for u in uris[:3]])
+    np.testing.assert_allclose(out["cls"][:3].astype(np.float32), actor.forward(pillow)["cls"].astype(np.float32),
+                               atol=1e-3, rtol=1e-3)
