@@ -97,8 +97,6 @@ def cmd_compare(args) -> int:
         preds = preds[preds["protocol"].isin(args.protocol)]
     else:  # few-shot draws are compared through their means in the report, not draw by draw
         preds = preds[preds["protocol"] != "fewshot"]
-    # segmentation rows hold per-case Dice, not scores to rank; their paired comparison is still to come
-    preds = preds[preds["task_type"] != "segmentation"]
     try:
         table = compare_backbones(preds, args.a, args.b, n_boot=args.bootstrap, seed=args.seed,
                                   keys=("task", "protocol", "params", "seed"))

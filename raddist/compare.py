@@ -7,7 +7,8 @@
 - :func:`delong_test`: DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves,
   computed with the midrank algorithm of Sun & Xu (2014), O(n log n).
 - :func:`holm`: Holm-Bonferroni step-down adjusted p-values.
-- :func:`compare_predictions`: the whole comparison over two backbones' predictions frames.
+- :func:`compare_predictions`: the whole comparison over two backbones' predictions frames;
+  segmentation tasks get a paired patient bootstrap of the mean per-case Dice (:func:`case_dice`).
 """
 
 from __future__ import annotations
@@ -207,6 +208,13 @@ def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: in
         base = dict(zip(keys, key))
         m = _align(a, groups_b[key], str(base))
         task, task_type = a["task"].iloc[0], a["task_type"].iloc[0]
+        if task_type == "segmentation":
+            base.update(n_samples=len(m), n_patients=m["patient_id_a"].nunique())
+            rows.append(dict(base, metric="dice", test="bootstrap", family="boot:dice",
+                             **paired_bootstrap(_stack(m["labels_a"]), _stack(m["scores_a"]), _stack(m["scores_b"]),
+                                                m["patient_id_a"].to_numpy(), case_dice, n_boot, seed, alpha,
+                                                task_type="multilabel")))
+            continue
         labels, scores_a = normalize(task_type, _stack(m["labels_a"]), _stack(m["scores_a"]))
         scores_b = normalize(task_type, labels, _stack(m["scores_b"]))[1]
         n_classes = scores_a.shape[1]
@@ -232,6 +240,13 @@ def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: in
     for _, idx in out.groupby("family").groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
     return out[columns]
+
+
+def case_dice(present: np.ndarray, dice: np.ndarray) -> float:
+    """Segmentation predictions hold, per case and foreground class, whether the class is in the
+    truth (labels) and its Dice (scores): the mean Dice over the (case, class) pairs present."""
+    values = np.where(present.astype(bool), dice, np.nan)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def compare_backbones(preds: pd.DataFrame, a: str, b: str, **kwargs) -> pd.DataFrame:

@@ -150,3 +150,26 @@ def test_compare_predictions_rejects_different_items():
         compare_predictions(a, b.iloc[1:], n_boot=10)
     with pytest.raises(ValueError, match="no predictions"):
         compare_backbones(preds, "good", "missing")
+
+
+def test_segmentation_compares_mean_case_dice_by_patient_bootstrap():
+    """Segmentation predictions: labels = class present in the case's truth, scores = its Dice.
+    The comparison is the mean Dice over present (case, class) pairs, absent classes ignored."""
+    from raddist.compare import case_dice
+
+    rng = np.random.default_rng(1)
+    n = 40
+    present = (rng.random((n, 2)) < 0.8).astype(int)
+    present[:, 0] = 1
+    good = np.clip(0.85 + 0.05 * rng.standard_normal((n, 2)), 0, 1)
+    weak = np.clip(good - 0.10 + 0.03 * rng.standard_normal((n, 2)), 0, 1)
+    weak[present == 0] = 1.0  # absent classes must not count, whatever they hold
+    frames = [predictions_frame(b, "lungs", "segmentation", present, d, np.arange(n) // 2)
+              for b, d in (("good", good), ("weak", weak))]
+    out = compare_backbones(pd.concat(frames, ignore_index=True), "good", "weak", n_boot=300)
+    assert len(out) == 1 and out.iloc[0]["metric"] == "dice" and out.iloc[0]["test"] == "bootstrap"
+    row = out.iloc[0]
+    assert row["a"] == pytest.approx(good[present == 1].mean()) and row["b"] == pytest.approx(weak[present == 1].mean())
+    assert 0.07 < row["diff"] < 0.13 and row["ci_low"] > 0 and row["p_value"] < 0.01
+    assert row["n_patients"] == 20
+    assert np.isnan(case_dice(np.zeros((2, 2)), np.ones((2, 2))))
