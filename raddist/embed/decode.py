@@ -89,18 +89,21 @@ class DecodeBatch:
         return out
 
     def _failed(self, row: dict, e: Exception) -> dict:
-        if isinstance(e, InputError):
-            reason = e.reason
-        elif isinstance(e, FileNotFoundError):
-            reason = "object not found"
-        else:
-            reason = f"{type(e).__name__}: {e}"[:300]
-        return self._rows(row, [str(row["sample_id"])], {}, reason)
+        return self._rows(row, [str(row["sample_id"])], {}, failure_reason(e))
 
     def _empty(self, batch: dict) -> dict:
         row = {k: None for k in batch}
         row["uri"] = ""
         return {k: v[:0] for k, v in self._rows(row, [""], {}, "").items()}
+
+
+def failure_reason(e: Exception) -> str:
+    """What a row's error column says about why it could not be decoded."""
+    if isinstance(e, InputError):
+        return e.reason
+    if isinstance(e, FileNotFoundError):
+        return "object not found"
+    return f"{type(e).__name__}: {e}"[:300]
 
 
 def _mask_uri(row: dict) -> str:

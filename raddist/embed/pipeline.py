@@ -31,9 +31,8 @@ from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs
 from raddist.data.contract import PreprocessContract
 from raddist.data.transforms import decode
 from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
-from raddist.embed.decode import DecodeBatch
+from raddist.embed.decode import DecodeBatch, failure_reason
 from raddist.embed.forward import MAX_GPU_BATCH
-from raddist.errors import InputError
 from raddist.plan import EmbeddingJob, content_hash
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,8 @@ class EmbedBatch:
         self.shapes = None  # every output's shape: a batch whose every row failed still has all columns
 
     def __call__(self, batch: dict) -> dict:
+        import torch
+
         errors = np.array([str(e) for e in batch["error"]], dtype=object)
         images = batch["image"]
         if "encoded" in batch:
@@ -93,7 +94,7 @@ class EmbedBatch:
         out = {k: v for k, v in batch.items() if k not in ("image", "encoded")}
         out["error"] = errors
         if ok.any():
-            feats = self.forward(images[ok] if isinstance(images, np.ndarray) else images[torch_mask(ok, images)])
+            feats = self.forward(images[ok] if isinstance(images, np.ndarray) else images[torch.from_numpy(ok).to(images.device)])
         elif self.shapes is None:  # every row of a first batch failed: a blank image tells the shapes
             feats = {k: v[:0] for k, v in self.forward(np.zeros((1, self.size, self.size), np.uint8)).items()}
         else:
@@ -129,14 +130,7 @@ class EmbedBatch:
         try:
             return torch.from_numpy(decode(uri, data, PreprocessContract(size=self.size))).to(self.device), ""
         except Exception as e:  # noqa: BLE001 - as the decode step: one bad image must not end the run
-            reason = e.reason if isinstance(e, InputError) else f"{type(e).__name__}: {e}"[:300]
-            return torch.zeros((self.size, self.size), dtype=torch.uint8, device=self.device), reason
-
-
-def torch_mask(mask: np.ndarray, like):
-    import torch
-
-    return torch.from_numpy(mask).to(like.device)
+            return torch.zeros((self.size, self.size), dtype=torch.uint8, device=self.device), failure_reason(e)
 
 
 def actor_resources(resources, rows: Optional[int] = None) -> dict:
@@ -223,6 +217,8 @@ def run_embedding_jobs(jobs, cache: EmbeddingCache, resources, salt: Optional[st
 
 def _prepare(job: EmbeddingJob, cache: EmbeddingCache, resources, salt):
     """The job's cached outcome, or what it takes to run it."""
+    import ray
+
     from raddist.backbones.weights import weights_identity
 
     start = time.time()
@@ -232,8 +228,7 @@ def _prepare(job: EmbeddingJob, cache: EmbeddingCache, resources, salt):
     manifest_hash = manifest_lib.content_hash(table)
     if masks:  # the masks are cached too: their uris are part of what was computed
         manifest_hash = content_hash([manifest_hash, table["mask_uri"].to_pylist()])
-    device_jpeg = bool(actor_resources(resources, 1)["num_gpus"]) and resources.gpu_jpeg_decode \
-        and not (masks or volumes)
+    device_jpeg = bool(ray.cluster_resources().get("GPU", 0)) and resources.gpu_jpeg_decode and not (masks or volumes)
     key = cache.key(job, weights_identity(job.backbone.weights), manifest_hash, slices=volumes,
                     decoder=DEVICE_DECODER if device_jpeg else None)
     if cache.is_complete(key):
@@ -331,15 +326,11 @@ def _decode(batch: dict, contracts: list, masks: bool, volumes: bool, device_jpe
     """Decode a block, each row by its job's contract; the job tag follows every output row
     (a volume becomes many)."""
     parts = []
-    for j in np.unique(batch["job"]):
+    for j in np.unique(batch["job"]) if len(batch["job"]) else [0]:  # an empty block still yields the columns
         rows = batch["job"] == j
         out = DecodeBatch(contracts[j], masks, volumes, device_jpeg)({k: v[rows] for k, v in batch.items() if k != "job"})
         out["job"] = np.full(len(out["sample_id"]), j, np.int32)
         parts.append(out)
-    if not parts:
-        out = DecodeBatch(contracts[0], masks, volumes, device_jpeg)({k: v for k, v in batch.items() if k != "job"})
-        out["job"] = np.zeros(0, np.int32)
-        return out
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
