@@ -17,7 +17,7 @@ from raddist.embed.pipeline import run_embedding_job
 from raddist.plan import make_plan
 
 
-def _big_manifest(synthetic_data, tmp_path, copies=16):
+def _big_manifest(synthetic_data, tmp_path, copies=48):  # large enough to outlast the kill
     base = manifest_lib.load(os.path.join(synthetic_data, "brain_mri", "manifest.parquet"))
     rows = []
     for c in range(copies):
