@@ -132,7 +132,9 @@ class DecodedImages:
 
 
 def build_embedder(job, device: str):
-    from raddist.backbones import Embedder, build_model, get_config
+    from raddist.backbones.embedder import Embedder
+    from raddist.backbones.registry import get_config
+    from raddist.backbones.weights import build_model
 
     config = get_config(job.backbone.name)
     model = build_model(config, job.backbone.weights)

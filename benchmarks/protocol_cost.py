@@ -1,6 +1,6 @@
 """What the frozen-protocol grid costs: embed once per backbone x task, or once per protocol cell.
 
-The grid is the demo's (jobs/configs/demo.yaml expanded by raddist.plan; the frozen cells, i.e. those
+The grid is the demo's (raddist/configs/demo.yaml expanded by raddist.plan; the frozen cells, i.e. those
 that read an embedding job: kNN, ML-kNN, linear, logreg, few-shot, segmentation heads, attention
 MIL), on the synthetic data `raddist demo` writes. Two ways to run it:
 
@@ -51,7 +51,7 @@ def reembed(job, batch_size: int) -> float:
 
     from common import build_embedder
     from raddist.data import manifest as manifest_lib
-    from raddist.embed.decode import DecodeBatch
+    from raddist.data.decode import DecodeBatch
     from raddist.embed.pipeline import is_volume_manifest
 
     start = time.perf_counter()
@@ -74,7 +74,7 @@ def reembed(job, batch_size: int) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=os.path.join(REPO, "jobs", "configs", "demo.yaml"))
+    parser.add_argument("--config", default="demo", help="a config file, or a shipped config's name")
     parser.add_argument("--reference-cells", type=int, default=2,
                         help="cells per embedding job whose re-embedding is measured (the rest extrapolated)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (both sides)")
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     import torch
 
     from raddist import spec as spec_lib
-    from raddist.cells import evaluate_cell
+    from raddist.cells import CellContext, evaluate_cell
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
     from raddist.embed.cache import EmbeddingCache
@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
             job = plan.jobs[job_id]
             for c in job_cells:  # as the sweep runs a cell: cache read (once per job), protocol, metrics, write
                 t0 = time.perf_counter()
-                outcome = evaluate_cell(c, keys[job_id], cache.root, output, spec.bootstrap, SALT, spec.resources)
+                outcome = evaluate_cell(c, keys[job_id], CellContext(cache.root, output, spec.bootstrap, SALT,
+                                                                     spec.resources))
                 cell_s[c.id] = time.perf_counter() - t0
                 assert outcome["ok"], outcome
             say(f"  protocols {job.backbone.name} x {job.task.name}: {len(job_cells)} cells in "

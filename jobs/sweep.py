@@ -1,6 +1,8 @@
 """Entrypoint for `ray job submit`: run a sweep on the cluster the job runs in.
 
-    ray job submit --working-dir . -- python jobs/sweep.py jobs/configs/paper.yaml --output s3://bucket/run
+    ray job submit --working-dir . -- python jobs/sweep.py paper --output s3://bucket/run
+
+CONFIG is a config file (a path or URI) or the name of one shipped with raddist (demo, paper, smoke).
 
 Rerunning the same command after a crash, `ray job stop` or a lost node runs only the cells that
 are not finished; the embedding cache and the finished cells are reused.
@@ -16,7 +18,7 @@ import sys
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
+    p.add_argument("config", help="a config file, or a shipped config's name: demo, paper, smoke")
     p.add_argument("--output", required=True, help="output URI: a local path or s3://bucket/prefix")
     p.add_argument("--cache", default=None, help="embedding cache URI (default: the spec's, $RADDIST_CACHE, ~/.cache/raddist)")
     p.add_argument("--synthetic", default=None, metavar="DIR", help="write the synthetic dataset here first")
@@ -35,8 +37,8 @@ def main(argv=None) -> int:
             write_synthetic(data)
         os.environ["RADDIST_DEMO_DATA"] = data
     try:
-        spec = load(args.config, {"storage.cache": args.cache} if args.cache else None)
-        summary = run_sweep(spec, output=args.output)
+        overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
+        summary = run_sweep(load(args.config, overrides))
     except RaddistError as e:
         print(f"raddist: error: {e}", file=sys.stderr)
         return 2

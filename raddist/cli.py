@@ -6,21 +6,22 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 from raddist import storage
 from raddist.errors import RaddistError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO_ROOT / "jobs" / "configs" / "demo.yaml"
 
 
 def cmd_plan(args) -> int:
     from raddist.plan import make_plan
     from raddist.spec import load
 
-    plan = make_plan(load(args.config))
+    spec = load(args.config)
+    plan = make_plan(spec)  # planning reads no data: unset variables are only noted
+    unset = sorted({var for _, var in spec.unset_vars})
+    if unset:
+        print(f"note: {', '.join('${' + v + '}' for v in unset)} not set; a run needs them", file=sys.stderr)
     print(json.dumps(plan.summary()) if args.json else plan.table())
     return 0
 
@@ -29,8 +30,8 @@ def cmd_run(args) -> int:
     from raddist.spec import load
     from raddist.sweep import run_sweep
 
-    overrides = {"storage.cache": args.cache} if args.cache else None
-    summary = run_sweep(load(args.config, overrides), output=args.output)
+    overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
+    summary = run_sweep(load(args.config, overrides))
     print(json.dumps(summary, indent=2))
     return 0 if summary["cells_failed"] == 0 else 1
 
@@ -50,9 +51,8 @@ def cmd_demo(args) -> int:
     if not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
         write_synthetic_seg(data)  # 2D and 3D segmentation, 3D classification
     os.environ["RADDIST_DEMO_DATA"] = data  # the demo config reads ${RADDIST_DEMO_DATA}
-    overrides = {"storage.cache": args.cache} if args.cache else None
-    spec = load(str(args.config), overrides)
-    summary = run_sweep(spec, output=args.output)
+    overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
+    summary = run_sweep(load(args.config, overrides))
     output = storage.normalize(args.output)
     print()
     print(storage.read_text(storage.join(output, "report.md")))
@@ -92,14 +92,21 @@ def cmd_status(args) -> int:
 def cmd_compare(args) -> int:
     from raddist.compare import compare_backbones
 
-    preds = storage.read_parquet(storage.join(storage.normalize(args.output), "predictions.parquet")).to_pandas()
-    if args.protocol:
-        preds = preds[preds["protocol"].isin(args.protocol)]
-    else:  # few-shot draws are compared through their means in the report, not draw by draw
-        preds = preds[preds["protocol"] != "fewshot"]
+    output = storage.normalize(args.output)
+    frames = {}
+    for name in ("predictions", "cases"):
+        uri = storage.join(output, f"{name}.parquet")
+        frame = storage.read_parquet(uri).to_pandas() if storage.exists(uri) else None
+        if frame is not None and args.protocol:
+            frame = frame[frame["protocol"].isin(args.protocol)]
+        elif frame is not None:  # few-shot draws are compared through their means in the report, not draw by draw
+            frame = frame[frame["protocol"] != "fewshot"]
+        frames[name] = frame
+    if not any(f is not None for f in frames.values()):
+        raise RaddistError(f"{output} has no predictions.parquet or cases.parquet: is it a finished run?")
     try:
-        table = compare_backbones(preds, args.a, args.b, n_boot=args.bootstrap, seed=args.seed,
-                                  keys=("task", "protocol", "params", "seed"))
+        table = compare_backbones(frames["predictions"], args.a, args.b, cases=frames["cases"], n_boot=args.bootstrap,
+                                  seed=args.seed, keys=("task", "protocol", "params", "seed"))
     except ValueError as e:
         raise RaddistError(str(e)) from None
     with pd_display():
@@ -163,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="synthetic data → the demo sweep on a local Ray cluster")
     demo.add_argument("--data", default="raddist-demo/data", help="dataset directory (written if absent)")
     demo.add_argument("--output", default="raddist-demo/output")
-    demo.add_argument("--config", default=str(DEMO_CONFIG))
+    demo.add_argument("--config", default="demo", help="a config file, or a shipped config's name")
     demo.add_argument("--cache", default=None, help="embedding cache (default $RADDIST_CACHE or ~/.cache/raddist)")
     demo.set_defaults(fn=cmd_demo)
 

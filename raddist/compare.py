@@ -7,8 +7,9 @@
 - :func:`delong_test`: DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves,
   computed with the midrank algorithm of Sun & Xu (2014), O(n log n).
 - :func:`holm`: Holm-Bonferroni step-down adjusted p-values.
-- :func:`compare_predictions`: the whole comparison over two backbones' predictions frames;
-  segmentation tasks get a paired patient bootstrap of the mean per-case Dice (:func:`case_dice`).
+- :func:`compare_predictions`: the whole comparison over two backbones' predictions frames.
+- :func:`compare_cases`: segmentation, a paired patient bootstrap of the report's headline
+  statistics from the per-case results.
 """
 
 from __future__ import annotations
@@ -208,13 +209,6 @@ def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: in
         base = dict(zip(keys, key))
         m = _align(a, groups_b[key], str(base))
         task, task_type = a["task"].iloc[0], a["task_type"].iloc[0]
-        if task_type == "segmentation":
-            base.update(n_samples=len(m), n_patients=m["patient_id_a"].nunique())
-            rows.append(dict(base, metric="dice", test="bootstrap", family="boot:dice",
-                             **paired_bootstrap(_stack(m["labels_a"]), _stack(m["scores_a"]), _stack(m["scores_b"]),
-                                                m["patient_id_a"].to_numpy(), case_dice, n_boot, seed, alpha,
-                                                task_type="multilabel")))
-            continue
         labels, scores_a = normalize(task_type, _stack(m["labels_a"]), _stack(m["scores_a"]))
         scores_b = normalize(task_type, labels, _stack(m["scores_b"]))[1]
         n_classes = scores_a.shape[1]
@@ -233,27 +227,87 @@ def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: in
             rows.append(dict(base, metric=f"auroc/{name}", test="delong", family=f"delong:{key}",
                              a=t["auc_a"], b=t["auc_b"], diff=t["diff"], ci_low=t["ci_low"],
                              ci_high=t["ci_high"], p_value=t["p_value"]))
-    columns = keys + ["metric", "test", "a", "b", "diff", "ci_low", "ci_high", "p_value",
-                      "p_holm", "n_samples", "n_patients"]
-    out = pd.DataFrame(rows, columns=[c for c in columns if c != "p_holm"] + ["family"])
+    return with_holm(pd.DataFrame(rows, columns=keys + ROW_COLUMNS + ["family"]), keys)
+
+
+ROW_COLUMNS = ["metric", "test", "a", "b", "diff", "ci_low", "ci_high", "p_value", "n_samples", "n_patients"]
+
+
+def with_holm(out: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family')."""
+    out = out.copy()
     out["p_holm"] = np.nan
     for _, idx in out.groupby("family").groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
-    return out[columns]
+    columns = list(keys) + ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:]
+    return out[columns + (["family"] if "family" in out else [])]
 
 
-def case_dice(present: np.ndarray, dice: np.ndarray) -> float:
-    """Segmentation predictions hold, per case and foreground class, whether the class is in the
-    truth (labels) and its Dice (scores): the mean Dice over the (case, class) pairs present."""
-    values = np.where(present.astype(bool), dice, np.nan)
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+SEG_VALUES = ("dice", "jaccard", "hd95", "tp", "fp", "fn")
 
 
-def compare_backbones(preds: pd.DataFrame, a: str, b: str, **kwargs) -> pd.DataFrame:
-    """compare_predictions on one predictions frame holding both backbones."""
-    missing = {a, b} - set(preds["backbone"])
+def _case_values(frame: pd.DataFrame, cases: Sequence[str], classes: Sequence[str]) -> Dict[str, np.ndarray]:
+    """cases.parquet rows -> seg_metrics.per_case's (n_cases, n_classes) arrays, in the given order."""
+    wide = frame.set_index(["case_id", "class"])
+    index = pd.MultiIndex.from_product([cases, classes])
+    return {k: wide[k].reindex(index).to_numpy(np.float64).reshape(len(cases), len(classes)) for k in SEG_VALUES}
+
+
+def compare_cases(cases_a: pd.DataFrame, cases_b: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                  alpha: float = 0.05, keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
+    """Segmentation: a paired patient bootstrap of the report's headline statistics (seg_metrics:
+    dice, the mean over classes of each class's mean over the cases that contain it; dice_pooled;
+    hd95), from the per-case results of cases.parquet. Rows as compare_predictions'."""
+    from raddist.seg_metrics import aggregate
+
+    keys, rows = list(keys), []
+    groups_a = dict(iter(cases_a.groupby(keys, sort=True)))
+    groups_b = dict(iter(cases_b.groupby(keys, sort=True)))
+    for key in sorted(set(groups_a) & set(groups_b), key=str):
+        a, b, base = groups_a[key], groups_b[key], dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        if set(zip(a["case_id"], a["class"])) != set(zip(b["case_id"], b["class"])):
+            raise ValueError(f"{base}: the backbones were scored on different cases")
+        cases = sorted(set(a["case_id"]))
+        classes = list(dict.fromkeys(a["class"]))
+        values_a, values_b = _case_values(a, cases, classes), _case_values(b, cases, classes)
+        patient = a.drop_duplicates("case_id").set_index("case_id")["patient_id"].reindex(cases).to_numpy()
+        codes, n_groups = group_codes(patient)
+        point_a, point_b = (aggregate(v, np.ones((1, len(cases)))) for v in (values_a, values_b))
+        diffs = {m: [] for m in SEG_HEADLINE}
+        for counts in resample_counts(n_groups, n_boot, seed):  # the same patients for A and B
+            ra, rb = aggregate(values_a, counts[:, codes]), aggregate(values_b, counts[:, codes])
+            for m in SEG_HEADLINE:
+                diffs[m].append(ra[m] - rb[m])
+        for m in SEG_HEADLINE:
+            d = np.concatenate(diffs[m]) if diffs[m] else np.zeros(0)
+            low, high = percentile_ci(d, alpha)
+            rows.append(dict(base, metric=m, test="bootstrap", family=f"boot:{m}", a=float(point_a[m][0]),
+                             b=float(point_b[m][0]), diff=float(point_a[m][0] - point_b[m][0]), ci_low=low,
+                             ci_high=high, p_value=_bootstrap_p(d), n_samples=len(cases), n_patients=n_groups))
+    return pd.DataFrame(rows)
+
+
+SEG_HEADLINE = ("dice", "dice_pooled", "hd95")
+
+
+def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Optional[pd.DataFrame] = None,
+                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
+    """Backbone a against b over a run's predictions.parquet (classification) and cases.parquet
+    (segmentation) frames; Holm's adjustment runs over both together, by family."""
+    frames = [f for f in (preds, cases) if f is not None and len(f)]
+    have = set().union(*(set(f["backbone"]) for f in frames)) if frames else set()
+    missing = {a, b} - have
     if missing:
-        raise ValueError(f"no predictions for backbone(s) {sorted(missing)}; "
-                         f"have {sorted(set(preds['backbone']))}")
-    return compare_predictions(preds[preds["backbone"] == a], preds[preds["backbone"] == b],
-                               **kwargs)
+        raise ValueError(f"no predictions for backbone(s) {sorted(missing)}; have {sorted(have)}")
+    parts = []
+    if preds is not None and len(preds):
+        parts.append(compare_predictions(preds[preds["backbone"] == a], preds[preds["backbone"] == b],
+                                         n_boot, seed, alpha, keys=keys))
+    if cases is not None and len(cases):
+        parts.append(compare_cases(cases[cases["backbone"] == a], cases[cases["backbone"] == b],
+                                   n_boot, seed, alpha, keys=keys))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=list(keys) + ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:])
+    return with_holm(pd.concat(parts, ignore_index=True), keys).drop(columns=["family"])

@@ -7,7 +7,6 @@ image counts by forward rates on one H100 node, capped by what 16 cores can deco
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
@@ -54,8 +53,7 @@ def paper_gpu_hours(config: Optional[str] = None) -> pd.DataFrame:
     from raddist.plan import make_plan
     from raddist.spec import load
 
-    config = config or str(Path(__file__).resolve().parent.parent / "jobs" / "configs" / "paper.yaml")
-    plan = make_plan(load(config))
+    plan = make_plan(load(config or "paper"))
     rows = []
     for job in plan.jobs.values():
         if job.task.name not in REFERENCE_IMAGES:

@@ -251,7 +251,7 @@ def score_prediction(task_type: str, prediction, class_names: Sequence[str],
     n_boot = 0 gives NaN intervals.
     """
     if task_type == "segmentation":
-        raise NotImplementedError("segmentation metrics are not implemented yet")
+        raise ValueError("segmentation predictions are scored per case: raddist.seg_metrics.score_cases")
     values = classification_metrics(task_type, prediction.labels, prediction.scores,
                                      class_names)
     cis = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from raddist import protocols
-from raddist.spec import BackboneSpec, SweepSpec, TaskSpec
+from raddist.spec import BackboneSpec, ProtocolSpec, SweepSpec, TaskSpec
 
 
 def content_hash(obj) -> str:
@@ -45,6 +45,7 @@ class Cell:
             "cell_id": self.id,
             "backbone": self.backbone.label,
             "task": self.task.name,
+            "task_type": self.task.type,
             "protocol": self.protocol,
             "params": json.dumps(self.params, sort_keys=True),
             "seed": self.seed,
@@ -87,7 +88,7 @@ class Plan:
 
 
 def contract_for(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> dict:
-    from raddist.backbones import get_config
+    from raddist.backbones.registry import get_config
 
     size = spec.image_size or get_config(backbone.name).input_size
     return {
@@ -103,17 +104,13 @@ def make_plan(spec: SweepSpec) -> Plan:
         for task in spec.tasks:
             job = _embedding_job(spec, backbone, task)
             for proto in spec.protocols:
-                module = protocols.get(proto.name)
-                if task.type not in module.TASK_TYPES:
+                if not applies(proto, backbone, task):
                     continue
-                if proto.backbones is not None and backbone.label not in proto.backbones:
-                    continue
-                if proto.tasks is not None and task.name not in proto.tasks:
-                    continue
-                needs = bool(getattr(module, "NEEDS_EMBEDDINGS", True))
+                record = protocols.get(proto.name)
+                needs = record.needs_embeddings
                 if needs:
                     plan.jobs.setdefault(job.id, job)
-                for params in protocols.variants(proto.name, proto.parsed_params()):
+                for params in record.variants(proto.parsed_params()):
                     for seed in spec.seeds:
                         key = {
                             "backbone": [backbone.name, backbone.weights],
@@ -139,12 +136,17 @@ def make_plan(spec: SweepSpec) -> Plan:
     return plan
 
 
+def applies(proto: ProtocolSpec, backbone: BackboneSpec, task: TaskSpec) -> bool:
+    """Whether a protocol entry makes cells for this backbone x task: its task types, and the
+    entry's own backbones and tasks lists."""
+    return (task.type in protocols.get(proto.name).task_types
+            and (proto.backbones is None or backbone.label in proto.backbones)
+            and (proto.tasks is None or task.name in proto.tasks))
+
+
 def patch_token_blocks(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> int:
     """Blocks of patch tokens this backbone x task's protocols read (seg_linear 1, seg_unet 5); 0 for most."""
-    wanted = [getattr(protocols.get(p.name), "PATCH_TOKEN_BLOCKS", 0) for p in spec.protocols
-              if task.type in protocols.get(p.name).TASK_TYPES
-              and (p.backbones is None or backbone.label in p.backbones)
-              and (p.tasks is None or task.name in p.tasks)]
+    wanted = [protocols.get(p.name).patch_token_blocks for p in spec.protocols if applies(p, backbone, task)]
     return max(wanted, default=0)
 
 

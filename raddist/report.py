@@ -16,18 +16,28 @@ HEADLINE = {"multilabel": "auroc", "binary": "auroc", "multiclass": "auroc", "se
 # boundary error, which the per-case mean Dice hides
 SECONDARY = {"segmentation": ["dice_pooled", "hd95"]}
 SECONDARY_NOTES = {"dice_pooled": " (all test voxels pooled)", "hd95": " (95th-percentile Hausdorff, lower is better)"}
-# params that distinguish columns; the rest (draw, seed) are repeats, averaged over
-COLUMN_PARAMS = ("head",)
+# params that only repeat a measurement (few-shot draws), averaged over like seeds
+REPEAT_PARAMS = ("draw",)
 
 
 def _params(params_json: str) -> dict:
     return json.loads(params_json) if params_json else {}
 
 
-def protocol_label(protocol: str, params_json: str) -> str:
-    params = _params(params_json)
-    extra = [f"{k}={params[k]}" for k in COLUMN_PARAMS if k in params]
-    return protocol + (f" ({', '.join(extra)})" if extra else "")
+def protocol_labels(protocols: pd.Series, params_json: pd.Series) -> list:
+    """A column label per row: the protocol, and the params that tell its entries apart (those whose
+    values differ between cells of one protocol), so two entries are two columns, never averaged."""
+    params = [_params(p) for p in params_json]
+    varying = {}
+    for proto, p in zip(protocols, params):
+        for k, v in p.items():
+            varying.setdefault(proto, {}).setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+    labels = []
+    for proto, p in zip(protocols, params):
+        keys = [k for k, vs in varying.get(proto, {}).items() if len(vs) > 1 and k not in REPEAT_PARAMS]
+        extra = [f"{k}={json.dumps(p[k], sort_keys=True)}" for k in sorted(keys) if k in p]
+        labels.append(proto + (f" ({', '.join(extra)})" if extra else ""))
+    return labels
 
 
 def _aggregate(df: pd.DataFrame, keys) -> pd.DataFrame:
@@ -41,7 +51,7 @@ def summary_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     df = results[(results["metric"] == metric) & (results["protocol"] != "fewshot")].copy()
     if df.empty:
         return df
-    df["column"] = [protocol_label(p, q) for p, q in zip(df["protocol"], df["params"])]
+    df["column"] = protocol_labels(df["protocol"], df["params"])
     return _aggregate(df, ["task", "backbone", "column"])
 
 
@@ -168,10 +178,7 @@ def cost_section(output: str, cell_infos: list) -> str:
 def write_report(output: str, gathered: dict, summary: dict) -> str:
     results = gathered["results"].to_pandas() if gathered.get("results") is not None else pd.DataFrame(
         columns=["task", "metric", "value", "protocol", "params"])
-    task_types = {}
-    if gathered.get("predictions") is not None:
-        p = gathered["predictions"].select(["task", "task_type"]).to_pandas().drop_duplicates()
-        task_types = dict(zip(p["task"], p["task_type"]))
+    task_types = dict(zip(results["task"], results["task_type"])) if "task_type" in results else {}
     text = render(results, summary, task_types, output=output) + cost_section(output, gathered.get("cells") or [])
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)

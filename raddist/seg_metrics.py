@@ -1,6 +1,7 @@
 """Segmentation metrics through MONAI, with patient-level bootstrap confidence intervals.
 
-A *case* is what one score is computed on: a 2D image, or a volume reassembled from its slices.
+A *case* is what one score is computed on: a 2D image, or a volume reassembled from its slices
+(raddist.protocols.base.SegCase: pred, truth, spacing, patient_id).
 Per case and foreground class (background is never scored):
   dice     MONAI DiceMetric; NaN when the class is absent from the case's ground truth
   jaccard  MONAI MeanIoU; NaN likewise
@@ -9,11 +10,12 @@ Per case and foreground class (background is never scored):
            ground truth; when it is present but never predicted, the case's diagonal (the largest
            distance the grid holds) instead of MONAI's inf, so that means stay finite.
 Reported (rows {metric, value, ci_low, ci_high}, the format of raddist.metrics):
-  dice, jaccard, hd95          per case, as the reference did: <metric>/<class> is the mean over the
-                               cases that contain the class, and the headline the mean over classes
+  dice, jaccard, hd95          per case: <metric>/<class> is the mean over the cases that contain
+                               the class, and the headline the mean over classes
   dice_pooled, jaccard_pooled  pooled over voxels: TP, FP, FN summed over every case per class,
                                then the mean over classes (a false positive in a case without the
-                               class counts here, and only here)
+                               class counts here, and only here); the reference study reported
+                               Dice pooled over its test pixels, i.e. this one
   dice/<class>, jaccard/<class>, hd95/<class>
 Bootstrap: patients drawn with replacement (metrics.resample_counts); a resample is a weight per
 case, so every statistic above is a weighted sum of per-case numbers, for a block of resamples at once.
@@ -22,8 +24,7 @@ case, so every statistic above is a weighted sum of per-case numbers, for a bloc
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -31,17 +32,6 @@ from raddist.metrics import _nanmean, _ratio, group_codes, percentile_ci, resamp
 
 HEADLINE = ("dice", "dice_pooled", "jaccard", "jaccard_pooled", "hd95")
 PER_CLASS = ("dice", "jaccard", "hd95")
-
-
-@dataclass
-class SegCase:
-    case_id: str
-    patient_id: str
-    pred: np.ndarray  # integer labels, (H, W) or (D, H, W)
-    truth: np.ndarray  # same shape
-    spacing: Tuple[float, ...]  # one per axis of pred
-    affine: Optional[np.ndarray] = None  # volumes: the source's (4, 4), to write the prediction back
-    source_shape: Optional[Tuple[int, ...]] = None  # the source's shape, (H, W) or (D, H, W)
 
 
 def case_metrics(pred: np.ndarray, truth: np.ndarray, n_classes: int, spacing: Sequence[float],
@@ -85,7 +75,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, n_classes: int, spacing: S
     return out
 
 
-def per_case(cases: Sequence[SegCase], n_classes: int, hd: bool = True) -> Dict[str, np.ndarray]:
+def per_case(cases: Sequence, n_classes: int, hd: bool = True) -> Dict[str, np.ndarray]:
     """Every case_metrics entry stacked: (n_cases, n_classes - 1) each."""
     rows = [case_metrics(c.pred, c.truth, n_classes, c.spacing, hd) for c in cases]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -106,7 +96,7 @@ def aggregate(values: Dict[str, np.ndarray], case_weights: np.ndarray) -> Dict[s
     return out
 
 
-def score_cases(cases: Sequence[SegCase], class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
+def score_cases(cases: Sequence, class_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
                 alpha: float = 0.05) -> Tuple[List[dict], Dict[str, np.ndarray]]:
     """(metric rows, per-case values). class_names[0] is the background."""
     if not cases:
@@ -134,6 +124,6 @@ def score_cases(cases: Sequence[SegCase], class_names: Sequence[str], n_boot: in
     return rows, values
 
 
-def mean_dice(cases: Sequence[SegCase], n_classes: int) -> float:
+def mean_dice(cases: Sequence, n_classes: int) -> float:
     """The headline Dice of a set of cases, without HD95 or intervals: what validation selects on."""
     return float(aggregate(per_case(cases, n_classes, hd=False), np.ones((1, len(cases))))["dice"][0])

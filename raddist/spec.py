@@ -6,10 +6,11 @@ Every model forbids unknown keys and names the allowed ones, so a typo fails bef
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from raddist.errors import ConfigError
 
@@ -38,7 +39,7 @@ class BackboneSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from raddist.backbones import list_backbones
+        from raddist.backbones.registry import list_backbones
 
         if v not in list_backbones():
             raise ValueError(f"unknown backbone '{v}'; allowed: {list_backbones()}")
@@ -57,6 +58,9 @@ class PreprocessSpec(Strict):
 class TaskSpec(Strict):
     name: str
     manifest: str
+    # a dataset of the catalog (`raddist datasets list`): type, labels, classes and preprocess default
+    # to what the catalog records for it, so a config need not retype them
+    dataset: Optional[str] = None
     type: TaskType
     labels: List[str] = []  # label columns; none for segmentation, whose labels are the masks (mask_uri)
     # multiclass: class names, index = label value; segmentation: mask value i, background first
@@ -65,6 +69,22 @@ class TaskSpec(Strict):
     # volume tasks (manifest rows with volume_id): the one row per volume the frozen protocols see,
     # the mean (the reference's) or max of its slices' features; attention pooling: attention_mil
     pool: Literal["mean", "max"] = "mean"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_catalog(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("dataset"):
+            return data
+        from raddist.data import catalog
+
+        try:
+            info = catalog.get(data["dataset"])
+        except catalog.CatalogError as e:
+            raise ValueError(str(e)) from None
+        hints = {k: info.preprocessing[k] for k in ("window", "clip_percentiles") if k in info.preprocessing}
+        defaults = {"type": info.task_type, "labels": list(info.labels), "preprocess": hints,
+                    "classes": list(info.classes) if info.task_type in ("multiclass", "segmentation") else None}
+        return {**defaults, **data}
 
     @field_validator("manifest")
     @classmethod
@@ -111,11 +131,11 @@ class ProtocolSpec(Strict):
         from raddist import protocols
 
         try:
-            module = protocols.get(self.name)
+            record = protocols.get(self.name)
         except KeyError as e:
             raise ValueError(str(e.args[0])) from None
         try:
-            module.Params(**self.params)
+            record.parse(self.params)
         except ValidationError as e:
             raise ValueError(f"protocol '{self.name}' params: {_format(e)}") from None
         return self
@@ -123,7 +143,7 @@ class ProtocolSpec(Strict):
     def parsed_params(self):
         from raddist import protocols
 
-        return protocols.get(self.name).Params(**self.params)
+        return protocols.get(self.name).parse(self.params)
 
 
 class FeatureSpec(Strict):
@@ -159,6 +179,8 @@ class ResourcesSpec(Strict):
 
 
 class SweepSpec(Strict):
+    _unset_vars: List[Tuple[str, str]] = PrivateAttr(default_factory=list)  # (field, variable); see load
+
     name: str = "sweep"
     backbones: List[BackboneSpec] = Field(min_length=1)
     tasks: List[TaskSpec] = Field(min_length=1)
@@ -169,6 +191,11 @@ class SweepSpec(Strict):
     storage: StorageSpec = StorageSpec()
     resources: ResourcesSpec = ResourcesSpec()
     bootstrap: int = Field(1000, ge=0)  # bootstrap resamples for the confidence intervals
+
+    @property
+    def unset_vars(self) -> List[Tuple[str, str]]:
+        """(field, variable) of every ${VAR} the environment did not set when the spec was loaded."""
+        return list(self._unset_vars)
 
     @model_validator(mode="after")
     def _protocol_backbones(self) -> "SweepSpec":
@@ -213,28 +240,68 @@ def parse(data: dict, source: str = "spec") -> SweepSpec:
         raise ConfigError(f"{source}: {_format(e)}") from None
 
 
-def load(uri: str, overrides: Optional[dict] = None) -> SweepSpec:
+SHIPPED_CONFIGS = ("demo", "paper", "smoke")  # raddist/configs/<name>.yaml, installed with the package
+
+
+def config_uri(name_or_uri: str) -> str:
+    """A config's URI: a path or URI as given, or the name of a config shipped with raddist."""
     from raddist import storage
 
+    if name_or_uri in SHIPPED_CONFIGS and not storage.exists(name_or_uri):
+        return os.path.join(os.path.dirname(__file__), "configs", f"{name_or_uri}.yaml")
+    return name_or_uri
+
+
+def load(uri: str, overrides: Optional[dict] = None) -> SweepSpec:
+    """The spec of a config file (or a shipped config's name), with ${VARS} from the environment.
+
+    overrides: dotted field -> value, applied before the variables are expanded (so --output
+    replaces a storage.output of ${OUTPUT} whether or not OUTPUT is set). A variable that is not
+    set stays as written and is recorded in spec.unset_vars: planning reads no data and goes on,
+    a run refuses it (require_vars) before any work.
+    """
+    from raddist import storage
+
+    uri = config_uri(uri)
     if not storage.exists(uri):
-        raise ConfigError(f"config not found: {uri}")
+        raise ConfigError(f"config not found: {uri}; a path, a URI, or one of {list(SHIPPED_CONFIGS)}")
     try:
         data = yaml.safe_load(storage.read_text(uri))
     except yaml.YAMLError as e:
         raise ConfigError(f"{uri}: not valid YAML: {e}") from None
-    data = _expand_vars(data or {})
+    data = data if data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{uri}: the top level must be a mapping of keys, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         _set_path(data, key, value)
-    return parse(data, source=uri)
+    unset: List[Tuple[str, str]] = []
+    data = _expand_vars(data, "", unset)
+    spec = parse(data, source=uri)
+    spec._unset_vars = unset
+    return spec
 
 
-def _expand_vars(obj):
-    """${VAR} in string values, so one config serves laptop and cluster (e.g. ${DATA})."""
+def require_vars(spec: SweepSpec) -> None:
+    """Refuse a spec that names an environment variable the environment does not set."""
+    if spec.unset_vars:
+        field, var = spec.unset_vars[0]
+        raise ConfigError(f"{field}: ${{{var}}} is not set in the environment; export it (on a cluster: "
+                          f"--runtime-env-json '{{\"env_vars\": {{\"{var}\": \"...\"}}}}')")
+
+
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def _expand_vars(obj, where: str, unset: List[Tuple[str, str]]):
+    """${VAR} in string values, so one config serves laptop and cluster (e.g. ${DATA}); every
+    variable the environment lacks is noted in unset as (field, name) and left as written."""
     if isinstance(obj, dict):
-        return {k: _expand_vars(v) for k, v in obj.items()}
+        return {k: _expand_vars(v, f"{where}.{k}" if where else str(k), unset) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_expand_vars(v) for v in obj]
+        return [_expand_vars(v, f"{where}.{i}", unset) for i, v in enumerate(obj)]
     if isinstance(obj, str):
+        unset.extend((where, m.group(1) or m.group(2)) for m in _VAR.finditer(obj)
+                     if (m.group(1) or m.group(2)) not in os.environ)
         return os.path.expandvars(obj)
     return obj
 

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 import pyarrow as pa
 
 from raddist import results, storage
+from raddist.cells.run import CellContext
 from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import EmbeddingCache
 from raddist.plan import Cell, Plan, make_plan
@@ -47,7 +48,10 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     from raddist.embed.pipeline import actor_resources, run_embedding_jobs
     from raddist.privacy import deployment_salt
 
+    from raddist.spec import require_vars
+
     started = time.time()
+    require_vars(spec)
     output = storage.normalize(output or spec.storage.output)
     plan = make_plan(spec)
     validate_manifests(spec)
@@ -84,7 +88,8 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
 
     pending = [c for c in plan.cells if not results.is_done(output, c.id)]
     say(f"cells: {len(plan.cells) - len(pending)} already done, {len(pending)} to run")
-    outcomes = _run_cells(plan, pending, keys, cache.root, output, salt, say)
+    ctx = CellContext(cache.root, output, spec.bootstrap, salt, spec.resources, train_gpu(spec.resources))
+    outcomes = _run_cells(plan, pending, keys, ctx, say)
 
     gathered = results.gather(output, plan.cells)
     done = sum(results.is_done(output, c.id) for c in plan.cells)
@@ -107,7 +112,16 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     return summary
 
 
-def _run_cells(plan: Plan, pending: List[Cell], keys, cache_root, output, salt, say) -> List[dict]:
+def train_gpu(resources) -> bool:
+    """Whether trainable cells' Ray Train workers take GPUs: the spec's choice, else when the cluster has them."""
+    import ray
+
+    if resources.train_use_gpu is not None:
+        return resources.train_use_gpu
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _run_cells(plan: Plan, pending: List[Cell], keys, ctx: CellContext, say) -> List[dict]:
     """Each pending cell is one Ray Tune trial, with the resources its protocol needs."""
     if not pending:
         return []
@@ -117,13 +131,10 @@ def _run_cells(plan: Plan, pending: List[Cell], keys, cache_root, output, salt, 
 
     res = plan.spec.resources
     by_id = {c.id: c for c in pending}
-    trainable = tune.with_parameters(
-        _cell_trial, cells=by_id, keys=keys, cache_root=cache_root, output=output,
-        n_boot=plan.spec.bootstrap, salt=salt, resources=res,
-    )
+    trainable = tune.with_parameters(_cell_trial, cells=by_id, keys=keys, ctx=ctx)
     trainable = tune.with_resources(trainable, lambda config: _trial_resources(by_id[config["cell_id"]], res))
-    tune_fs, tune_path = storage.filesystem(storage.join(output, "tune"))
-    progress = ProgressCallback(output, by_id, total=len(plan.cells), quiet=say is None)
+    tune_fs, tune_path = storage.filesystem(storage.join(ctx.output, "tune"))
+    progress = ProgressCallback(ctx.output, by_id, total=len(plan.cells), quiet=say is None)
     tuner = tune.Tuner(
         trainable,
         param_space={"cell_id": tune.grid_search(list(by_id))},
@@ -156,13 +167,13 @@ def _trial_resources(cell: Cell, res):
 
     from raddist import protocols
 
-    frozen = getattr(protocols.get(cell.protocol), "NEEDS_EMBEDDINGS", True)
+    trains = protocols.get(cell.protocol).trainable
     # a trainable cell only coordinates; its Ray Train workers hold their own CPUs and GPUs
-    bundle = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell if frozen else 0.0}
+    bundle = {"CPU": res.cpus_per_cell, "GPU": 0.0 if trains else res.gpus_per_cell}
     return tune.PlacementGroupFactory([bundle])
 
 
-def _cell_trial(config, cells, keys, cache_root, output, n_boot, salt, resources):
+def _cell_trial(config, cells, keys, ctx):
     import ray
     from ray import tune
 
@@ -170,7 +181,7 @@ def _cell_trial(config, cells, keys, cache_root, output, n_boot, salt, resources
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # trainable cells read with Ray Data
     cell = cells[config["cell_id"]]
-    outcome = evaluate_cell(cell, keys.get(cell.embedding_job), cache_root, output, n_boot, salt, resources)
+    outcome = evaluate_cell(cell, keys.get(cell.embedding_job), ctx)
     tune.report({k: v for k, v in outcome.items() if k != "cell_id"})
 
 

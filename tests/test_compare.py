@@ -152,24 +152,45 @@ def test_compare_predictions_rejects_different_items():
         compare_backbones(preds, "good", "missing")
 
 
-def test_segmentation_compares_mean_case_dice_by_patient_bootstrap():
-    """Segmentation predictions: labels = class present in the case's truth, scores = its Dice.
-    The comparison is the mean Dice over present (case, class) pairs, absent classes ignored."""
-    from raddist.compare import case_dice
+def cases_frame(backbone, dice, present, patients, classes=("lung", "heart")):
+    """cases.parquet rows: per case x class, Dice where the class is present (NaN elsewhere) and
+    the voxel counts that make it (tp = dice, fp = fn = 1 - dice of 100 voxels)."""
+    rows = []
+    for i in range(len(dice)):
+        for c, name in enumerate(classes):
+            d = dice[i, c] if present[i, c] else np.nan
+            tp = 100 * d if present[i, c] else 0.0
+            rows.append(dict(task="lungs", protocol="seg_linear", backbone=backbone, case_id=f"c{i}",
+                             patient_id=f"p{patients[i]}", **{"class": name}, present=bool(present[i, c]),
+                             dice=d, jaccard=d, hd95=1.0 if present[i, c] else np.nan, tp=tp,
+                             fp=0.0 if not present[i, c] else 100 - tp, fn=0.0 if not present[i, c] else 100 - tp))
+    return pd.DataFrame(rows)
+
+
+def test_segmentation_bootstraps_the_reports_headline_dice_by_patient():
+    """The compared quantity is the report's: the mean over classes of each class's mean Dice over
+    the cases that contain it (not the mean over (case, class) pairs)."""
+    from raddist.seg_metrics import aggregate
 
     rng = np.random.default_rng(1)
     n = 40
-    present = (rng.random((n, 2)) < 0.8).astype(int)
+    present = (rng.random((n, 2)) < 0.5).astype(int)
     present[:, 0] = 1
     good = np.clip(0.85 + 0.05 * rng.standard_normal((n, 2)), 0, 1)
     weak = np.clip(good - 0.10 + 0.03 * rng.standard_normal((n, 2)), 0, 1)
-    weak[present == 0] = 1.0  # absent classes must not count, whatever they hold
-    frames = [predictions_frame(b, "lungs", "segmentation", present, d, np.arange(n) // 2)
-              for b, d in (("good", good), ("weak", weak))]
-    out = compare_backbones(pd.concat(frames, ignore_index=True), "good", "weak", n_boot=300)
-    assert len(out) == 1 and out.iloc[0]["metric"] == "dice" and out.iloc[0]["test"] == "bootstrap"
-    row = out.iloc[0]
-    assert row["a"] == pytest.approx(good[present == 1].mean()) and row["b"] == pytest.approx(weak[present == 1].mean())
+    patients = np.arange(n) // 2
+    cases = pd.concat([cases_frame("good", good, present, patients), cases_frame("weak", weak, present, patients)])
+    out = compare_backbones(None, "good", "weak", cases=cases, n_boot=300)
+    assert list(out["metric"]) == ["dice", "dice_pooled", "hd95"] and set(out["test"]) == {"bootstrap"}
+    row = out.set_index("metric").loc["dice"]
+    per_class = [good[present[:, c] == 1, c].mean() for c in range(2)]
+    assert row["a"] == pytest.approx(np.mean(per_class))
+    assert row["a"] != pytest.approx(good[present == 1].mean(), abs=1e-4)  # not the pair mean
+    values = {k: np.where(present == 1, good, np.nan) for k in ("dice", "jaccard")}
+    values.update(hd95=np.where(present == 1, 1.0, np.nan), tp=np.where(present == 1, 100 * good, 0.0))
+    values.update(fp=np.where(present == 1, 100 - values["tp"], 0.0), fn=np.where(present == 1, 100 - values["tp"], 0.0))
+    assert row["a"] == pytest.approx(aggregate(values, np.ones((1, n)))["dice"][0])
     assert 0.07 < row["diff"] < 0.13 and row["ci_low"] > 0 and row["p_value"] < 0.01
-    assert row["n_patients"] == 20
-    assert np.isnan(case_dice(np.zeros((2, 2)), np.ones((2, 2))))
+    assert row["n_patients"] == 20 and row["n_samples"] == n
+    with pytest.raises(ValueError, match="different cases"):
+        compare_backbones(None, "good", "weak", cases=cases.iloc[1:], n_boot=10)

@@ -52,7 +52,7 @@ def head(tmp_path_factory):
 def _submit(address, out, data, cache, wait=True):
     args = ["job", "submit", "--address", address, "--working-dir", ".", "--no-wait"] if not wait else \
         ["job", "submit", "--address", address, "--working-dir", "."]
-    proc = _ray(*args, "--", sys.executable, "jobs/sweep.py", "jobs/configs/smoke.yaml", "--synthetic", str(data),
+    proc = _ray(*args, "--", sys.executable, "jobs/sweep.py", "smoke", "--synthetic", str(data),
                 "--output", str(out), "--cache", str(cache))
     return proc.stdout + proc.stderr
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from raddist.seg_metrics import SegCase, case_metrics, mean_dice, score_cases
+from raddist.protocols.base import SegCase
+from raddist.seg_metrics import case_metrics, mean_dice, score_cases
 
 CLASSES = ["background", "a", "b"]
 

@@ -1,13 +1,18 @@
 """Backbones: the registry of named models, how their weights are loaded, and how features come out.
 
+    from raddist.backbones.registry import get_config
+    from raddist.backbones.weights import build_model
+    from raddist.backbones.embedder import Embedder
+
     config = get_config("dinov2_vitb14")
     model = build_model(config, weights="hub")            # or "random", or a .safetensors/.pth URI
     embedder = Embedder(config, model, n_last_blocks=4).to("cuda")
     features = embedder(uint8_images)                     # {'cls': ..., 'patch_mean': ...}
+
+This package imports only the registry: torch comes with weights.py and embedder.py, so that
+planning, which reads the registry's literals, runs without it.
 """
 
-from raddist.backbones.embedder import Embedder, feature_dims
-from raddist.backbones.hf_adapter import HFViTAdapter
 from raddist.backbones.registry import (
     STUDY_BACKBONES,
     TEST_BACKBONES,
@@ -16,18 +21,5 @@ from raddist.backbones.registry import (
     list_backbones,
     register,
 )
-from raddist.backbones.weights import build_model, weights_identity
 
-__all__ = [
-    "BackboneConfig",
-    "Embedder",
-    "HFViTAdapter",
-    "STUDY_BACKBONES",
-    "TEST_BACKBONES",
-    "build_model",
-    "feature_dims",
-    "get_config",
-    "list_backbones",
-    "register",
-    "weights_identity",
-]
+__all__ = ["BackboneConfig", "STUDY_BACKBONES", "TEST_BACKBONES", "get_config", "list_backbones", "register"]

@@ -18,7 +18,6 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from raddist import storage
 from raddist.errors import ManifestError
@@ -124,6 +123,3 @@ def content_hash(table: pa.Table) -> str:
             h.update(b"\0")
     return h.hexdigest()[:16]
 
-
-def split_rows(table: pa.Table, split: str) -> pa.Table:
-    return table.filter(pc.equal(table["split"], split))

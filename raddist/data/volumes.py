@@ -7,9 +7,10 @@ source's affine, resampled (nearest) to the source's shape.
 
 Intensity is set per volume, not per slice, so an organ keeps one grey level through the stack:
   - a contract window (center, width): the DICOM linear window (readers.apply_window); the CT
-    catalog's window [-212, 1624] is the reference's HU clip [-1024, 600];
-  - window "auto": CT is clipped to HU [-1024, 600] (the reference), MR to its volume's 5th-95th
-    percentiles (the reference), anything else to its min..max;
+    catalog's window [-212, 1624] is the HU clip [-1024, 600] below;
+  - window "auto": CT is clipped to HU [-1024, 600] (the reference's abdominal CT range), MR to its
+    volume's 5th-95th percentiles (the reference clipped each slice to its own), anything else to
+    its min..max;
   - contract.clip_percentiles, when set, afterwards, over the volume.
 Label maps (NIfTI or PNG) hold class indices 0..K-1 and are resized with nearest neighbours.
 

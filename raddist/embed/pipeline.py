@@ -1,4 +1,4 @@
-"""The embedding pipeline: manifest → read + decode (embed.decode) → embed (actor pool) → cache.
+"""The embedding pipeline: manifest → read + decode (data.decode) → embed (actor pool) → cache.
 
 Decode tasks ship uint8 squares at the model's resolution; the actors normalise on their device
 (bf16 autocast on GPUs) so the CPUs only decode. A row that fails to read or decode is carried
@@ -31,7 +31,7 @@ from raddist.data.device_decode import DECODER as DEVICE_DECODER, decode_jpegs
 from raddist.data.contract import PreprocessContract
 from raddist.data.transforms import decode
 from raddist.embed.cache import ROW_COLUMNS, EmbeddingCache, errors_table, rows_table
-from raddist.embed.decode import DecodeBatch, failure_reason
+from raddist.data.decode import DecodeBatch, failure_reason
 from raddist.embed.forward import MAX_GPU_BATCH
 from raddist.plan import EmbeddingJob, content_hash
 
@@ -64,7 +64,7 @@ class EmbedBatch:
                  batch: Optional[int] = None, compile: bool = False):
         import torch
 
-        from raddist.backbones import get_config
+        from raddist.backbones.registry import get_config
         from raddist.backbones.embedder import Embedder
         from raddist.backbones.weights import build_model
         from raddist.embed.forward import BatchedForward
@@ -288,7 +288,7 @@ def _embed_group(group: List[_Pending], cache: EmbeddingCache, resources) -> Lis
 
 
 def _meta(p: _Pending, images: int, errors: int, seconds: float, group_seconds: float) -> dict:
-    from raddist.backbones import get_config
+    from raddist.backbones.registry import get_config
     from raddist.backbones.embedder import dense_blocks, dense_names, feature_dims
     from raddist.backbones.weights import weights_identity
 

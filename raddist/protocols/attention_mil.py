@@ -1,7 +1,7 @@
 """Attention-MIL: one prediction per volume from its slices' cached features, pooled by learned
 attention (gated attention, Ilse et al. 2018) instead of the plain average the frozen protocols see.
 
-Bags: features['slices'] of a volume task (evaluate.pooled_volumes: each volume's per-slice
+Bags: features['slices'] of a volume task (cells.inputs.pooled_volumes: each volume's per-slice
 [cls | patch_mean]); on a task of single images every image is a bag of one. The named feature set
 (features.py) picks the columns of every slice; they are standardised with the training slices'
 statistics. Model: Linear -> ReLU (hidden) -> gated attention over the slices -> linear classifier.
@@ -18,12 +18,12 @@ from typing import List, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import _FEATURE_SETS, FeatureSet, column_range, label_matrix, num_classes
-from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
-TASK_TYPES = ("multilabel", "binary", "multiclass")
-NEEDS_EMBEDDINGS = True
+BATCH_ORDER_STREAM = 0xA11  # keeps the batch order's random stream apart from the seed's other uses
 
 
 class Params(BaseModel):
@@ -96,7 +96,7 @@ def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multicl
         models = [build(slices.shape[1], params.hidden, targets.shape[1]) for _ in lrs]
     opts = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=params.weight_decay) for m, lr in zip(models, lrs)]
     y = torch.from_numpy(targets.argmax(1) if multiclass else targets.astype(np.float32))
-    rng = np.random.default_rng([seed, 0xA11])
+    rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
     for _ in range(params.epochs):
         order = rng.permutation(len(bag_list))
         for a in range(0, len(order), params.batch_size):
@@ -122,6 +122,7 @@ def predict(model, bag_list, stats, multiclass: bool, batch_size: int = 64) -> n
     return np.concatenate(out).astype(np.float64)
 
 
+@register_protocol("attention_mil", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     multiclass = inputs.task_type == "multiclass"
     train, val = train_val_split(inputs, seed)

@@ -1,17 +1,21 @@
-"""What every protocol takes and returns.
+"""What every protocol takes and returns: its inputs and its results, one type each.
 
-A frozen-feature protocol is a function ``run(inputs: FrozenInputs, params, seed) -> Prediction``.
-It reads cached features, never the backbone, and never the test labels while it selects.
+  features      run(FrozenInputs, params, seed) -> Prediction     cached per-image features
+  patch_tokens  run(SegInputs, params, seed)    -> SegPrediction  cached patch-token grids and masks
+  images        run(TrainInputs, params, seed)  -> Prediction     trains the backbone (Ray Train)
+
+A protocol reads the test split only to score it, once, after selecting on validation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 TASK_TYPES = ("multilabel", "binary", "multiclass", "segmentation")
+CLASSIFICATION = ("multilabel", "binary", "multiclass")
 
 
 @dataclass
@@ -80,3 +84,61 @@ class TrainInputs:
     checkpoint_dir: str  # storage URI for this cell's checkpoints (local or s3://)
     num_workers: int = 1
     use_gpu: bool = False
+    cell_cpus: float = 0.5  # what the calling cell holds (spec resources.cpus_per_cell)
+
+
+@dataclass
+class SegSplit:
+    """One split of a segmentation task, as cached patch tokens and masks, one row per image or slice."""
+
+    tokens: List[np.ndarray]  # per cached block, the last block first: float16 (N, D_b, h_b, w_b)
+    masks: np.ndarray  # uint8 (N, S, S) class indices at the output size
+    sample_ids: np.ndarray
+    patient_ids: np.ndarray
+    case_ids: np.ndarray  # the image's own id, or its volume's
+    slice_index: np.ndarray  # -1 for 2D images
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def subset(self, idx: np.ndarray) -> "SegSplit":
+        return SegSplit([t[idx] for t in self.tokens], self.masks[idx], self.sample_ids[idx],
+                        self.patient_ids[idx], self.case_ids[idx], self.slice_index[idx])
+
+
+@dataclass
+class CaseGeometry:
+    spacing: Tuple[float, ...]  # of the output grid, per axis: (S, S) or (D, S, S)
+    source_shape: Tuple[int, ...]  # (H, W) or (D, H, W)
+    affine: Optional[np.ndarray] = None  # NIfTI volumes: the source's (4, 4)
+
+
+@dataclass
+class SegInputs:
+    task_type: str  # "segmentation"
+    class_names: List[str]  # mask value i is class_names[i]; 0 is the background
+    splits: Dict[str, SegSplit]
+    geometry: Dict[str, CaseGeometry]  # case id -> geometry
+    volumetric: bool  # cases are volumes assembled from slices
+
+
+@dataclass
+class SegCase:
+    """One scored unit of a segmentation task: a 2D image, or a volume reassembled from its slices."""
+
+    case_id: str
+    patient_id: str
+    pred: np.ndarray  # integer labels, (H, W) or (D, H, W)
+    truth: np.ndarray  # same shape
+    spacing: Tuple[float, ...]  # one per axis of pred
+    affine: Optional[np.ndarray] = None  # volumes: the source's (4, 4), to write the prediction back
+    source_shape: Optional[Tuple[int, ...]] = None  # the source's shape, (H, W) or (D, H, W)
+
+
+@dataclass
+class SegPrediction:
+    """The test cases of one segmentation cell, with their predicted and true label maps."""
+
+    cases: List[SegCase]
+    selected: Dict[str, object] = field(default_factory=dict)  # hyperparameters chosen on validation
+    val_score: Optional[float] = None

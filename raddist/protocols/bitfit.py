@@ -5,13 +5,16 @@ Checkpoints hold the biases and the head only; BatchNorm statistics stay as load
 
 from __future__ import annotations
 
-from functools import partial
+from raddist.protocols.base import Prediction, TrainInputs
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.trainable.protocol import TASK_TYPES, TrainParams
+from raddist.protocols.trainable.protocol import run as run_trainable
 
-from raddist.train.protocol import TASK_TYPES
-from raddist.train.protocol import TrainParams as Params
-from raddist.train.protocol import run as run_trainable
 
-NEEDS_EMBEDDINGS = False
-__all__ = ["TASK_TYPES", "NEEDS_EMBEDDINGS", "Params", "run"]
+class Params(TrainParams):
+    pass
 
-run = partial(run_trainable, "bitfit")  # run(inputs: TrainInputs, params, seed) -> Prediction
+
+@register_protocol("bitfit", task_types=TASK_TYPES, params=Params, reads="images")
+def run(inputs: TrainInputs, params: Params, seed: int) -> Prediction:
+    return run_trainable("bitfit", inputs, params, seed)

@@ -26,12 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 
 from raddist.protocols import knn as knn_probe
 from raddist.protocols import linear as linear_probe
-from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import features_and_targets, named_features
-from raddist.protocols.validation import to_prediction, train_val_split
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.selection import to_prediction, train_val_split
 
-TASK_TYPES = ("multilabel", "binary", "multiclass")
-NEEDS_EMBEDDINGS = True
 Probe = Literal["linear", "knn"]
 # Few-shot sets are tiny: more epochs (each is one or a few steps), and per-sample scaling instead of
 # feature statistics that a handful of samples cannot estimate.
@@ -104,6 +103,7 @@ def _cell(params: Params) -> tuple:
     return params.shots, params.draw, params.probe
 
 
+@register_protocol("fewshot", task_types=CLASSIFICATION, params=Params, expand=variants)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     shots, draw_index, probe = _cell(params)
     pool, val = train_val_split(inputs, seed)  # a carved val leaves the pool: it is never drawn

@@ -15,12 +15,10 @@ from typing import List, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from raddist.protocols.base import FrozenInputs, Prediction
+from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction
 from raddist.protocols.features import FeatureSet, features_and_targets, named_features
-from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
-
-TASK_TYPES = ("multilabel", "binary", "multiclass")
-NEEDS_EMBEDDINGS = True
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 
 class Params(BaseModel):
@@ -66,6 +64,7 @@ def predict(bank_x: np.ndarray, bank_targets: np.ndarray, query_x: np.ndarray, k
     return vote(sims, idx, bank_targets, k, params.temperature)
 
 
+@register_protocol("knn", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
     test = inputs.splits["test"]

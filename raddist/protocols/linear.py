@@ -26,12 +26,11 @@ from typing import Dict, List, Literal, Tuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import column_range, has_patch_mean, label_matrix, num_classes, stacked
-from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
-TASK_TYPES = ("multilabel", "binary", "multiclass")
-NEEDS_EMBEDDINGS = True
 Pool = Literal["cls", "cls_patch"]
 
 
@@ -149,7 +148,9 @@ def train_heads(
     """Train every head of configs on split at once, from a seeded initialisation and batch order."""
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from raddist.device import torch_device
+
+    device = torch_device()
     x_np = stacked(split).astype(np.float32)
     stats = tuple(torch.from_numpy(a).to(device) for a in _fit_stats(x_np, params.normalize))
     x = _standardise(torch.from_numpy(x_np).to(device), stats)
@@ -218,6 +219,7 @@ def fit_select(
     return heads, best, score
 
 
+@register_protocol("linear", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
     test = inputs.splits["test"]

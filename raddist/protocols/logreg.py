@@ -13,12 +13,10 @@ from typing import List
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from raddist.protocols.base import FrozenInputs, Prediction
+from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction
 from raddist.protocols.features import FeatureSet, label_matrix, named_features, num_classes
-from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
-
-TASK_TYPES = ("multilabel", "binary", "multiclass")
-NEEDS_EMBEDDINGS = True
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 
 class Params(BaseModel):
@@ -68,6 +66,7 @@ def _scaled(x_fit: np.ndarray, x_query: np.ndarray):
     return scaler.transform(x_fit), scaler.transform(x_query)
 
 
+@register_protocol("logreg", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
     test = inputs.splits["test"]

@@ -1,20 +1,32 @@
 """LoRA: low-rank adapters on the backbone's attention and MLP projections (+ a linear head).
 
-Reference setting (Baharoon et al.): r = 48, alpha = 16, dropout 0.1 on qkv, fc1 and fc2, all
-configurable. The backbone's own weights stay frozen; checkpoints hold the adapters and the head
-only (peft get_peft_model_state_dict). Backbones without the target modules (CNNs) are refused
-with the names that are missing.
+Defaults are the reference study's setting (Baharoon et al.): r = 48, alpha = 16, dropout 0.1 on
+qkv, fc1 and fc2, all configurable. The backbone's own weights stay frozen; checkpoints hold the
+adapters and the head only (peft get_peft_model_state_dict). Backbones without the target modules
+(CNNs) are refused with the names that are missing.
 """
 
 from __future__ import annotations
 
-from functools import partial
+from typing import List
 
-from raddist.train.protocol import TASK_TYPES
-from raddist.train.protocol import LoraParams as Params
-from raddist.train.protocol import run as run_trainable
+from pydantic import Field, PositiveInt
 
-NEEDS_EMBEDDINGS = False
-__all__ = ["TASK_TYPES", "NEEDS_EMBEDDINGS", "Params", "run"]
+from raddist.protocols.base import Prediction, TrainInputs
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.trainable.protocol import TASK_TYPES, TrainParams
+from raddist.protocols.trainable.protocol import run as run_trainable
 
-run = partial(run_trainable, "lora")  # run(inputs: TrainInputs, params, seed) -> Prediction
+
+class Params(TrainParams):
+    r: PositiveInt = 48
+    alpha: PositiveInt = 16
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: List[str] = Field(default=["qkv", "fc1", "fc2"], min_length=1)
+
+
+@register_protocol("lora", task_types=TASK_TYPES, params=Params, reads="images")
+def run(inputs: TrainInputs, params: Params, seed: int) -> Prediction:
+    adapters = {"r": params.r, "alpha": params.alpha, "dropout": params.dropout,
+                "target_modules": list(params.target_modules)}
+    return run_trainable("lora", inputs, params, seed, lora=adapters)

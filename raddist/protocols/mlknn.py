@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from raddist.protocols.base import FrozenInputs, Prediction
 from raddist.protocols.features import FeatureSet, features_and_targets, named_features
 from raddist.protocols.knn import clip_ks
-from raddist.protocols.validation import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 TASK_TYPES = ("multilabel",)
-NEEDS_EMBEDDINGS = True
 
 
 class Params(BaseModel):
@@ -88,6 +88,7 @@ def fit_predict(bank_x, bank_targets, query_x, ks: List[int], params: Params):
         yield k, posterior(fit(loo_idx, bank_targets, k, params.smoothing), query_idx, bank_targets)
 
 
+@register_protocol("mlknn", task_types=TASK_TYPES, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     if inputs.task_type not in TASK_TYPES:
         raise ValueError(f"mlknn applies to {TASK_TYPES} tasks, not '{inputs.task_type}'")

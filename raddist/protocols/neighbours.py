@@ -13,11 +13,9 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from raddist.device import torch_device
+
 DEFAULT_CHUNK = 1024
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _unit_rows(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -44,7 +42,7 @@ def topk_cosine(
         raise ValueError("exclude_self needs the queries to be the bank itself")
     if not 1 <= k <= len(bank) - int(exclude_self):
         raise ValueError(f"k={k} neighbours asked of a bank of {len(bank)}")
-    device = _device()
+    device = torch_device()
     bank_t = _unit_rows(bank, device)
     sims, idx = [torch.empty(0, k, dtype=bank_t.dtype)], [torch.empty(0, k, dtype=torch.long)]
     for start in range(0, len(queries), chunk_size):

@@ -1,7 +1,7 @@
 """What the segmentation heads share: their inputs, training over a learning-rate grid, selection on
 validation Dice, and the test prediction.
 
-Inputs (SegInputs, built by raddist.evaluate from the embedding cache): per split the cached
+Inputs (SegInputs, built by raddist.cells from the embedding cache): per split the cached
 patch-token grids (float16, the last block first), the masks at the output size, and which case
 (2D image, or volume) and slice each row is.
 Training: every head of the grid sees the same mini-batches, one pass over the cached tokens per
@@ -17,61 +17,16 @@ Cases: a 2D image is scored alone; the slices of a volume are reassembled by sli
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from raddist.protocols.base import Prediction
-from raddist.protocols.validation import carve_val, select_best
-
-if TYPE_CHECKING:
-    from raddist.seg_metrics import SegCase
+from raddist.protocols.base import SegCase, SegInputs, SegPrediction, SegSplit
+from raddist.protocols.selection import select_best, train_val_split
 
 TASK_TYPES = ("segmentation",)
-NEEDS_EMBEDDINGS = True
-
-
-@dataclass
-class SegSplit:
-    tokens: List[np.ndarray]  # per cached block, the last block first: float16 (N, D_b, h_b, w_b)
-    masks: np.ndarray  # uint8 (N, S, S) class indices at the output size
-    sample_ids: np.ndarray
-    patient_ids: np.ndarray
-    case_ids: np.ndarray  # the image's own id, or its volume's
-    slice_index: np.ndarray  # -1 for 2D images
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
-    def subset(self, idx: np.ndarray) -> "SegSplit":
-        return SegSplit([t[idx] for t in self.tokens], self.masks[idx], self.sample_ids[idx],
-                        self.patient_ids[idx], self.case_ids[idx], self.slice_index[idx])
-
-
-@dataclass
-class CaseGeometry:
-    spacing: Tuple[float, ...]  # of the output grid, per axis: (S, S) or (D, S, S)
-    source_shape: Tuple[int, ...]  # (H, W) or (D, H, W)
-    affine: Optional[np.ndarray] = None  # NIfTI volumes: the source's (4, 4)
-
-
-@dataclass
-class SegInputs:
-    task_type: str  # "segmentation"
-    class_names: List[str]  # mask value i is class_names[i]; 0 is the background
-    splits: Dict[str, SegSplit]
-    geometry: Dict[str, CaseGeometry]  # case id -> geometry
-    volumetric: bool  # cases are volumes assembled from slices
-
-
-@dataclass
-class SegPrediction(Prediction):
-    """Test cases with their predicted and true label maps; labels/scores are filled in at scoring
-    (per case and foreground class: class present, Dice)."""
-
-    cases: List[SegCase] = field(default_factory=list)
+BATCH_ORDER_STREAM = 0x5E6  # keeps the batch order's random stream apart from the seed's other uses
 
 
 class SegParams(BaseModel):
@@ -92,10 +47,7 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
     """Train one head per learning rate on train, select on validation Dice, predict test once."""
     from raddist.seg_metrics import mean_dice
 
-    train = inputs.splits["train"]
-    val = inputs.splits.get("val")
-    if val is None or len(val) == 0:
-        train, val = carve_val(train, seed)
+    train, val = train_val_split(inputs, seed)
     n_classes = len(inputs.class_names)
     stats = token_stats(train, blocks)
     lrs = sorted(set(params.lrs))
@@ -109,11 +61,8 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
     test = inputs.splits["test"]
     cases = cases_of(inputs, test, predict(heads[best], test, stats, params.batch_size), test.masks)
     return SegPrediction(
-        sample_ids=np.array([c.case_id for c in cases], dtype=object),
-        patient_ids=np.array([c.patient_id for c in cases], dtype=object),
-        labels=np.zeros((len(cases), 0), np.int64), scores=np.zeros((len(cases), 0)),
+        cases=cases, val_score=score,
         selected={"lr": lrs[best], "val_dice": dict(zip(map(str, lrs), [round(s, 4) for s in scores]))},
-        val_score=score, cases=cases,
     )
 
 
@@ -131,12 +80,6 @@ def token_stats(split: SegSplit, blocks: int, chunk: int = 256) -> List[Tuple[np
         std[std < 1e-6] = 1.0  # a constant channel carries nothing; leave it centred
         stats.append((mean.astype(np.float32), std.astype(np.float32)))
     return stats
-
-
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _batch(split: SegSplit, idx: np.ndarray, stats, device):
@@ -165,9 +108,11 @@ def fit_heads(build: HeadBuilder, lrs: List[float], train: SegSplit, stats, n_cl
     import torch
     from monai.losses import DiceCELoss
 
+    from raddist.device import torch_device
+
     shapes = [tuple(int(n) for n in t.shape[1:]) for t in train.tokens[:len(stats)]]
     size = train.masks.shape[-1]
-    device = _device()
+    device = torch_device()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         heads = [build(shapes, n_classes, size).to(device) for _ in lrs]
@@ -175,7 +120,7 @@ def fit_heads(build: HeadBuilder, lrs: List[float], train: SegSplit, stats, n_cl
     steps = params.epochs * math.ceil(len(train) / params.batch_size)
     opts = [torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=params.weight_decay) for h, lr in zip(heads, lrs)]
     scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, max(1, steps)) for o in opts]
-    rng = np.random.default_rng([seed, 0x5E6])
+    rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
     for h in heads:
         h.train()
     for _ in range(params.epochs):
@@ -215,7 +160,6 @@ def predict(head, split: SegSplit, stats, batch_size: int) -> np.ndarray:
 def cases_of(inputs: SegInputs, split: SegSplit, pred: np.ndarray, truth: np.ndarray) -> List[SegCase]:
     """Group rows into cases: a 2D image alone, or a volume's slices stacked by slice index."""
     from raddist.data.volumes import assemble
-    from raddist.seg_metrics import SegCase
 
     cases = []
     for case_id in sorted(set(split.case_ids)):

@@ -11,9 +11,9 @@ from typing import List
 
 from pydantic import Field, PositiveFloat
 
-from raddist.protocols.seg_common import NEEDS_EMBEDDINGS, TASK_TYPES, SegInputs, SegParams, SegPrediction, run_grid
-
-__all__ = ["NEEDS_EMBEDDINGS", "PATCH_TOKEN_BLOCKS", "TASK_TYPES", "Params", "run"]
+from raddist.protocols.base import SegInputs, SegPrediction
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.seg_common import TASK_TYPES, SegParams, run_grid
 
 PATCH_TOKEN_BLOCKS = 1  # the embedding job caches the last block's patch tokens
 
@@ -37,5 +37,7 @@ def build(shapes, n_classes: int, size: int):
     return LinearHead()
 
 
+@register_protocol("seg_linear", task_types=TASK_TYPES, params=Params, reads="patch_tokens",
+                   patch_token_blocks=PATCH_TOKEN_BLOCKS)
 def run(inputs: SegInputs, params: Params, seed: int) -> SegPrediction:
     return run_grid(inputs, params, seed, build, blocks=1)

@@ -18,9 +18,9 @@ from typing import List
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from raddist.protocols.seg_common import NEEDS_EMBEDDINGS, TASK_TYPES, SegInputs, SegParams, SegPrediction, run_grid
-
-__all__ = ["NEEDS_EMBEDDINGS", "PATCH_TOKEN_BLOCKS", "TASK_TYPES", "Params", "run"]
+from raddist.protocols.base import SegInputs, SegPrediction
+from raddist.protocols.registry import register_protocol
+from raddist.protocols.seg_common import TASK_TYPES, SegParams, run_grid
 
 PATCH_TOKEN_BLOCKS = 5  # the embedding job caches the patch tokens of the last five blocks
 
@@ -80,6 +80,8 @@ def build(shapes, n_classes: int, size: int, channels=(256, 128, 64, 32), most: 
     return UNetDecoder()
 
 
+@register_protocol("seg_unet", task_types=TASK_TYPES, params=Params, reads="patch_tokens",
+                   patch_token_blocks=PATCH_TOKEN_BLOCKS)
 def run(inputs: SegInputs, params: Params, seed: int) -> SegPrediction:
     def builder(shapes, n_classes, size):
         return build(shapes, n_classes, size, params.channels, params.up_blocks)

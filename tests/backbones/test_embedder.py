@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from raddist.backbones import BackboneConfig, Embedder, build_model, get_config
+from raddist.backbones.embedder import Embedder
+from raddist.backbones.registry import BackboneConfig, get_config
+from raddist.backbones.weights import build_model
 
 
 @pytest.fixture(autouse=True)

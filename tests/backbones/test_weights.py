@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from raddist.backbones import BackboneConfig, build_model, get_config, weights_identity
+from raddist.backbones.registry import BackboneConfig, get_config
+from raddist.backbones.weights import build_model, weights_identity
 from raddist.errors import ConfigError
 
 from tests.backbones.test_embedder import TINY_MSN, _images, _manual_normalize

@@ -14,12 +14,22 @@ from raddist.data.synthetic_seg import SEG2D_CLASSES, SEG3D_CLASSES, write_synth
 from raddist.data.volumes import read_mask, resize_labels
 from raddist.embed.cache import EmbeddingCache
 from raddist.embed.pipeline import run_embedding_job
-from raddist.evaluate import frozen_inputs, run_cell, write_masks
+from raddist import protocols
+from raddist.cells.inputs import frozen_inputs
+from raddist.cells.outputs import write_masks
+from raddist.cells.run import score
 from raddist.plan import Cell, EmbeddingJob
 from raddist.spec import BackboneSpec, ResourcesSpec, TaskSpec
 from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
 
 RESOURCES = ResourcesSpec(embed_batch_size=32)
+
+
+def run_cell(cell, inputs, n_boot):
+    """(prediction, metric rows, per-case values or None), as the cell stage computes them."""
+    record = protocols.get(cell.protocol)
+    prediction = record.run(inputs, record.parse(cell.params), cell.seed)
+    return (prediction, *score(cell, prediction, inputs.class_names, n_boot))
 
 
 
@@ -94,11 +104,11 @@ def test_heads_segment_the_synthetic_volumes(seg3d, sets, tmp_path, name, params
     assert inputs.volumetric and {k: len(v) for k, v in inputs.splits.items()} == {"train": 112, "val": 32, "test": 48}
     cell = Cell(id="c", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol=name,
                 params=params, seed=0, embedding_job="j")
-    prediction, rows, _ = run_cell(cell, inputs, n_boot=50)
+    prediction, rows, per_case = run_cell(cell, inputs, n_boot=50)
     values = {r["metric"]: r for r in rows}
     assert {"dice", "dice_pooled", "jaccard", "hd95", "dice/liver", "hd95/kidney"} <= set(values)
     assert values["dice"]["value"] > 0.5 and values["hd95"]["value"] < 20  # mm
-    assert prediction.scores.shape == prediction.labels.shape == (3, 3)  # per test volume and organ
+    assert per_case["dice"].shape == per_case["tp"].shape == (3, 3)  # per test volume and organ
     assert write_masks(prediction, str(tmp_path), "salt") == 3
     nii = sorted((tmp_path / "masks").iterdir())[0]
     volume, affine = read_nifti(str(nii), nii.read_bytes())

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from raddist.backbones import Embedder, build_model, get_config
+from raddist.backbones.embedder import Embedder
+from raddist.backbones.registry import get_config
+from raddist.backbones.weights import build_model
 from raddist.embed.forward import BatchedForward, power_of_two_at_most, sized_batch
 
 

@@ -60,7 +60,9 @@ def test_embeds_every_good_row_once_and_records_bad_ones(ray_local, synthetic_da
     assert cached.meta["contract"]["size"] == 64 and cached.meta["block_dims"] == [64] * 4
 
     # the same features as running the backbone by hand on the decoded image
-    from raddist.backbones import Embedder, build_model, get_config
+    from raddist.backbones.embedder import Embedder
+    from raddist.backbones.registry import get_config
+    from raddist.backbones.weights import build_model
     from raddist.data.contract import PreprocessContract
     from raddist.data.transforms import decode
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from raddist import protocols
 from raddist.protocols import fewshot, knn, linear
 from raddist.protocols.features import named_features
-from raddist.protocols.validation import train_val_split
+from raddist.protocols.selection import train_val_split
 
 from .synthetic import blob_inputs
 
@@ -57,7 +57,7 @@ def test_class_with_too_few_samples_gives_all_it_has():
 
 def test_variants_cover_shots_draws_probes():
     params = fewshot.Params(shots=[1, 4, 8], draws=6)
-    cells = protocols.variants("fewshot", params)
+    cells = protocols.get("fewshot").variants(params)
     assert len(cells) == 3 * 6 * 2
     assert len({(c["shots"], c["draw"], c["probe"]) for c in cells}) == len(cells)
     for cell in cells:

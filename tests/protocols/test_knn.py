@@ -4,7 +4,7 @@ import pytest
 from raddist.protocols import knn
 from raddist.protocols.features import label_matrix, named_features
 from raddist.protocols.neighbours import topk_cosine
-from raddist.protocols.validation import train_plus_val
+from raddist.protocols.selection import train_plus_val
 
 from .synthetic import auroc, blob_inputs
 

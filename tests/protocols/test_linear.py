@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from raddist.protocols import linear
-from raddist.protocols.validation import train_plus_val
+from raddist.protocols.selection import train_plus_val
 
 from .synthetic import auroc, blob_inputs
 

@@ -4,7 +4,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from raddist.protocols import logreg
-from raddist.protocols.validation import train_plus_val
+from raddist.protocols.selection import train_plus_val
 
 from .synthetic import auroc, blob_inputs
 

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from raddist import protocols
-from raddist.protocols.seg_common import CaseGeometry, SegInputs, SegSplit, run_grid
+from raddist.protocols.base import CaseGeometry, SegInputs, SegSplit
 from raddist.seg_metrics import mean_dice
 from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
 
@@ -59,7 +59,7 @@ def fake_inputs(n_patients=16, per_patient=4, size=32, grid=8, volumetric=False,
 def test_heads_learn_far_beyond_a_constant_prediction(name, params):
     module = protocols.get(name)
     inputs = fake_inputs()
-    prediction = module.run(inputs, module.Params(**params), seed=0)
+    prediction = module.run(inputs, module.params(**params), seed=0)
     cases = prediction.cases
     assert len(cases) == len(inputs.splits["test"]) and cases[0].pred.shape == (32, 32)
     dice = mean_dice(cases, 3)
@@ -67,13 +67,13 @@ def test_heads_learn_far_beyond_a_constant_prediction(name, params):
         c.pred = np.ones_like(c.truth)  # predict the organ everywhere
     constant = mean_dice(cases, 3)
     assert dice > 0.5 and dice > constant + 0.3
-    assert prediction.selected["lr"] in module.Params(**params).lrs
+    assert prediction.selected["lr"] in module.params(**params).lrs
     assert prediction.val_score == pytest.approx(max(prediction.selected["val_dice"].values()), abs=1e-4)
 
 
 def test_selection_uses_validation_and_is_deterministic():
     module = protocols.get("seg_linear")
-    params = module.Params(epochs=5, lrs=[1e-5, 1e-1])
+    params = module.params(epochs=5, lrs=[1e-5, 1e-1])
     a = module.run(fake_inputs(), params, seed=1)
     b = module.run(fake_inputs(), params, seed=1)
     assert a.selected == b.selected and a.selected["lr"] == 0.1  # 1e-5 barely moves in 5 epochs
@@ -82,11 +82,11 @@ def test_selection_uses_validation_and_is_deterministic():
 
 def test_volumes_are_scored_whole_and_written_back_on_the_source_grid(tmp_path):
     from raddist.data.readers import read_nifti
-    from raddist.evaluate import write_masks
+    from raddist.cells.outputs import write_masks
 
     module = protocols.get("seg_linear")
     inputs = fake_inputs(volumetric=True)
-    prediction = module.run(inputs, module.Params(epochs=10), seed=0)
+    prediction = module.run(inputs, module.params(epochs=10), seed=0)
     assert [c.pred.shape for c in prediction.cases] == [(4, 32, 32)] * 4  # 4 test volumes of 4 slices
     assert prediction.cases[0].spacing == pytest.approx((2.5, 1.2, 1.0))
     assert write_masks(prediction, str(tmp_path), salt="s") == 4
@@ -100,7 +100,7 @@ def test_volumes_are_scored_whole_and_written_back_on_the_source_grid(tmp_path):
 def test_carves_validation_from_train_by_patient_when_there_is_none():
     inputs = fake_inputs()
     inputs.splits.pop("val")
-    prediction = protocols.get("seg_linear").run(inputs, protocols.get("seg_linear").Params(epochs=3), seed=0)
+    prediction = protocols.get("seg_linear").run(inputs, protocols.get("seg_linear").params(epochs=3), seed=0)
     assert prediction.val_score is not None
 
 
@@ -119,11 +119,10 @@ def test_unet_decoder_shapes_for_vit_and_cnn_grids():
 
 def test_contract_and_params():
     for name, blocks in (("seg_linear", 1), ("seg_unet", 5)):
-        module = protocols.get(name)
-        assert module.TASK_TYPES == ("segmentation",) and module.NEEDS_EMBEDDINGS is True
-        assert module.PATCH_TOKEN_BLOCKS == blocks
+        record = protocols.get(name)
+        assert record.task_types == ("segmentation",) and record.reads == "patch_tokens"
+        assert record.needs_embeddings and not record.trainable and record.patch_token_blocks == blocks
         with pytest.raises(ValidationError, match="not_a_field"):
-            module.Params(not_a_field=1)
+            record.params(not_a_field=1)
         with pytest.raises(ValidationError, match="lrs"):
-            module.Params(lrs=[])
-    assert run_grid  # the shared loop both heads call
+            record.params(lrs=[])

@@ -1,83 +1,64 @@
-"""Test data never influences selection: the reference study selected on test when it had no val split."""
+import math
 
 import numpy as np
 import pytest
 
-from raddist import protocols
+from raddist.protocols.features import column_range
+from raddist.protocols.selection import carve_val, macro_auroc, select_best, train_plus_val, train_val_split
 
-from .synthetic import blob_inputs, flipped_labels, with_test
-
-CASES = [
-    ("knn", "multiclass", {}),
-    ("mlknn", "multilabel", {}),
-    ("linear", "multiclass", {"epochs": 5, "lrs": [1e-3, 1e-2, 1e-1]}),
-    ("linear", "multilabel", {"epochs": 5, "lrs": [1e-3, 1e-2, 1e-1]}),
-    ("logreg", "multiclass", {}),
-    ("logreg", "multilabel", {"cs": [0.01, 1.0]}),
-    ("fewshot", "multiclass", {"shots": 2, "draw": 0, "probe": "linear", "linear": {"epochs": 10, "lrs": [1e-2, 1e-1]}}),
-    ("fewshot", "multilabel", {"shots": 2, "draw": 3, "probe": "knn"}),
-]
-IDS = [f"{name}-{task}" for name, task, _ in CASES]
+from .synthetic import blob_inputs
 
 
-def _run(name, inputs, params):
-    module = protocols.get(name)
-    return module.run(inputs, module.Params(**params), seed=0)
+def test_manifest_val_is_used_as_is():
+    inputs = blob_inputs(sizes=(40, 20, 10))
+    train, val = train_val_split(inputs, seed=0)
+    assert train is inputs.splits["train"] and val is inputs.splits["val"]
 
 
-def _inputs(task_type, with_val):
-    return blob_inputs(task_type, 3, sizes=(120, 40 if with_val else 0, 50), separation=0.4, images_per_patient=3)
+def test_carved_val_is_by_patient_and_from_train_only():
+    inputs = blob_inputs(sizes=(200, 0, 30), images_per_patient=4)
+    train, val = train_val_split(inputs, seed=3)
+    all_train = inputs.splits["train"]
+    assert not set(train.patient_ids) & set(val.patient_ids)
+    assert set(val.patient_ids) <= set(all_train.patient_ids)
+    assert not set(val.sample_ids) & set(inputs.splits["test"].sample_ids)
+    assert sorted(np.concatenate([train.sample_ids, val.sample_ids])) == sorted(all_train.sample_ids)
+    assert len(set(val.patient_ids)) == round(0.15 * 50)  # 50 patients
+    np.testing.assert_array_equal(train_val_split(inputs, seed=3)[1].sample_ids, val.sample_ids)
+    assert set(train_val_split(inputs, seed=4)[1].patient_ids) != set(val.patient_ids)
 
 
-@pytest.mark.parametrize("with_val", [True, False], ids=["val", "no-val"])
-@pytest.mark.parametrize("name,task_type,params", CASES, ids=IDS)
-def test_poisoned_test_labels_change_nothing(name, task_type, params, with_val):
-    inputs = _inputs(task_type, with_val)
-    clean = _run(name, inputs, params)
-    poisoned = _run(name, with_test(inputs, labels=flipped_labels(inputs)), params)
-    assert poisoned.selected == clean.selected
-    assert poisoned.val_score == clean.val_score  # bitwise: the same float
-    np.testing.assert_array_equal(poisoned.scores, clean.scores)
-    assert not np.array_equal(poisoned.labels, clean.labels)  # the poison did reach the Prediction
+def test_carve_needs_two_patients():
+    inputs = blob_inputs(sizes=(2, 0, 2), images_per_patient=2)
+    with pytest.raises(ValueError, match="fewer than 2 patients"):
+        carve_val(inputs.splits["train"], seed=0)
 
 
-@pytest.mark.parametrize("name,task_type,params", CASES, ids=IDS)
-def test_no_val_selection_ignores_test_features(name, task_type, params):
-    inputs = _inputs(task_type, with_val=False)
-    rng = np.random.default_rng(9)
-    noise = {k: rng.normal(size=v.shape) for k, v in inputs.splits["test"].features.items()}
-    clean = _run(name, inputs, params)
-    poisoned = _run(name, with_test(inputs, features=noise), params)
-    assert poisoned.selected == clean.selected and poisoned.val_score == clean.val_score
-    assert not np.array_equal(poisoned.scores, clean.scores)
+def test_train_plus_val_concatenates_every_field():
+    inputs = blob_inputs(sizes=(10, 4, 4))
+    both = train_plus_val(inputs.splits["train"], inputs.splits["val"])
+    assert len(both) == 14 and both.features["patch_mean"].shape == (14, 8)
+    np.testing.assert_array_equal(both.labels[10:], inputs.splits["val"].labels)
 
 
-class _ReadLog(dict):
-    """A features dict that notes every read of a column."""
-
-    def __init__(self, data, log):
-        super().__init__(data)
-        self.log = log
-
-    def __getitem__(self, key):
-        self.log.append("read test")
-        return super().__getitem__(key)
+def test_macro_auroc_skips_single_class_columns():
+    targets = np.array([[0, 1, 0], [1, 1, 0], [0, 1, 0], [1, 1, 0]])
+    scores = np.array([[0.1, 0.5, 0.2], [0.9, 0.5, 0.3], [0.8, 0.5, 0.1], [0.7, 0.5, 0.9]])
+    assert macro_auroc(targets, scores) == pytest.approx(0.75)  # column 0 only: 3 of 4 pairs ordered
+    assert math.isnan(macro_auroc(targets[:, 1:], scores[:, 1:]))
 
 
-@pytest.mark.parametrize("with_val", [True, False], ids=["val", "no-val"])
-@pytest.mark.parametrize("name,task_type,params", CASES, ids=IDS)
-def test_test_features_are_read_only_after_the_last_selection(monkeypatch, name, task_type, params, with_val):
-    inputs = _inputs(task_type, with_val)
-    log = []
-    for module_name in ("knn", "mlknn", "linear", "logreg"):
-        module = protocols.get(module_name)
-        original = module.select_best
+def test_select_best_prefers_first_of_ties_and_never_nan():
+    assert select_best([1, 2, 3], {1: 0.5, 2: 0.9, 3: 0.9}.get)[:2] == (2, 0.9)
+    assert select_best(["a", "b"], {"a": float("nan"), "b": 0.1}.get)[0] == "b"
+    best, score, scores = select_best(["a", "b"], lambda c: float("nan"))
+    assert best == "a" and math.isnan(score) and len(scores) == 2
 
-        def logged(*args, _original=original):
-            log.append("select")
-            return _original(*args)
 
-        monkeypatch.setattr(module, "select_best", logged)
-    _run(name, with_test(inputs, features=_ReadLog(inputs.splits["test"].features, log)), params)
-    assert "select" in log and "read test" in log
-    assert log.index("read test") > max(i for i, event in enumerate(log) if event == "select")
+def test_column_ranges_of_stacked_features():
+    dims = [4, 6, 8]
+    assert column_range(dims, 1, False, 5) == (10, 18)
+    assert column_range(dims, 3, False, 5) == (0, 18)
+    assert column_range(dims, 2, True, 5) == (4, 23)
+    with pytest.raises(ValueError, match="holds 3 block"):
+        column_range(dims, 4, False, 5)

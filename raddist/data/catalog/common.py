@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from raddist import storage
 from raddist.data import manifest
+from raddist.data.volumes import CT_HU_CLIP
 from raddist.errors import RaddistError
 
 MANIFEST_NAME = "manifest.parquet"
@@ -32,8 +33,9 @@ FORMAT_VERSION = 1
 # Preprocessing hints, in PreprocessContract's field names so the pipeline can read them as is.
 # Stored 8-bit images (X-ray PNG/JPEG, CT slices as PNG): their own range.
 AUTO_WINDOW = {"window": "auto", "clip_percentiles": None}
-# HU clip [-1024, 600] as the reference applied to abdominal CT, also as a (center, width) window.
-CT_ABDOMEN = {"window": [-212.0, 1624.0], "hu_clip": [-1024.0, 600.0], "clip_percentiles": None, "slice_axis": 2}
+# CT: the HU clip of raddist.data.volumes, also as the (center, width) window that maps it to [0, 1].
+CT_ABDOMEN = {"window": [(CT_HU_CLIP[0] + CT_HU_CLIP[1]) / 2, CT_HU_CLIP[1] - CT_HU_CLIP[0]],
+              "hu_clip": list(CT_HU_CLIP), "clip_percentiles": None, "slice_axis": 2}
 MRI_P5_P95 = {"window": "auto", "clip_percentiles": [5.0, 95.0]}
 
 Size = Union[int, float]

@@ -1,9 +1,9 @@
 """One Ray Train fit, its best checkpoint, and scoring a checkpoint.
 
-Resources: the calling cell already holds a CPU share (0.5 by default). Each worker asks for a
-fraction of the cluster's CPUs that leaves one worker's share free for Ray Data decode tasks and
-scorers (of this or another cell): (CPUs - 0.5) / (workers + 1), at most 1 -- 0.5 each for 2
-workers on 2 CPUs. Ray Train V2's controller reserves no CPU (ScalingConfig.trainer_resources is
+Resources: the calling cell already holds a CPU share (cell_cpus: the spec's
+resources.cpus_per_cell). Each worker asks for a fraction of the cluster's CPUs that leaves one
+worker's share free for Ray Data decode tasks and scorers (of this or another cell):
+(CPUs - cell_cpus) / (workers + 1), at most 1 -- 0.75 each for 1 worker on 2 CPUs. Ray Train V2's controller reserves no CPU (ScalingConfig.trainer_resources is
 deprecated there). A fit and a scorer read materialised datasets only, so once placed they need
 no further task and finish: whatever waits for their CPUs waits, but never forever.
 
@@ -22,7 +22,6 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-CELL_CPUS = 0.5  # what the calling cell task holds (spec resources.cpus_per_cell default)
 MIN_WORKER_CPUS = 0.1
 
 
@@ -43,26 +42,26 @@ class RunBest:
     checkpoint: str  # URI of the checkpoint directory
 
 
-def placement(num_workers: int, use_gpu: bool) -> Placement:
+def placement(num_workers: int, use_gpu: bool, cell_cpus: float) -> Placement:
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    share = min(1.0, max(MIN_WORKER_CPUS, (cpus - CELL_CPUS) / (num_workers + 1)))
+    share = min(1.0, max(MIN_WORKER_CPUS, (cpus - cell_cpus) / (num_workers + 1)))
     share = float(np.floor(share * 100) / 100)  # Ray rounds resources to 1e-4; keep round numbers
     worker = {"CPU": share, **({"GPU": 1.0} if use_gpu else {})}
     return Placement(worker, max(1, int(share)))
 
 
 def trainer(datasets: dict, config: dict, storage: str, name: str, num_workers: int, use_gpu: bool,
-            max_failures: int = 1, callbacks: Sequence = ()):
+            cell_cpus: float, max_failures: int = 1, callbacks: Sequence = ()):
     """A TorchTrainer for one learning rate: 'train' sharded to the workers, 'val' whole to each."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raddist import storage as storage_lib
-    from raddist.train.loop import train_loop_per_worker
+    from raddist.protocols.trainable.loop import train_loop_per_worker
 
-    where = placement(num_workers, use_gpu)
+    where = placement(num_workers, use_gpu, cell_cpus)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={**config, "threads": where.threads},
@@ -75,9 +74,19 @@ def trainer(datasets: dict, config: dict, storage: str, name: str, num_workers: 
                                                checkpoint_score_order="max"),
             callbacks=list(callbacks),
         ),
-        datasets={"train": datasets["train"].randomize_block_order(), "val": datasets["val"]},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # seeded block order and order-preserving ingest: a rerun sees the same batches, and so
+        # trains the same model (with one worker; several share blocks as they come)
+        datasets={"train": datasets["train"].randomize_block_order(seed=config["seed"]), "val": datasets["val"]},
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
     )
+
+
+def _ordered_ingest():
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def run_name(lr: float) -> str:
@@ -118,8 +127,8 @@ def load_checkpoint(spec: dict, checkpoint: str):
     import torch
     from ray.train import Checkpoint
 
-    from raddist.train.loop import MODEL_FILE
-    from raddist.train.model import build_classifier, load_trainable_state
+    from raddist.protocols.trainable.loop import MODEL_FILE
+    from raddist.protocols.trainable.model import build_classifier, load_trainable_state
 
     model = build_classifier(spec)
     with Checkpoint(checkpoint).as_directory() as d:
@@ -127,14 +136,14 @@ def load_checkpoint(spec: dict, checkpoint: str):
     return model.eval()
 
 
-def score(spec: dict, checkpoint: str, dataset, num_workers: int = 1, use_gpu: bool = False,
+def score(spec: dict, checkpoint: str, dataset, num_workers: int, use_gpu: bool, cell_cpus: float,
           batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
     """(row index, probabilities) of every row of dataset under a checkpoint, in one Ray task."""
     import ray
 
-    where = placement(num_workers, use_gpu)
+    where = placement(num_workers, use_gpu, cell_cpus)
     # "DEFAULT": not captured by a calling Tune trial's placement group (a trainable cell's bundle
-    # holds 0.5 CPU and no GPU); the scorer takes a worker's share of the cluster, as the fits did.
+    # holds a CPU share and no GPU); the scorer takes a worker's share of the cluster, as the fits did.
     task = ray.remote(_score).options(num_cpus=where.worker["CPU"], num_gpus=1 if use_gpu else 0, max_retries=1,
                                       scheduling_strategy="DEFAULT")
     return ray.get(task.remote(spec, checkpoint, dataset, batch_size, where.threads))
@@ -143,10 +152,11 @@ def score(spec: dict, checkpoint: str, dataset, num_workers: int = 1, use_gpu: b
 def _score(spec: dict, checkpoint: str, dataset, batch_size: int, threads: int):
     import torch
 
-    from raddist.train.model import predict
+    from raddist.device import torch_device
+    from raddist.protocols.trainable.model import predict
 
     torch.set_num_threads(threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device()
     model = load_checkpoint(spec, checkpoint).to(device)
     # Iterate the materialised blocks as they are: any Ray Data op here (select_columns, map) would
     # need a task, and so a CPU that the other cells' decoders, fits and scorers may all be holding.

@@ -16,8 +16,8 @@ base rebuilt from its weights plus the saved tensors is the trained model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,10 +32,8 @@ class ModelSpec:
     num_classes: int
     task_type: str  # multilabel | binary | multiclass
     method: str  # one of METHODS
-    lora_r: int = 48
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    lora_targets: Tuple[str, ...] = field(default=("qkv", "fc1", "fc2"))
+    # method 'lora': r, alpha, dropout, target_modules (raddist.protocols.lora.Params holds the defaults)
+    lora: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +46,7 @@ class Classifier(torch.nn.Module):
         self.head = torch.nn.Linear(embedder.block_dims[-1], num_classes)
 
     def forward(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        from raddist.train.data import augment as random_crop_flip
+        from raddist.protocols.trainable.data import augment as random_crop_flip
 
         x = self.embedder.normalize(images)
         if augment:  # crop and flip are linear in the pixels: augmenting normalised values is the same
@@ -70,9 +68,11 @@ def pooled_feature(embedder, x: torch.Tensor) -> torch.Tensor:
 
 def build_classifier(spec: dict) -> torch.nn.Module:
     """The classifier of ``spec`` with its method's parameters trainable; head initialised from torch's RNG."""
-    from raddist.backbones import Embedder, build_model, get_config
+    from raddist.backbones.embedder import Embedder
+    from raddist.backbones.registry import get_config
+    from raddist.backbones.weights import build_model
 
-    spec = ModelSpec(**{**spec, "lora_targets": tuple(spec.get("lora_targets", ModelSpec.lora_targets))})
+    spec = ModelSpec(**spec)
     if spec.method not in METHODS:
         raise ValueError(f"unknown training method {spec.method!r}; allowed: {METHODS}")
     config = get_config(spec.backbone)
@@ -89,8 +89,11 @@ def build_classifier(spec: dict) -> torch.nn.Module:
 def _with_lora(model: Classifier, spec: ModelSpec) -> torch.nn.Module:
     import peft
 
+    if not spec.lora:
+        raise ValueError("method 'lora' needs its settings (r, alpha, dropout, target_modules)")
+    targets = list(spec.lora["target_modules"])
     modules = dict(model.embedder.model.named_modules())
-    missing = [t for t in spec.lora_targets if not any(n == t or n.endswith("." + t) for n in modules)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in modules)]
     if missing:
         layers = {n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
         raise ValueError(
@@ -98,8 +101,8 @@ def _with_lora(model: Classifier, spec: ModelSpec) -> torch.nn.Module:
             f"({model.embedder.config.family}); set lora target_modules to layers it has, e.g. "
             f"{sorted(n for n in layers if not n.isdigit())[:8]}"
         )
-    config = peft.LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
-                             target_modules=list(spec.lora_targets), modules_to_save=["head"], bias="none")
+    config = peft.LoraConfig(r=spec.lora["r"], lora_alpha=spec.lora["alpha"], lora_dropout=spec.lora["dropout"],
+                             target_modules=targets, modules_to_save=["head"], bias="none")
     return peft.get_peft_model(model, config)
 
 

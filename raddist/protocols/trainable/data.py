@@ -11,13 +11,12 @@ on its device, on float tensors, as one batched affine resample.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from raddist.protocols.base import SplitData
+from raddist.protocols.selection import carve_patients, labels_of
 
 CROP_SCALE = (0.75, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -28,24 +27,13 @@ def assign_splits(table: pa.Table, seed: int) -> pa.Table:
 
     Test rows are never touched: selection must not see them.
     """
-    from raddist.protocols.validation import carve_val
-
     splits = np.asarray(table["split"].to_pylist(), dtype=object)
     if (splits == "val").any():
         return table
     train_idx = np.flatnonzero(splits == "train")
-    train = SplitData(features={}, labels=train_idx, sample_ids=train_idx,
-                      patient_ids=np.asarray(table["patient_id"].to_pylist(), dtype=object)[train_idx])
-    _, val = carve_val(train, seed)
-    splits[val.sample_ids.astype(np.int64)] = "val"
+    patients = np.asarray(table["patient_id"].to_pylist(), dtype=object)[train_idx]
+    splits[train_idx[carve_patients(patients, seed)]] = "val"
     return table.set_column(table.column_names.index("split"), "split", pa.array(splits.tolist(), pa.string()))
-
-
-def label_array(table: pa.Table, task_type: str, label_columns: Sequence[str]) -> np.ndarray:
-    """multiclass: (N,) class indices; multilabel/binary: (N, C) in {0, 1}."""
-    from raddist.evaluate import labels_of
-
-    return labels_of(table, SimpleNamespace(type=task_type, labels=list(label_columns)))
 
 
 def decode_split(table: pa.Table, labels: np.ndarray, contract: dict, rows_per_block: int = 32):
@@ -53,6 +41,8 @@ def decode_split(table: pa.Table, labels: np.ndarray, contract: dict, rows_per_b
     import ray
 
     n = table.num_rows
+    # decoded blocks keep the manifest's order, whichever task finishes first: reruns train alike
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     items = [{"index": i, "sample_id": s, "uri": u, "label": labels[i]}
              for i, (s, u) in enumerate(zip(table["sample_id"].to_pylist(), table["uri"].to_pylist()))]
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(n / rows_per_block)))
@@ -62,7 +52,7 @@ def decode_split(table: pa.Table, labels: np.ndarray, contract: dict, rows_per_b
 
 
 def _decode_rows(batch: dict, contract: dict) -> dict:
-    from raddist.embed.decode import DecodeBatch
+    from raddist.data.decode import DecodeBatch
 
     out = DecodeBatch(contract)(batch)
     ok = np.array([e == "" for e in out["error"]], dtype=bool)
@@ -72,7 +62,7 @@ def _decode_rows(batch: dict, contract: dict) -> dict:
 def decode_splits(table: pa.Table, task_type: str, label_columns: Sequence[str], contract: dict
                   ) -> Tuple[Dict[str, object], Dict[str, pa.Table], Dict[str, int]]:
     """Per split: (decoded datasets, the split's manifest rows, rows dropped)."""
-    labels = label_array(table, task_type, label_columns)
+    labels = labels_of(table, task_type, label_columns)
     labels = labels.astype(np.int64 if task_type == "multiclass" else np.float32)
     splits = np.asarray(table["split"].to_pylist(), dtype=object)
     datasets, rows, dropped = {}, {}, {}

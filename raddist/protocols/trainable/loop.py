@@ -22,6 +22,13 @@ MODEL_FILE = "model.pt"  # the trainable state: what scoring needs
 TRAIN_STATE_FILE = "train_state.pt"  # optimiser, schedule, epoch: what resuming needs
 VAL_PREDICTIONS_FILE = "val_predictions.npz"
 HISTORY_FILE = "history.json"  # every epoch's metrics up to this checkpoint, across restarts
+# The augmentation seed of (seed, epoch, rank): seed * SEED_STRIDE + epoch * EPOCH_STRIDE + rank.
+# Primes larger than any epoch count or world size, so no two (seed, epoch, rank) share a stream.
+SEED_STRIDE, EPOCH_STRIDE = 1_000_003, 1009
+
+
+def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
+    return seed * SEED_STRIDE + epoch * EPOCH_STRIDE + rank
 
 
 def selection_key(val_auroc: float, epoch: int) -> float:
@@ -35,7 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from raddist.train.model import (build_classifier, freeze_norm_statistics, load_trainable_state,
+    from raddist.protocols.trainable.model import (build_classifier, freeze_norm_statistics, load_trainable_state,
                                      loss_fn, trainable_parameters)
 
     torch.set_num_threads(int(config.get("threads", 1)))  # more threads than the CPU share stalls small boxes
@@ -66,7 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
     on_gpu = device.type == "cuda"
     for epoch in range(start, config["epochs"]):
         _maybe_crash(config, epoch)
-        torch.manual_seed(config["seed"] * 1_000_003 + epoch * 1009 + rank)  # augmentation draws
+        torch.manual_seed(augmentation_seed(config["seed"], epoch, rank))  # this epoch's crops and flips
         ddp.train()
         freeze_norm_statistics(model, spec["method"])
         total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
@@ -99,8 +106,8 @@ def _report_with_checkpoint(model, val, config, metrics, history, optimizer, sch
     import ray.train
     import torch
 
-    from raddist.protocols.validation import macro_auroc
-    from raddist.train.model import trainable_state
+    from raddist.protocols.selection import macro_auroc
+    from raddist.protocols.trainable.model import trainable_state
 
     task_type = config["model"]["task_type"]
     index, probs, labels = _score_val(model, val, task_type, device, config["batch_size"])
@@ -122,7 +129,7 @@ def _report_with_checkpoint(model, val, config, metrics, history, optimizer, sch
 
 def _score_val(model, val, task_type, device, batch_size):
     """Rank 0 scores all of val (unsplit): (row index, probabilities, labels)."""
-    from raddist.train.model import predict
+    from raddist.protocols.trainable.model import predict
 
     labels = []
 

@@ -18,36 +18,37 @@ from __future__ import annotations
 import hashlib
 from typing import List, Optional, Sequence
 
-from raddist.train.fit import RunBest, best_of_run, placement, run_name, trainer
+from raddist.protocols.trainable.fit import RunBest, best_of_run, placement, run_name, trainer
 
 TRIAL_CPUS = 0.01
 EXPERIMENT = "tune"
 
 
 def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, num_workers: int, use_gpu: bool,
-           max_failures: int) -> None:
+           cell_cpus: float, max_failures: int) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     lr = tune_config["lr"]
-    fit = trainer(datasets, {**config, "lr": lr}, storage, run_name(lr), num_workers, use_gpu, max_failures,
-                  callbacks=[TuneReportCallback()])
+    fit = trainer(datasets, {**config, "lr": lr}, storage, run_name(lr), num_workers, use_gpu, cell_cpus,
+                  max_failures, callbacks=[TuneReportCallback()])
     fit.fit()
 
 
-def concurrent_fits(num_workers: int, use_gpu: bool) -> int:
+def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float) -> int:
     """How many fits the cluster holds at once (at least one)."""
     import ray
 
     cluster = ray.cluster_resources()
-    per_fit = placement(num_workers, use_gpu).worker
-    fits = (cluster.get("CPU", 1.0) - 0.5) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
+    per_fit = placement(num_workers, use_gpu, cell_cpus).worker
+    fits = (cluster.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
     if use_gpu:
         fits = min(fits, cluster.get("GPU", 0) // num_workers)
     return max(1, int(fits))
 
 
 def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, num_workers: int, use_gpu: bool,
-              max_failures: int = 1, scheduler: str = "grid", grace_epochs: int = 1) -> List[Optional[RunBest]]:
+              cell_cpus: float, max_failures: int = 1, scheduler: str = "grid",
+              grace_epochs: int = 1) -> List[Optional[RunBest]]:
     """Fit every learning rate (or let ASHA stop the poor ones); each one's best epoch, in lrs order."""
     from ray import tune
 
@@ -55,7 +56,8 @@ def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, 
 
     storage = storage_lib.normalize(storage)
     trial = tune.with_parameters(_trial, datasets=datasets, config=config, storage=storage,
-                                 num_workers=num_workers, use_gpu=use_gpu, max_failures=max_failures)
+                                 num_workers=num_workers, use_gpu=use_gpu, cell_cpus=cell_cpus,
+                                 max_failures=max_failures)
     # Tune registers trainables by name, per Ray job: cells searching at the same time in one sweep
     # must not share a name, or one cell's trials run with another's data and config.
     trial.__name__ = "lr_search_" + hashlib.sha1(storage.encode()).hexdigest()[:12]
@@ -72,7 +74,7 @@ def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, 
             trainable,
             param_space={"lr": tune.grid_search(sorted(set(lrs)))},
             tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha,
-                                        max_concurrent_trials=concurrent_fits(num_workers, use_gpu)),
+                                        max_concurrent_trials=concurrent_fits(num_workers, use_gpu, cell_cpus)),
             run_config=tune.RunConfig(storage_path=storage, name=EXPERIMENT, verbose=0),
         )
     grid = tuner.fit()

@@ -1,35 +1,47 @@
-"""Evaluate one cell: cached features + manifest labels → protocol → test predictions → metrics.
+"""A cell's inputs: the cached features (or the images) of its task, joined to the manifest's splits.
 
-Three shapes of input, by task and manifest:
-  - images: one row of features per manifest row (FrozenInputs);
-  - volumes for classification (cached rows carry a volume_id): the slices' features pooled into one
-    row per volume, by the task's `pool` (mean, the reference's; or max), with each volume's slice
-    features kept beside them as features['slices'] (attention_mil reads those);
-  - segmentation: patch-token grids and masks per slice or image (seg_common.SegInputs).
+By what the protocol reads (its ProtocolRecord) and the task's manifest:
+  - features, images: one row of features per manifest row (FrozenInputs);
+  - features, volumes (cached rows carry a volume_id): the slices' features pooled into one row per
+    volume, by the task's `pool` (mean, the reference's; or max), with each volume's slice features
+    kept beside them as features['slices'] (attention_mil reads those);
+  - patch_tokens: patch-token grids and masks per slice or image (SegInputs);
+  - images: the manifest itself, for a protocol that trains the backbone (TrainInputs).
+Rows that failed to decode are in neither the features nor the inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
 from typing import Dict
 
 import numpy as np
 import pyarrow as pa
 
-from raddist import protocols
+from raddist import storage
 from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import CachedEmbeddings
 from raddist.plan import Cell
-from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.base import CaseGeometry, FrozenInputs, SegInputs, SegSplit, SplitData, TrainInputs
+from raddist.protocols.selection import labels_of
 from raddist.spec import TaskSpec
 
 
-def labels_of(table: pa.Table, task: TaskSpec) -> np.ndarray:
-    if task.type == "multiclass":
-        return np.asarray(table[task.labels[0]].to_pylist(), dtype=np.int64)
-    return np.stack([np.asarray(table[c].to_pylist(), dtype=np.int64) for c in task.labels], axis=1)
+def train_inputs(cell: Cell, table: pa.Table, checkpoint_dir: str, resources, use_gpu: bool) -> TrainInputs:
+    """The images of a cell whose protocol trains the backbone: its manifest, splits and contract."""
+    return TrainInputs(
+        task_type=cell.task.type,
+        class_names=cell.task.class_names,
+        label_columns=list(cell.task.labels),
+        manifest=table,
+        backbone=cell.backbone.name,
+        weights=cell.backbone.weights,
+        contract=cell.contract,
+        checkpoint_dir=storage.join(checkpoint_dir),
+        num_workers=resources.train_workers,
+        use_gpu=use_gpu,
+        cell_cpus=resources.cpus_per_cell,
+    )
 
 
 def frozen_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
@@ -37,13 +49,13 @@ def frozen_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
     if task.type == "segmentation":
         return seg_inputs(task, table, cached)
     if "volume_id" in table.column_names:  # slices (or whole volumes) of volumes: one row per volume
-        table, cached = pooled_volumes(task, table, cached, getattr(task, "pool", "mean"))
+        table, cached = pooled_volumes(task, table, cached, task.pool)
     position = {sid: i for i, sid in enumerate(cached.sample_ids)}
     ids = table["sample_id"].to_pylist()
     keep = np.array([sid in position for sid in ids], dtype=bool)
     rows = np.array([position[sid] for sid, k in zip(ids, keep) if k], dtype=np.int64)
     table = table.filter(pa.array(keep))
-    labels = labels_of(table, task)
+    labels = labels_of(table, task.type, task.labels)
     splits_col = np.asarray(table["split"].to_pylist(), dtype=object)
     patients = np.asarray(table["patient_id"].to_pylist(), dtype=object)
     sample_ids = np.asarray(table["sample_id"].to_pylist(), dtype=object)
@@ -70,7 +82,7 @@ def pooled_volumes(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings, ho
     order (an object array of (n_slices, F) float16). A volume's label is its rows' common label."""
     if how not in ("mean", "max"):
         raise ValueError(f"task '{task.name}': pool must be 'mean' or 'max', got {how!r}")
-    labels = labels_of(table, task)
+    labels = labels_of(table, task.type, task.labels)
     first: Dict[str, int] = {}
     for i, v in enumerate(table["volume_id"].to_pylist()):
         j = first.setdefault(v, i)
@@ -118,7 +130,6 @@ def seg_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
     (sample_id f"{volume_id}:{z}") belong to the manifest row of their volume."""
     from raddist.data.volumes import grid_spacing
     from raddist.embed.cache import tensor_column
-    from raddist.protocols.seg_common import CaseGeometry, SegInputs, SegSplit
 
     classes = list(task.classes or [])
     if len(classes) < 2:
@@ -164,66 +175,3 @@ def seg_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
             raise ValueError(f"task '{task.name}': no decodable '{need}' images in {task.manifest}")
     return SegInputs(task_type="segmentation", class_names=classes, splits=splits, geometry=geometry,
                      volumetric=sliced)
-
-
-def run_cell(cell: Cell, inputs: FrozenInputs, n_boot: int) -> tuple:
-    """Returns (Prediction, metric rows, seconds)."""
-    from raddist.metrics import score_prediction
-
-    module = protocols.get(cell.protocol)
-    params = module.Params(**cell.params)
-    start = time.time()
-    prediction: Prediction = module.run(inputs, params, cell.seed)
-    if inputs.task_type == "segmentation":
-        from raddist.seg_metrics import score_cases
-
-        rows, per_case = score_cases(prediction.cases, inputs.class_names, n_boot=n_boot, seed=cell.seed)
-        # per case and foreground class: present in the ground truth, and the Dice
-        prediction.labels = (per_case["tp"] + per_case["fn"] > 0).astype(np.int64)
-        prediction.scores = per_case["dice"]
-    else:
-        rows = score_prediction(inputs.task_type, prediction, inputs.class_names, n_boot=n_boot, seed=cell.seed)
-    return prediction, rows, time.time() - start
-
-
-def write_masks(prediction: Prediction, cell_dir: str, salt: str) -> int:
-    """Predicted label maps of a segmentation cell, at the source's shape, into cell_dir/masks/:
-    NIfTI volumes with the source's affine (<pseudonym>.nii.gz), 2D images as PNG. Returns the count."""
-    from raddist import storage
-    from raddist.data.volumes import nifti_bytes, png_bytes, resize_labels, to_source
-    from raddist.privacy import pseudonym
-
-    written = 0
-    for case in getattr(prediction, "cases", []):
-        name = storage.join(cell_dir, "masks", pseudonym(case.case_id, salt))
-        if case.affine is not None:
-            storage.write_bytes(name + ".nii.gz", nifti_bytes(to_source(case.pred, case.source_shape), case.affine))
-        elif case.pred.ndim == 2:
-            storage.write_bytes(name + ".png", png_bytes(resize_labels(case.pred, case.source_shape[-2:])))
-        else:
-            continue  # slices listed in a manifest: no source grid to write them on
-        written += 1
-    return written
-
-
-def predictions_table(cell: Cell, prediction: Prediction, salt: str) -> pa.Table:
-    from raddist.privacy import pseudonym
-
-    n = len(prediction.sample_ids)
-    labels = np.asarray(prediction.labels)
-    labels_list = labels.reshape(n, -1).tolist()
-    return pa.table(
-        {
-            "cell_id": [cell.id] * n,
-            "task": [cell.task.name] * n,
-            "task_type": [cell.task.type] * n,
-            "backbone": [cell.backbone.label] * n,
-            "protocol": [cell.protocol] * n,
-            "params": [json.dumps(cell.params, sort_keys=True)] * n,
-            "seed": [cell.seed] * n,
-            "sample_id": [pseudonym(s, salt) for s in prediction.sample_ids],
-            "patient_id": [pseudonym(p, salt) for p in prediction.patient_ids],
-            "labels": pa.array(labels_list, pa.list_(pa.int64())),
-            "scores": pa.array(np.asarray(prediction.scores, dtype=np.float64).tolist(), pa.list_(pa.float64())),
-        }
-    )

@@ -1,4 +1,4 @@
-"""Where protocols choose hyperparameters: on validation, never on test.
+"""What every protocol, frozen or trainable, uses to select honestly: labels, validation, choice.
 
 The reference study selected on the test set when a dataset had no validation split. Here a task
 without one gets a validation split carved from its TRAIN split, by patient, seeded; the test split
@@ -11,15 +11,34 @@ from typing import Callable, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from raddist.protocols.base import FrozenInputs, Prediction, SplitData
+from raddist.protocols.base import Prediction, SplitData
 
 T = TypeVar("T")
 VAL_FRACTION = 0.15  # share of train patients carved off when the manifest has no val split
-_CARVE_STREAM = 0x7A1  # keeps the carve's random stream apart from other uses of the same seed
+CARVE_STREAM = 0x7A1  # keeps the carve's random stream apart from other uses of the same seed
 
 
-def train_val_split(inputs: FrozenInputs, seed: int, val_fraction: float = VAL_FRACTION) -> Tuple[SplitData, SplitData]:
-    """(train, val): the manifest's val split, or one carved from train by patient."""
+def labels_of(table, task_type: str, label_columns: Sequence[str]) -> np.ndarray:
+    """A manifest's labels: multiclass (N,) class indices; multilabel/binary (N, C) in {0, 1}."""
+    if task_type == "multiclass":
+        return np.asarray(table[label_columns[0]].to_pylist(), dtype=np.int64)
+    return np.stack([np.asarray(table[c].to_pylist(), dtype=np.int64) for c in label_columns], axis=1)
+
+
+def carve_patients(patient_ids: np.ndarray, seed: int, val_fraction: float = VAL_FRACTION) -> np.ndarray:
+    """Which rows go to a validation split carved by patient: a seeded share of the patients, never
+    all of them, with every image of a drawn patient."""
+    patients = np.unique(patient_ids)
+    if len(patients) < 2:
+        raise ValueError("cannot carve a validation split: the train split has fewer than 2 patients")
+    n_val = int(min(len(patients) - 1, max(1, round(val_fraction * len(patients)))))
+    rng = np.random.default_rng([seed, CARVE_STREAM])
+    return np.isin(patient_ids, rng.choice(patients, n_val, replace=False))
+
+
+def train_val_split(inputs, seed: int, val_fraction: float = VAL_FRACTION) -> Tuple[SplitData, SplitData]:
+    """(train, val) of FrozenInputs or SegInputs: the manifest's val split, or one carved from train
+    by patient."""
     train = inputs.splits["train"]
     val = inputs.splits.get("val")
     if val is not None and len(val) > 0:
@@ -27,14 +46,10 @@ def train_val_split(inputs: FrozenInputs, seed: int, val_fraction: float = VAL_F
     return carve_val(train, seed, val_fraction)
 
 
-def carve_val(train: SplitData, seed: int, val_fraction: float = VAL_FRACTION) -> Tuple[SplitData, SplitData]:
-    """Split train into (train, val) by patient, so no patient's images land on both sides."""
-    patients = np.unique(train.patient_ids)
-    if len(patients) < 2:
-        raise ValueError("cannot carve a validation split: the train split has fewer than 2 patients")
-    n_val = int(min(len(patients) - 1, max(1, round(val_fraction * len(patients)))))
-    rng = np.random.default_rng([seed, _CARVE_STREAM])
-    is_val = np.isin(train.patient_ids, rng.choice(patients, n_val, replace=False))
+def carve_val(train, seed: int, val_fraction: float = VAL_FRACTION):
+    """Split train (SplitData or SegSplit) into (train, val) by patient, so no patient's images land
+    on both sides."""
+    is_val = carve_patients(train.patient_ids, seed, val_fraction)
     return train.subset(np.flatnonzero(~is_val)), train.subset(np.flatnonzero(is_val))
 
 

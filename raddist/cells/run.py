@@ -1,0 +1,105 @@
+"""Run one evaluation cell where Ray placed it: its inputs, its protocol, its scores, its outputs.
+
+Frozen protocols get their task's cached features joined to the manifest; trainable ones get the
+images. A failing cell writes failed.json and reports it; it never ends the sweep.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import List, Optional, Tuple
+
+from raddist import protocols, results, storage
+from raddist.data import manifest as manifest_lib
+from raddist.embed.cache import EmbeddingCache
+from raddist.plan import Cell
+
+
+@dataclass(frozen=True)
+class CellContext:
+    """What every cell of a sweep shares, decided once by the driver."""
+
+    cache_root: str
+    output: str
+    n_boot: int
+    salt: str
+    resources: object  # spec.ResourcesSpec
+    train_gpu: bool = False  # trainable cells' Ray Train workers take a GPU each
+
+
+@lru_cache(maxsize=2)
+def _frozen_inputs(task_json: str, key: str, cache_root: str, salt: str):
+    """Per worker process: the joined inputs of one (task, embeddings), reused by its cells."""
+    from raddist.cells.inputs import frozen_inputs
+    from raddist.spec import TaskSpec
+
+    task = TaskSpec.model_validate_json(task_json)
+    cached = EmbeddingCache(cache_root).load(key)
+    return frozen_inputs(task, manifest_lib.load(task.manifest, salt), cached)
+
+
+def gpus_held(cell: Cell, ctx: CellContext) -> float:
+    """GPUs the cell holds for its wall time: its Ray Train workers' when it trains, else its own."""
+    if protocols.get(cell.protocol).trainable:
+        return float(ctx.resources.train_workers) if ctx.train_gpu else 0.0
+    return float(ctx.resources.gpus_per_cell)
+
+
+def score(cell: Cell, prediction, class_names: List[str], n_boot: int) -> Tuple[List[dict], Optional[dict]]:
+    """(metric rows, per-case values or None): metrics with patient-bootstrap intervals."""
+    if cell.task.type == "segmentation":
+        from raddist.seg_metrics import score_cases
+
+        return score_cases(prediction.cases, class_names, n_boot=n_boot, seed=cell.seed)
+    from raddist.metrics import score_prediction
+
+    return score_prediction(cell.task.type, prediction, class_names, n_boot=n_boot, seed=cell.seed), None
+
+
+def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
+    """Run the cell and write its outputs; key: its embedding job's cache key (None: it trains)."""
+    from raddist.cells.inputs import train_inputs
+    from raddist.cells.outputs import cases_table, predictions_table, write_masks
+
+    wall0, cpu0 = time.time(), time.process_time()
+    record = protocols.get(cell.protocol)
+    cell_dir = results.cell_dir(ctx.output, cell.id)
+    try:
+        if record.trainable:
+            table = manifest_lib.load(cell.task.manifest, ctx.salt)
+            inputs = train_inputs(cell, table, storage.join(cell_dir, "checkpoints"), ctx.resources, ctx.train_gpu)
+        else:
+            inputs = _frozen_inputs(cell.task.model_dump_json(), key, ctx.cache_root, ctx.salt)
+        start = time.time()
+        prediction = record.run(inputs, record.parse(cell.params), cell.seed)
+        rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot)
+        seconds = time.time() - start
+        if per_case is not None:
+            tables = {"cases.parquet": cases_table(cell, prediction, per_case, inputs.class_names, ctx.salt)}
+            masks = write_masks(prediction, cell_dir, ctx.salt)
+            n_test = len(prediction.cases)
+        else:
+            tables = {"predictions.parquet": predictions_table(cell, prediction, ctx.salt)}
+            masks, n_test = 0, len(prediction.sample_ids)
+        wall = time.time() - wall0
+        info = {
+            "embeddings": key,
+            "selected": prediction.selected,
+            "val_score": prediction.val_score,
+            "n_test": int(n_test),
+            **({"masks_written": masks} if masks else {}),
+            "seconds": round(seconds, 3),
+            # cost: this process's CPU time, and the GPUs held for the cell's wall time
+            "wall_seconds": round(wall, 3),
+            "cpu_seconds": round(time.process_time() - cpu0, 3),
+            "gpu_seconds": round(wall * gpus_held(cell, ctx), 3),
+        }
+        results.write_cell(ctx.output, cell, rows, tables, info)
+        return {"cell_id": cell.id, "ok": True, "seconds": seconds}
+    except Exception as e:  # noqa: BLE001 - one failed cell must not end the sweep
+        error = f"{type(e).__name__}: {e}"
+        results.write_failure(ctx.output, cell, error + "\n" + traceback.format_exc(limit=5))
+        return {"cell_id": cell.id, "ok": False, "error": error}

@@ -1,0 +1,71 @@
+"""A cell's inputs from a cache entry built directly (no backbone, no Ray): the join to the
+manifest's splits, rows that failed to decode, and volumes pooled into one row each."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raddist.cells.inputs import frozen_inputs, pooled_volumes
+from raddist.embed.cache import CachedEmbeddings
+from raddist.spec import TaskSpec
+
+WIDTH = 4
+
+
+def manifest(n=12, volumes=False) -> pa.Table:
+    split = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    cols = {"sample_id": [f"s{i}" for i in range(n)], "uri": [f"/x/{i}.png" for i in range(n)],
+            "patient_id": [f"p{i // 3}" for i in range(n)], "split": split[:n], "finding": [i % 2 for i in range(n)]}
+    if volumes:  # three slices per volume, one volume per patient, the volume's label on every slice
+        cols.update(volume_id=[f"v{i // 3}" for i in range(n)], slice_index=[i % 3 for i in range(n)],
+                    finding=[(i // 3) % 2 for i in range(n)])
+    return pa.table(cols)
+
+
+def cached(sample_ids, rows=None) -> CachedEmbeddings:
+    ids = np.asarray(sample_ids, dtype=object)
+    cls = np.stack([np.full(WIDTH, float(s[1:])) for s in ids]).astype(np.float32)  # row i holds i
+    return CachedEmbeddings(key="k", sample_ids=ids, features={"cls": cls}, block_dims=[WIDTH], meta={},
+                            errors=pa.table({"sample_id": pa.array([], pa.string())}), rows=rows)
+
+
+TASK = TaskSpec(name="t", manifest="/x/m.parquet", type="binary", labels=["finding"])
+
+
+def test_features_join_the_manifest_by_sample_id_whatever_the_cache_order():
+    table = manifest()
+    inputs = frozen_inputs(TASK, table, cached([f"s{i}" for i in reversed(range(12))]))
+    assert {k: len(v) for k, v in inputs.splits.items()} == {"train": 6, "val": 3, "test": 3}
+    test = inputs.splits["test"]
+    assert list(test.sample_ids) == ["s9", "s10", "s11"]
+    np.testing.assert_array_equal(test.features["cls"][:, 0], [9, 10, 11])
+    np.testing.assert_array_equal(test.labels[:, 0], [1, 0, 1])
+    assert list(test.patient_ids) == ["p3", "p3", "p3"] and inputs.block_dims == [WIDTH]
+
+
+def test_rows_that_failed_to_decode_drop_out_and_a_split_left_empty_is_an_error():
+    inputs = frozen_inputs(TASK, manifest(), cached([f"s{i}" for i in range(12) if i != 4]))
+    assert len(inputs.splits["train"]) == 5 and "s4" not in inputs.splits["train"].sample_ids
+    with pytest.raises(ValueError, match="no decodable 'test' images"):
+        frozen_inputs(TASK, manifest(), cached([f"s{i}" for i in range(9)]))
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_slices_pool_into_one_row_per_volume_with_the_slices_kept(how):
+    table = manifest(volumes=True)
+    rows = pa.table({"volume_id": table["volume_id"], "slice_index": table["slice_index"]})
+    vol_table, pooled = pooled_volumes(TASK, table, cached(table["sample_id"].to_pylist(), rows), how)
+    assert list(pooled.sample_ids) == ["v0", "v1", "v2", "v3"] and vol_table.num_rows == 4
+    expected = [1, 4, 7, 10] if how == "mean" else [2, 5, 8, 11]
+    np.testing.assert_allclose(pooled.features["cls"][:, 0], expected)
+    assert pooled.features["slices"][1].shape == (3, WIDTH)
+    np.testing.assert_array_equal(pooled.features["slices"][1][:, 0], [3, 4, 5])  # in slice order
+
+
+def test_a_volume_whose_slices_disagree_on_the_label_is_refused():
+    table = manifest(volumes=True)
+    labels = table["finding"].to_pylist()
+    labels[1] = 1 - labels[1]
+    table = table.set_column(table.column_names.index("finding"), "finding", pa.array(labels))
+    with pytest.raises(ValueError, match="volume 'v0' has slices with different labels"):
+        pooled_volumes(TASK, table, cached(table["sample_id"].to_pylist()), "mean")
