@@ -165,7 +165,7 @@ def test_score_prediction_rows():
         assert r["ci_low"] <= r["value"] <= r["ci_high"]
     no_ci = score_prediction("multilabel", pred, names, n_boot=0)
     assert np.isnan(no_ci[0]["ci_low"])
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="scored per case"):
         score_prediction("segmentation", pred, names)
 
 

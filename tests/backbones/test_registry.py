@@ -5,17 +5,16 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg, is_model
 
-from raddist.backbones import (
+from raddist.backbones.embedder import Embedder, feature_dims
+from raddist.backbones.registry import (
     STUDY_BACKBONES,
     TEST_BACKBONES,
     BackboneConfig,
-    Embedder,
-    build_model,
-    feature_dims,
     get_config,
     list_backbones,
     register,
 )
+from raddist.backbones.weights import build_model
 
 ALL = list_backbones()
 TIMM = [n for n in ALL if get_config(n).source == "timm"]
