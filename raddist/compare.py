@@ -1,43 +1,127 @@
 """Paired comparison of two backbones on the same test items.
 
-- :func:`paired_bootstrap`: resample patients jointly for A and B and look at the bootstrap
-  distribution of d* = metric(A*) - metric(B*). Two-sided p-value, with the +1 correction:
-  ``p = min(1, 2 * min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1)))`` over the B
-  replicates where d* is defined. A vs A gives d* = 0 everywhere, so p = 1.
-- :func:`delong_test`: DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves,
-  computed with the midrank algorithm of Sun & Xu (2014), O(n log n).
+- :func:`paired_bootstrap`: resample patients jointly for A and B and look at the bootstrap distribution of
+  d* = metric(A*) - metric(B*). Two-sided p-value, with the +1 correction:
+  ``p = min(1, 2 * min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1)))`` over the B replicates where
+  d* is defined. A vs A gives d* = 0 everywhere, so p = 1.
+- :func:`delong_test`: DeLong, DeLong & Clarke-Pearson (1988) for two correlated ROC curves, clustered by
+  patient after Obuchowski (1997), with the midrank algorithm of Sun & Xu (2014), O(n log n).
 - :func:`holm`: Holm-Bonferroni step-down adjusted p-values.
 - :func:`compare_predictions`: the whole comparison over two backbones' predictions frames.
-- :func:`compare_cases`: segmentation, a paired patient bootstrap of the report's headline
-  statistics from the per-case results.
+- :func:`compare_cases`: segmentation, a paired patient bootstrap of the report's headline statistics from
+  the per-case results.
+
+Few-shot (protocol "fewshot") is compared as the report shows it, the mean over draws, per variant: the params
+without "draw" (shots, probe and its settings) and the seed. Each bootstrap replicate resamples the test
+patients once, scores every draw on them and averages over the draws; the draws' training sets stay fixed, so
+the test is conditional on them. No DeLong for few-shot.
+
+Holm families (column ``family``; p_holm adjusts within a family, which controls the FWER of that family):
+- ``boot:<metric>``: every bootstrap row of that metric in one call (compare_predictions, compare_backbones),
+  over all tasks and protocol variants (params, seed, few-shot shots and probe): "does A differ from B in
+  macro AUROC anywhere in this table".
+- ``delong:<task>/<protocol>#<i>``: the per-class DeLong tests of the i-th (task, protocol variant) comparison
+  of the call: "which classes differ, given this comparison". Reading the DeLong rows of several comparisons
+  together needs a further correction.
+A bootstrap p-value is at least 2 / (B + 1), so in a family of m tests with m * 2 / (B + 1) > alpha nothing can
+be significant after Holm: that is warned about (raise n_boot).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
 
-from raddist.metrics import (SCALAR_METRICS, WeightedEvaluator, classification_metrics,
-                             group_codes, normalize, percentile_ci, resample_counts,
-                             resampled_rows)
+from raddist.metrics import (SCALAR_METRICS, WeightedEvaluator, _nanmean, classification_metrics, group_codes,
+                             normalize, percentile_ci, resample_counts, resampled_rows)
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
+# ----------------------------------------------------------------------------------------------------------------
+# DeLong, clustered by patient (self-contained: a candidate for its own module, raddist/delong.py)
+
+
+def delong_components(labels_binary, score_matrix) -> tuple:
+    """Sun & Xu (2014): AUCs (k,) and structural components V10 (k, m), V01 (k, n) of k score vectors (k, N)
+    against one binary label vector, from midranks (average ranks for ties)."""
+    y = np.asarray(labels_binary).reshape(-1).astype(bool)
+    s = np.atleast_2d(np.asarray(score_matrix, dtype=np.float64))
+    pos, neg = s[:, y], s[:, ~y]
+    m, n = pos.shape[1], neg.shape[1]
+    if m == 0 or n == 0:
+        raise ValueError("DeLong needs both positive and negative labels")
+    tz, tx, ty = (rankdata(v, method="average", axis=-1) for v in (np.concatenate([pos, neg], axis=1), pos, neg))
+    aucs = (tz[:, :m].sum(1) / m - (m + 1) / 2) / n
+    v10 = (tz[:, :m] - tx) / n  # per positive: share of negatives it outranks (ties 1/2)
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # per negative: share of positives that outrank it
+    return aucs, v10, v01
+
+
+def delong_covariance(labels_binary, score_matrix, groups=None) -> tuple:
+    """AUCs (k,) of k score vectors and their (k, k) covariance for clustered data: Obuchowski NA (1997),
+    "Nonparametric analysis of clustered ROC curve data", Biometrics 53:567-578.
+
+    Cluster i (a patient) has m_i positives X_ij and n_i negatives Y_ik; M = sum m_i, N = sum n_i; I10 clusters
+    have a positive, I01 a negative, I in all. With Sun & Xu's structural components summed per cluster,
+    V10_i = sum_j V10(X_ij), V01_i = sum_k V01(Y_ik), centred: a_i = V10_i - m_i AUC, b_i = V01_i - n_i AUC,
+
+        S10 = I10 / ((I10 - 1) M) sum_i a_i a_i'      S01 = I01 / ((I01 - 1) N) sum_i b_i b_i'
+        S11 = I / (I - 1) sum_i a_i b_i'              cov = S10 / M + S01 / N + (S11 + S11') / (M N)
+
+    (a cluster without positives has a_i = 0, one without negatives b_i = 0). groups=None makes every row its
+    own cluster: then S11 = 0 and S10, S01 are the sample covariances of V10, V01, the classic DeLong et al.
+    (1988) estimate. A term over fewer than 2 clusters is 0, as the classic one with a single positive."""
+    y = np.asarray(labels_binary).reshape(-1).astype(bool)
+    aucs, v10, v01 = delong_components(y, score_matrix)
+    codes, n_clusters = (np.arange(len(y)), len(y)) if groups is None else group_codes(groups)
+    if len(codes) != len(y):
+        raise ValueError(f"{len(codes)} groups for {len(y)} labels")
+
+    def centred(v, cluster):  # (k, n_clusters) cluster sums minus count * AUC; how many clusters have rows
+        count = np.bincount(cluster, minlength=n_clusters)
+        sums = np.stack([np.bincount(cluster, weights=row, minlength=n_clusters) for row in v])
+        return sums - count[None, :] * aucs[:, None], int(np.sum(count > 0))
+
+    (a, i10), (b, i01) = centred(v10, codes[y]), centred(v01, codes[~y])
+    big_m, big_n, zero = v10.shape[1], v01.shape[1], np.zeros((len(aucs), len(aucs)))
+    s10 = a @ a.T * i10 / ((i10 - 1) * big_m) if i10 > 1 else zero
+    s01 = b @ b.T * i01 / ((i01 - 1) * big_n) if i01 > 1 else zero
+    s11 = a @ b.T * n_clusters / (n_clusters - 1) if n_clusters > 1 else zero
+    return aucs, s10 / big_m + s01 / big_n + (s11 + s11.T) / (big_m * big_n)
+
+
+def delong_test(labels_binary, scores_a, scores_b, alpha: float = 0.05, groups=None) -> dict:
+    """Paired DeLong test of AUC(A) = AUC(B), clustered by groups (patient ids; None: every row its own cluster,
+    the classic test; see :func:`delong_covariance`). Returns auc_a, auc_b, diff, var (of the diff), z, p_value
+    (two-sided) and a normal-approximation (1 - alpha) CI of the diff. With zero variance (e.g. identical
+    scores) z = 0 and p = 1 when diff = 0."""
+    aucs, cov = delong_covariance(labels_binary, np.vstack([np.ravel(scores_a), np.ravel(scores_b)]), groups)
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = float(aucs[0] - aucs[1])
+    z = diff / np.sqrt(var) if var > 1e-300 else (0.0 if diff == 0 else float(np.sign(diff) * np.inf))
+    half = norm.ppf(1 - alpha / 2) * np.sqrt(max(var, 0.0))
+    return dict(auc_a=float(aucs[0]), auc_b=float(aucs[1]), diff=diff, var=var, z=float(z),
+                p_value=float(2 * norm.sf(abs(z))), ci_low=diff - half, ci_high=diff + half)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bootstrap and Holm
+
 
 def holm(p_values) -> np.ndarray:
-    """Holm step-down: p_(i) -> max_{j<=i} min(1, (m - j + 1) p_(j)). NaNs stay NaN, m counts
-    only the defined p-values."""
+    """Holm step-down: p_(i) -> max_{j<=i} min(1, (m - j + 1) p_(j)). NaNs stay NaN, m counts only the defined
+    p-values."""
     p = np.asarray(p_values, dtype=np.float64)
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(~np.isnan(p))
     order = ok[np.argsort(p[ok], kind="stable")]
     m = len(order)
-    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    out[order] = adjusted
+    out[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
     return out
 
 
@@ -56,52 +140,50 @@ def _infer_task_type(labels: np.ndarray, scores: np.ndarray) -> str:
     return "multiclass" if np.asarray(labels).ndim == 1 else "multilabel"
 
 
-def _paired_all(task_type, labels, scores_a, scores_b, class_names, groups, n_boot, seed,
-                alpha) -> Dict[str, dict]:
-    """Paired bootstrap of every metric of raddist.metrics at once."""
-    point_a = classification_metrics(task_type, labels, scores_a, class_names)
-    point_b = classification_metrics(task_type, labels, scores_b, class_names)
-    codes, n_groups = group_codes(groups)
-    eval_a = WeightedEvaluator(task_type, labels, scores_a, class_names, codes, n_groups)
-    eval_b = WeightedEvaluator(task_type, labels, scores_b, class_names, codes, n_groups)
-    diffs: Dict[str, list] = {k: [] for k in point_a}
-    for counts in resample_counts(n_groups, n_boot, seed):  # the same patients for A and B
-        ra, rb = eval_a(counts), eval_b(counts)
+def _paired_all(task_type, draws, class_names, n_groups, n_boot, seed, alpha) -> Dict[str, dict]:
+    """Paired bootstrap of every metric of raddist.metrics at once. draws: (labels, scores_a, scores_b, codes),
+    codes into the same n_groups patients; a backbone's value is the mean over the draws of the metric (one
+    draw: the metric itself), in every replicate as in the point estimate."""
+    points = [[classification_metrics(task_type, y, s, class_names) for s in (sa, sb)] for y, sa, sb, _ in draws]
+    evals = [[WeightedEvaluator(task_type, y, s, class_names, codes, n_groups) for s in (sa, sb)]
+             for y, sa, sb, codes in draws]
+    diffs: Dict[str, list] = {k: [] for k in points[0][0]}
+    for counts in resample_counts(n_groups, n_boot, seed):  # the same patients for A, B and every draw
+        res = [(ea(counts), eb(counts)) for ea, eb in evals]
         for k in diffs:
-            diffs[k].append(ra[k] - rb[k])
+            diffs[k].append(_nanmean(np.stack([r[0][k] for r in res]), axis=0)
+                            - _nanmean(np.stack([r[1][k] for r in res]), axis=0))
     out = {}
-    for k in point_a:
-        d = np.concatenate(diffs[k]) if diffs[k] else np.zeros(0)
+    for k, d in diffs.items():
+        a, b = (_nanmean(np.array([p[side][k] for p in points])) for side in (0, 1))
+        d = np.concatenate(d) if d else np.zeros(0)
         low, high = percentile_ci(d, alpha)
-        out[k] = dict(a=point_a[k], b=point_b[k], diff=point_a[k] - point_b[k],
-                      ci_low=low, ci_high=high, p_value=_bootstrap_p(d))
+        out[k] = dict(a=a, b=b, diff=a - b, ci_low=low, ci_high=high, p_value=_bootstrap_p(d))
     return out
 
 
 def paired_bootstrap(labels, scores_a, scores_b, groups, metric: Union[str, MetricFn] = "auroc",
-                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, *,
-                     task_type: Optional[str] = None,
+                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, *, task_type: Optional[str] = None,
                      class_names: Optional[Sequence[str]] = None) -> dict:
     """Paired patient-level bootstrap of metric(A) - metric(B).
 
-    metric: a name from raddist.metrics (auroc, accuracy, balanced_accuracy, f1_macro,
-    auroc/<class>; vectorised), or fn(labels, scores) -> float, called once per resample on
-    the resampled rows (slow, general). task_type is inferred from the shapes when omitted:
-    scores with one column -> binary, 1-D labels -> multiclass, else multilabel.
-    Returns dict(a, b, diff, ci_low, ci_high, p_value).
+    metric: a name from raddist.metrics (auroc, accuracy, balanced_accuracy, f1_macro, auroc/<class>;
+    vectorised), or fn(labels, scores) -> float, called once per resample on the resampled rows (slow,
+    general). task_type is inferred from the shapes when omitted: scores with one column -> binary, 1-D labels
+    -> multiclass, else multilabel. Returns dict(a, b, diff, ci_low, ci_high, p_value).
     """
     task_type = task_type or _infer_task_type(labels, scores_a)
     if class_names is None:
         class_names = [str(c) for c in range(normalize(task_type, labels, scores_a)[1].shape[1])]
+    codes, n_groups = group_codes(groups)
     if isinstance(metric, str):
-        res = _paired_all(task_type, labels, scores_a, scores_b, class_names, groups, n_boot,
-                          seed, alpha)
+        res = _paired_all(task_type, [(labels, scores_a, scores_b, codes)], class_names, n_groups, n_boot, seed,
+                          alpha)
         if metric not in res:
             raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(res)}")
         return res[metric]
     labels, scores_a = normalize(task_type, labels, scores_a)
     scores_b = normalize(task_type, labels, scores_b)[1]
-    codes, n_groups = group_codes(groups)
     d = []
     for block in resample_counts(n_groups, n_boot, seed):
         for counts in block:
@@ -113,49 +195,7 @@ def paired_bootstrap(labels, scores_a, scores_b, groups, metric: Union[str, Metr
     return dict(a=a, b=b, diff=a - b, ci_low=low, ci_high=high, p_value=_bootstrap_p(d))
 
 
-def _midrank(x: np.ndarray) -> np.ndarray:
-    """Midranks (average ranks for ties) along the last axis, 1-based."""
-    return rankdata(x, method="average", axis=-1)
-
-
-def delong_components(labels_binary, score_matrix) -> tuple:
-    """Sun & Xu (2014): AUCs (k,) and structural components V10 (k, m), V01 (k, n) of k
-    score vectors (k, N) against one binary label vector, from midranks."""
-    y = np.asarray(labels_binary).reshape(-1).astype(bool)
-    s = np.atleast_2d(np.asarray(score_matrix, dtype=np.float64))
-    pos, neg = s[:, y], s[:, ~y]
-    m, n = pos.shape[1], neg.shape[1]
-    if m == 0 or n == 0:
-        raise ValueError("DeLong needs both positive and negative labels")
-    tz = _midrank(np.concatenate([pos, neg], axis=1))
-    tx, ty = _midrank(pos), _midrank(neg)
-    aucs = (tz[:, :m].sum(1) / m - (m + 1) / 2) / n
-    v10 = (tz[:, :m] - tx) / n  # per positive: share of negatives it outranks (ties 1/2)
-    v01 = 1.0 - (tz[:, m:] - ty) / m  # per negative: share of positives that outrank it
-    return aucs, v10, v01
-
-
-def delong_test(labels_binary, scores_a, scores_b, alpha: float = 0.05) -> dict:
-    """Paired DeLong test of AUC(A) = AUC(B). Returns auc_a, auc_b, diff, var (of the diff),
-    z, p_value (two-sided) and a normal-approximation (1 - alpha) CI of the diff. With zero
-    variance (e.g. identical scores) z = 0 and p = 1 when diff = 0."""
-    aucs, v10, v01 = delong_components(labels_binary, np.vstack([np.ravel(scores_a),
-                                                                 np.ravel(scores_b)]))
-    m, n = v10.shape[1], v01.shape[1]
-    cov = (np.cov(v10) if m > 1 else np.zeros((2, 2))) / m + \
-          (np.cov(v01) if n > 1 else np.zeros((2, 2))) / n
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    diff = float(aucs[0] - aucs[1])
-    if var <= 1e-300:
-        z = 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
-    else:
-        z = diff / np.sqrt(var)
-    half = norm.ppf(1 - alpha / 2) * np.sqrt(max(var, 0.0))
-    return dict(auc_a=float(aucs[0]), auc_b=float(aucs[1]), diff=diff, var=var, z=float(z),
-                p_value=float(2 * norm.sf(abs(z))), ci_low=diff - half, ci_high=diff + half)
-
-
-# --------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------
 # Prediction frames
 
 
@@ -166,8 +206,8 @@ def _stack(column: pd.Series) -> np.ndarray:
 def _align(a: pd.DataFrame, b: pd.DataFrame, where: str) -> pd.DataFrame:
     for name, frame in (("A", a), ("B", b)):
         if frame["sample_id"].duplicated().any():
-            raise ValueError(f"{where}: backbone {name} has duplicated sample_ids (several "
-                             "cells per task/protocol?); pass keys= to split them")
+            raise ValueError(f"{where}: backbone {name} has duplicated sample_ids (several cells per "
+                             "task/protocol?); pass keys= to split them")
     ids_a, ids_b = set(a["sample_id"]), set(b["sample_id"])
     if ids_a != ids_b:
         raise ValueError(f"{where}: the backbones were scored on different items "
@@ -180,67 +220,112 @@ def _align(a: pd.DataFrame, b: pd.DataFrame, where: str) -> pd.DataFrame:
     return m
 
 
-def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: int = 1000,
-                        seed: int = 0, alpha: float = 0.05,
-                        class_names: Optional[Mapping[str, Sequence[str]]] = None,
-                        keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
-    """Compare backbone A with backbone B, per (task, protocol) present in both frames.
+def _comparisons(frame: pd.DataFrame, keys: List[str]) -> Dict[tuple, pd.DataFrame]:
+    """((column, value), ...) -> the rows of one comparison. Few-shot rows are grouped by keys, params without
+    "draw" (written to their params column), seed and variant ("shots=4,probe=linear"); their draw: _draw."""
+    few = frame["protocol"].eq("fewshot") if {"protocol", "params"} <= set(frame) else frame.index != frame.index
+    out = {tuple(zip(keys, k)): g for k, g in frame[~few].groupby(keys, sort=True)}
+    if few.any():
+        fs, params = frame[few].copy(), [json.loads(p) for p in frame.loc[few, "params"]]
+        fs["_draw"] = [p.pop("draw", 0) for p in params]
+        fs["params"] = [json.dumps(p, sort_keys=True) for p in params]
+        fs["variant"] = [f"shots={p.get('shots')},probe={p.get('probe')}" for p in params]
+        fkeys = keys + [c for c in ("params", "seed") if c in fs and c not in keys] + ["variant"]
+        out.update({tuple(zip(fkeys, k)): g for k, g in fs.groupby(fkeys, sort=True)})
+    return out
 
-    Frames have the predictions.parquet columns (task, protocol, task_type, sample_id,
-    patient_id, labels, scores, ...). Items are aligned by sample_id; different item sets
-    are an error. Rows (column ``test``):
-    - ``bootstrap``: paired patient bootstrap of each scalar metric (auroc = macro AUROC,
-      accuracy, balanced_accuracy, f1_macro); p_holm adjusts each metric across all
-      (task, protocol) pairs.
-    - ``delong``: DeLong per class (auroc/<class>; one row for binary tasks), CI from the
-      normal approximation; p_holm adjusts across the classes of that (task, protocol).
-    class_names: task -> names; default "0", "1", ... keys: the columns that identify one
-    comparison (add e.g. "cell_seed" when a frame holds several seeds).
-    """
-    keys = list(keys)
-    rows = []
-    groups_a = dict(iter(preds_a.groupby(keys, sort=True)))
-    groups_b = dict(iter(preds_b.groupby(keys, sort=True)))
+
+def _aligned_draws(a: pd.DataFrame, b: pd.DataFrame, where: str) -> tuple:
+    """The aligned frame of each draw both backbones have, patient codes per draw (shared by all), n_patients."""
+    if "_draw" not in a:
+        merged = [_align(a, b, where)]
+    else:
+        draws_a, draws_b = dict(iter(a.groupby("_draw"))), dict(iter(b.groupby("_draw")))
+        if set(draws_a) != set(draws_b):
+            warnings.warn(f"{where}: draws {sorted(set(draws_a) ^ set(draws_b))} are missing for one backbone; "
+                          "comparing the means over the draws both have")
+        merged = [_align(draws_a[d], draws_b[d], f"{where}, draw {d}") for d in sorted(set(draws_a) & set(draws_b))]
+        if not merged:
+            raise ValueError(f"{where}: the backbones have no few-shot draw in common")
+    codes, n_groups = group_codes(np.concatenate([m["patient_id_a"].to_numpy() for m in merged]))
+    return merged, np.split(codes, np.cumsum([len(m) for m in merged])[:-1]), n_groups
+
+
+def _compare_rows(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: int, seed: int, alpha: float,
+                  class_names, keys: Sequence[str]) -> pd.DataFrame:
+    """compare_predictions' rows, before Holm."""
+    keys, rows = list(keys), []
+    groups_a, groups_b = _comparisons(preds_a, keys), _comparisons(preds_b, keys)
     for key in sorted(set(groups_a) ^ set(groups_b), key=str):
-        side = "A" if key in groups_a else "B"
-        warnings.warn(f"{dict(zip(keys, key))}: only backbone {side} has predictions; skipped")
-    for key in sorted(set(groups_a) & set(groups_b), key=str):
-        a = groups_a[key]
-        base = dict(zip(keys, key))
-        m = _align(a, groups_b[key], str(base))
+        warnings.warn(f"{dict(key)}: only backbone {'A' if key in groups_a else 'B'} has predictions; skipped")
+    for i, key in enumerate(sorted(set(groups_a) & set(groups_b), key=str)):
+        a, base = groups_a[key], dict(key)
         task, task_type = a["task"].iloc[0], a["task_type"].iloc[0]
-        labels, scores_a = normalize(task_type, _stack(m["labels_a"]), _stack(m["scores_a"]))
-        scores_b = normalize(task_type, labels, _stack(m["scores_b"]))[1]
-        n_classes = scores_a.shape[1]
-        names = list((class_names or {}).get(task, [str(c) for c in range(n_classes)]))
-        base.update(n_samples=len(m), n_patients=m["patient_id_a"].nunique())
-        res = _paired_all(task_type, labels, scores_a, scores_b, names,
-                          m["patient_id_a"].to_numpy(), n_boot, seed, alpha)
-        for metric in SCALAR_METRICS:
-            rows.append(dict(base, metric=metric, test="bootstrap", family=f"boot:{metric}",
-                             **res[metric]))
+        merged, codes, n_groups = _aligned_draws(a, groups_b[key], str(base))
+        draws = []
+        for m, c in zip(merged, codes):
+            labels, scores_a = normalize(task_type, _stack(m["labels_a"]), _stack(m["scores_a"]))
+            draws.append((labels, scores_a, normalize(task_type, labels, _stack(m["scores_b"]))[1], c))
+        names = list((class_names or {}).get(task, [str(c) for c in range(draws[0][1].shape[1])]))
+        base.update(n_samples=len(set().union(*(m["sample_id"] for m in merged))), n_patients=n_groups)
+        res = _paired_all(task_type, draws, names, n_groups, n_boot, seed, alpha)
+        rows += [dict(base, metric=k, test="bootstrap", family=f"boot:{k}", **res[k]) for k in SCALAR_METRICS]
+        if "_draw" in a:
+            continue  # a mean over draws has no DeLong test
+        labels, scores_a, scores_b, _ = draws[0]
         for c, name in enumerate(names):
             y = (labels == c) if task_type == "multiclass" else labels[:, c]
             if not 0 < y.sum() < len(y):
                 continue  # AUROC undefined for this class
-            t = delong_test(y, scores_a[:, c], scores_b[:, c], alpha)
-            rows.append(dict(base, metric=f"auroc/{name}", test="delong", family=f"delong:{key}",
-                             a=t["auc_a"], b=t["auc_b"], diff=t["diff"], ci_low=t["ci_low"],
-                             ci_high=t["ci_high"], p_value=t["p_value"]))
-    return with_holm(pd.DataFrame(rows, columns=keys + ROW_COLUMNS + ["family"]), keys)
+            t = delong_test(y, scores_a[:, c], scores_b[:, c], alpha, groups=merged[0]["patient_id_a"].to_numpy())
+            rows.append(dict(base, metric=f"auroc/{name}", test="delong", a=t["auc_a"], b=t["auc_b"], diff=t["diff"],
+                             ci_low=t["ci_low"], ci_high=t["ci_high"], p_value=t["p_value"],
+                             family=f"delong:{task}/{base.get('protocol')}#{i}"))
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=keys + ROW_COLUMNS + ["family"])
+
+
+def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05, class_names: Optional[Mapping[str, Sequence[str]]] = None,
+                        keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
+    """Compare backbone A with backbone B, per (task, protocol) present in both frames.
+
+    Frames have the predictions.parquet columns (task, protocol, task_type, sample_id, patient_id, labels,
+    scores, ...). Items are aligned by sample_id; different item sets are an error. Rows (column ``test``):
+    - ``bootstrap``: paired patient bootstrap of each scalar metric (auroc = macro AUROC, accuracy,
+      balanced_accuracy, f1_macro).
+    - ``delong``: DeLong per class (auroc/<class>; one row for binary tasks), clustered by patient, CI from the
+      normal approximation. None for few-shot.
+    p_holm: Holm within ``family`` (see the module docstring); warns when a bootstrap family cannot reach alpha.
+    class_names: task -> names; default "0", "1", ... keys: the columns that identify one comparison (add e.g.
+    "seed" when a frame holds several seeds). Few-shot rows (protocol "fewshot", with a params column) are
+    compared as the mean over draws per keys, params without "draw" and seed, whatever keys says; their rows
+    carry those columns and ``variant`` ("shots=4,probe=linear").
+    """
+    out = _compare_rows(preds_a, preds_b, n_boot, seed, alpha, class_names, keys)
+    return with_holm(out, keys, n_boot=n_boot, alpha=alpha)
 
 
 ROW_COLUMNS = ["metric", "test", "a", "b", "diff", "ci_low", "ci_high", "p_value", "n_samples", "n_patients"]
 
 
-def with_holm(out: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family')."""
-    out = out.copy()
+def with_holm(out: pd.DataFrame, keys: Sequence[str], n_boot: Optional[int] = None, alpha: float = 0.05):
+    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family'). With n_boot, warns
+    about bootstrap families of m tests that cannot reach alpha: m * 2 / (n_boot + 1) > alpha. Columns: keys,
+    the other key columns (few-shot rows': params, seed, variant), the results, family."""
+    out, hopeless = out.copy(), []
     out["p_holm"] = np.nan
-    for _, idx in out.groupby("family").groups.items():
-        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_value"].to_numpy())
-    columns = list(keys) + ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:]
-    return out[columns + (["family"] if "family" in out else [])]
+    for family, idx in out.groupby("family").groups.items():
+        p = out.loc[idx, "p_value"].to_numpy(np.float64)
+        out.loc[idx, "p_holm"] = holm(p)
+        m = int(np.sum(~np.isnan(p)))
+        if n_boot is not None and (out.loc[idx, "test"] == "bootstrap").all() and m * 2 / (n_boot + 1) > alpha:
+            hopeless.append(f"{family} ({m} tests: needs n_boot >= {int(np.ceil(2 * m / alpha - 1 - 1e-9))})")
+    if hopeless:
+        warnings.warn(f"with {n_boot} bootstrap resamples no p-value is below 2 / ({n_boot} + 1), so after Holm "
+                      f"nothing can be significant at alpha = {alpha} in the families {', '.join(hopeless)}")
+    results = ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:] + ["family"]
+    extra = [c for c in out.columns if c not in keys and c not in results]
+    return out[list(keys) + extra + results]
 
 
 SEG_VALUES = ("dice", "jaccard", "hd95", "tp", "fp", "fn")
@@ -293,21 +378,21 @@ SEG_HEADLINE = ("dice", "dice_pooled", "hd95")
 def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Optional[pd.DataFrame] = None,
                       n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                       keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
-    """Backbone a against b over a run's predictions.parquet (classification) and cases.parquet
-    (segmentation) frames; Holm's adjustment runs over both together, by family."""
+    """Backbone a against b over a run's predictions.parquet (classification) and cases.parquet (segmentation)
+    frames; Holm's adjustment runs over both together, by ``family`` (a column; see the module docstring).
+    Few-shot predictions may come as they are: whatever keys says, they are compared per params without "draw"
+    (shots, probe and its settings) and seed, as the mean over the draws (see compare_predictions)."""
     frames = [f for f in (preds, cases) if f is not None and len(f)]
     have = set().union(*(set(f["backbone"]) for f in frames)) if frames else set()
     missing = {a, b} - have
     if missing:
         raise ValueError(f"no predictions for backbone(s) {sorted(missing)}; have {sorted(have)}")
-    parts = []
+    parts = [pd.DataFrame(columns=list(keys) + ROW_COLUMNS + ["family"])]
     if preds is not None and len(preds):
-        parts.append(compare_predictions(preds[preds["backbone"] == a], preds[preds["backbone"] == b],
-                                         n_boot, seed, alpha, keys=keys))
+        parts.append(_compare_rows(preds[preds["backbone"] == a], preds[preds["backbone"] == b], n_boot, seed, alpha,
+                                   None, keys))
     if cases is not None and len(cases):
-        parts.append(compare_cases(cases[cases["backbone"] == a], cases[cases["backbone"] == b],
-                                   n_boot, seed, alpha, keys=keys))
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return pd.DataFrame(columns=list(keys) + ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:])
-    return with_holm(pd.concat(parts, ignore_index=True), keys).drop(columns=["family"])
+        parts.append(compare_cases(cases[cases["backbone"] == a], cases[cases["backbone"] == b], n_boot, seed, alpha,
+                                   keys=keys))
+    parts = [p for p in parts if len(p)] or parts[:1]
+    return with_holm(pd.concat(parts, ignore_index=True), keys, n_boot=n_boot, alpha=alpha)

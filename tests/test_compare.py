@@ -1,12 +1,16 @@
+import json
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from raddist.compare import (compare_backbones, compare_predictions, delong_test, holm,
+from raddist.compare import (compare_backbones, compare_predictions, delong_components, delong_test, holm,
                              paired_bootstrap)
-from raddist.metrics import classification_metrics
+from raddist.metrics import (classification_metrics, group_codes, percentile_ci, resample_counts,
+                             resampled_rows)
 
 
 def slow_delong(y, a, b):
@@ -139,8 +143,19 @@ def test_compare_predictions_table():
     y, s = np.stack(good.labels), np.stack(good.scores)
     assert boot.loc["covid", "a"] == pytest.approx(roc_auc_score(y[:, 0], s[:, 0]))
 
-    same = compare_backbones(preds, "good", "good", n_boot=50)
-    assert (same["diff"] == 0).all() and (same["p_value"] == 1).all()
+    # DeLong is clustered by patient: the frame's patient ids are its clusters
+    nih = preds[preds.task == "nih"]
+    t = delong_test(np.stack(nih[nih.backbone == "good"].labels)[:, 1],
+                    np.stack(nih[nih.backbone == "good"].scores)[:, 1],
+                    np.stack(nih[nih.backbone == "weak"].scores)[:, 1], groups=nih[nih.backbone == "good"].patient_id)
+    row = delong[(delong.task == "nih") & (delong.metric == "auroc/b")].iloc[0]
+    assert row["p_value"] == pytest.approx(t["p_value"], rel=1e-12) and row["ci_low"] == pytest.approx(t["ci_low"])
+    assert set(out.family) == {f"boot:{m}" for m in ("auroc", "accuracy", "balanced_accuracy", "f1_macro")} | {
+        "delong:brain/knn#0", "delong:covid/knn#1", "delong:nih/knn#2"}
+
+    with pytest.warns(UserWarning, match="nothing can be significant"):  # 3 tests, 50 resamples
+        same = compare_backbones(preds, "good", "good", n_boot=50)
+    assert (same["diff"] == 0).all() and (same["p_value"] == 1).all() and "family" in same
 
 
 def test_compare_predictions_rejects_different_items():
@@ -194,3 +209,177 @@ def test_segmentation_bootstraps_the_reports_headline_dice_by_patient():
     assert row["n_patients"] == 20 and row["n_samples"] == n
     with pytest.raises(ValueError, match="different cases"):
         compare_backbones(None, "good", "weak", cases=cases.iloc[1:], n_boot=10)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Clustered DeLong (Obuchowski 1997)
+
+
+def classic_delong(y, a, b):
+    """The unclustered implementation this module had before clustering (Sun & Xu components, np.cov)."""
+    aucs, v10, v01 = delong_components(y, np.vstack([a, b]))
+    cov = np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    return aucs, var, (aucs[0] - aucs[1]) / np.sqrt(var)
+
+
+def slow_obuchowski_var(y, a, b, groups):
+    """Var(AUC_a - AUC_b) from Obuchowski (1997) straight from the definition: O(M N) kernels, a loop over
+    clusters, the difference's own components (not the covariance matrix)."""
+    y = np.asarray(y).astype(bool)
+    psi = [(s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :]) for s in (a, b)]
+    d_psi = psi[0] - psi[1]
+    theta, big_m, big_n = d_psi.mean(), y.sum(), (~y).sum()
+    v10, v01 = d_psi.mean(1), d_psi.mean(0)
+    g_pos, g_neg = np.asarray(groups)[y], np.asarray(groups)[~y]
+    clusters = np.unique(groups)
+    x = np.array([v10[g_pos == c].sum() - (g_pos == c).sum() * theta for c in clusters])
+    z = np.array([v01[g_neg == c].sum() - (g_neg == c).sum() * theta for c in clusters])
+    i10, i01, i = len(np.unique(g_pos)), len(np.unique(g_neg)), len(clusters)
+    s10 = i10 / ((i10 - 1) * big_m) * np.sum(x ** 2)
+    s01 = i01 / ((i01 - 1) * big_n) * np.sum(z ** 2)
+    s11 = i / (i - 1) * np.sum(x * z)
+    return s10 / big_m + s01 / big_n + 2 * s11 / (big_m * big_n)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_clustered_delong_with_one_row_per_patient_is_the_classic_test(ties):
+    y, a, b = binary_data(seed=11, ties=ties)
+    aucs, var, z = classic_delong(y, a, b)
+    ids = np.random.default_rng(0).permutation(len(y)).astype(str)  # any labels, any order
+    for groups in (None, np.arange(len(y)), ids):
+        t = delong_test(y, a, b, groups=groups)
+        assert t["auc_a"] == pytest.approx(aucs[0], abs=1e-12) and t["auc_b"] == pytest.approx(aucs[1], abs=1e-12)
+        assert t["var"] == pytest.approx(var, rel=1e-12, abs=1e-15)
+        assert t["z"] == pytest.approx(z, rel=1e-12, abs=1e-12)
+        assert t["p_value"] == pytest.approx(2 * norm.sf(abs(z)), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_clustered_delong_matches_obuchowski_from_the_definition(ties):
+    rng = np.random.default_rng(12)
+    sizes = rng.integers(1, 9, size=60)  # unequal clusters
+    groups = np.repeat(np.arange(60), sizes)
+    y = (rng.random(len(groups)) < 0.35).astype(int)
+    y[groups == 0], y[groups == 1] = 1, 0  # a cluster of positives only, one of negatives only
+    u = rng.normal(size=60)[groups]
+    a, b = y + u + rng.normal(size=len(y)), 0.7 * y + u + rng.normal(size=len(y))
+    if ties:
+        a, b = np.round(a), np.round(b, 1)
+    t = delong_test(y, a, b, groups=groups.astype(str))
+    assert t["auc_a"] == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert t["var"] == pytest.approx(slow_obuchowski_var(y, a, b, groups), rel=1e-10)
+    assert t["var"] != pytest.approx(delong_test(y, a, b)["var"], rel=0.05)  # clustering changes it
+
+
+def null_simulation(runs, seed, n_patients=150, per_patient=8):
+    """No true difference between A and B (they are exchangeable), images correlated within a patient: a patient
+    effect shared by both models and by the patient's prevalence, and each model's own patient effect."""
+    rng = np.random.default_rng(seed)
+    shape = (runs, n_patients, 1)
+    u = rng.normal(size=shape)
+    y = (rng.random((runs, n_patients, per_patient)) < 1 / (1 + np.exp(0.5 - 1.5 * u))).astype(int)
+    a, b = (2.0 * y + 0.5 * u + rng.normal(size=shape) + 0.2 * rng.normal(size=y.shape) for _ in range(2))
+    return [x.reshape(runs, -1) for x in (y, a, b)], np.repeat(np.arange(n_patients), per_patient)
+
+
+def test_clustered_delong_holds_its_size_where_the_unclustered_test_does_not():
+    runs = 500
+    (y, a, b), groups = null_simulation(runs, seed=0)
+    clustered = np.mean([delong_test(y[r], a[r], b[r], groups=groups)["p_value"] < 0.05 for r in range(runs)])
+    unclustered = np.mean([delong_test(y[r], a[r], b[r])["p_value"] < 0.05 for r in range(runs)])
+    print(f"rejection rate at alpha = 0.05 over {runs} null runs: clustered {clustered:.3f}, "
+          f"unclustered {unclustered:.3f}")
+    assert 0.02 <= clustered <= 0.09
+    assert unclustered > 0.15
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Few-shot: the mean over draws
+
+
+def fewshot_frames(n=90, draws=3, shots=(1, 4), seed=20):
+    """Binary task, 2 images per patient; per (shots, draw) a few-shot cell for each backbone, plus a knn cell."""
+    rng = np.random.default_rng(seed)
+    patients = np.arange(n) // 2
+    y = (rng.random((n, 1)) < 0.4).astype(int)
+    frames = []
+    for backbone, signal in (("good", 1.5), ("weak", 0.5)):
+        for s in shots:
+            for d in range(draws):
+                params = {"shots": s, "draw": d, "probe": "linear", "linear": {"lr": 0.1}}
+                logit = (signal + 0.2 * d + 0.1 * s) * (2 * y - 1) + rng.normal(size=(n, 1))
+                f = predictions_frame(backbone, "covid", "binary", y, 1 / (1 + np.exp(-logit)), patients)
+                frames.append(f.assign(protocol="fewshot", params=json.dumps(params, sort_keys=True), seed=0))
+        logit = signal * (2 * y - 1) + rng.normal(size=(n, 1))
+        knn = predictions_frame(backbone, "covid", "binary", y, 1 / (1 + np.exp(-logit)), patients)
+        frames.append(knn.assign(params="{}", seed=0))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_fewshot_is_compared_as_the_mean_over_draws_with_the_same_patients_for_every_draw():
+    preds = fewshot_frames()
+    n_boot, seed = 120, 3
+    cli_keys = ("task", "protocol", "params", "seed")  # raddist compare's
+    out = compare_backbones(preds, "good", "weak", n_boot=n_boot, seed=seed, keys=cli_keys)
+    few = out[out.protocol == "fewshot"]
+    assert set(few.test) == {"bootstrap"}  # no DeLong for a mean over draws
+    assert sorted(set(few.variant)) == ["shots=1,probe=linear", "shots=4,probe=linear"]
+    assert all("draw" not in json.loads(p) and json.loads(p)["linear"] == {"lr": 0.1} for p in few.params)
+    assert len(few) == 2 * 4 and (few.n_samples == 90).all() and (few.n_patients == 45).all()
+    # one family per metric over the knn and few-shot comparisons together
+    auroc = out[(out.test == "bootstrap") & (out.metric == "auroc")]
+    assert len(auroc) == 3 and set(auroc.family) == {"boot:auroc"}
+    np.testing.assert_allclose(auroc.p_holm, holm(auroc.p_value))
+
+    # by hand: per replicate one patient resample, every draw scored on it, the draws averaged
+    row = few[(few.variant == "shots=4,probe=linear") & (few.metric == "auroc")].iloc[0]
+    cells = {b: [preds[(preds.backbone == b) & (preds.params.str.contains(f'"draw": {d}, '))
+                       & (preds.params.str.contains('"shots": 4'))] for d in range(3)] for b in ("good", "weak")}
+    auc = lambda f, idx=slice(None): roc_auc_score(np.stack(f.labels)[idx, 0], np.stack(f.scores)[idx, 0])
+    assert row["a"] == pytest.approx(np.mean([auc(f) for f in cells["good"]]), abs=1e-12)
+    assert row["b"] == pytest.approx(np.mean([auc(f) for f in cells["weak"]]), abs=1e-12)
+    codes, n_groups = group_codes(cells["good"][0].patient_id)
+    d = [np.mean([auc(f, resampled_rows(codes, c)) for f in cells["good"]])
+         - np.mean([auc(f, resampled_rows(codes, c)) for f in cells["weak"]])
+         for block in resample_counts(n_groups, n_boot, seed) for c in block]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(percentile_ci(np.array(d)), abs=1e-12)
+    assert row["diff"] > 0.03 and row["ci_low"] > 0 and row["p_value"] == pytest.approx(2 / (n_boot + 1))
+
+    # whatever keys: few-shot rows are split by params without "draw" and seed, never pooled across shots
+    default = compare_backbones(preds, "good", "weak", n_boot=n_boot, seed=seed)
+    assert {"params", "seed", "variant"} <= set(default.columns)
+    pd.testing.assert_frame_equal(default[default.protocol == "fewshot"].reset_index(drop=True)[list(few.columns)],
+                                  few.reset_index(drop=True), check_dtype=False)
+    same = compare_backbones(preds, "good", "good", n_boot=n_boot)
+    assert (same["diff"] == 0).all() and (same["p_value"] == 1).all()
+
+
+def test_fewshot_with_identical_draws_is_the_single_draw_comparison():
+    preds = fewshot_frames(draws=1, shots=(2,))
+    one = preds[preds.protocol == "fewshot"]
+    repeated = pd.concat([one.assign(params=one.params.str.replace('"draw": 0', f'"draw": {d}')) for d in range(3)])
+    few = compare_predictions(repeated[repeated.backbone == "good"], repeated[repeated.backbone == "weak"], n_boot=150)
+    single = compare_predictions(one[one.backbone == "good"].assign(protocol="linear"),
+                                 one[one.backbone == "weak"].assign(protocol="linear"), n_boot=150)
+    single = single[single.test == "bootstrap"].reset_index(drop=True)
+    for col in ("a", "b", "diff", "ci_low", "ci_high", "p_value"):
+        np.testing.assert_allclose(few[col], single[col], rtol=1e-12, atol=1e-15)
+    with pytest.warns(UserWarning, match="draws \\[2\\] are missing"):
+        part = compare_predictions(repeated[repeated.backbone == "good"],
+                                   repeated[(repeated.backbone == "weak") & ~repeated.params.str.contains('"draw": 2')],
+                                   n_boot=150)
+    np.testing.assert_allclose(part["diff"], few["diff"], rtol=1e-12)
+
+
+def test_warns_when_a_bootstrap_family_cannot_reach_alpha_after_holm():
+    preds = two_backbones()
+    a, b = preds[preds.backbone == "good"], preds[preds.backbone == "weak"]
+    # 3 tasks per metric family: Holm's smallest p is 3 * 2 / (B + 1); 6 / 120 = 0.05 is not above alpha
+    with pytest.warns(UserWarning, match=r"nothing can be significant.*boot:auroc \(3 tests: needs n_boot >= 119\)"):
+        compare_predictions(a, b, n_boot=118)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = compare_predictions(a, b, n_boot=119)
+    assert (out[out.test == "bootstrap"].p_holm >= 3 * 2 / 120 - 1e-12).all()
+    with pytest.warns(UserWarning, match="boot:auroc"):
+        compare_predictions(a, b, n_boot=200, alpha=0.01)
