@@ -60,8 +60,6 @@ def test_plan_json_cli(tmp_path):
 
 
 def test_paper_grid_has_at_least_200_cells():
-    from pathlib import Path
-
     spec = spec_lib.load("paper")
     plan = make_plan(spec)
     assert len(spec.backbones) == 14
