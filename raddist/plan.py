@@ -90,7 +90,7 @@ class Plan:
 def contract_for(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> dict:
     from raddist.backbones.registry import get_config
 
-    size = spec.image_size or get_config(backbone.name).input_size
+    size = task.image_size or spec.image_size or get_config(backbone.name).input_size
     return {
         "size": int(size),
         "window": task.preprocess.window if task.preprocess.window == "auto" else list(task.preprocess.window),
@@ -114,13 +114,16 @@ def make_plan(spec: SweepSpec) -> Plan:
                     for seed in spec.seeds:
                         key = {
                             "backbone": [backbone.name, backbone.weights],
-                            "task": task.model_dump(),
+                            # dataset and image_size act through the fields and the contract hashed here
+                            "task": task.model_dump(exclude={"dataset", "image_size"}),
                             "protocol": proto.name,
                             "params": params,
                             "seed": seed,
                             "embedding_job": job.id if needs else None,
                             "bootstrap": spec.bootstrap,
                         }
+                        if not needs:  # a cell that trains reads the images: their contract is its input
+                            key["contract"] = job.contract
                         plan.cells.append(
                             Cell(
                                 id=content_hash(key),

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Optional
 
 import pandas as pd
 
-from raddist import storage
+from raddist import figures, storage
 
 HEADLINE = {"multilabel": "auroc", "binary": "auroc", "multiclass": "auroc", "segmentation": "dice"}
 # tables after the headline's: segmentation's pooled Dice (every voxel of the test set at once) and
@@ -82,26 +81,24 @@ def _markdown(wide: pd.DataFrame, index_name: str) -> str:
     return "\n".join(out)
 
 
-def fewshot_plot(table: pd.DataFrame, task: str, metric: str) -> bytes:
-    import matplotlib
+LEADERBOARD_PROTOCOLS = ("linear", "seg_linear", "knn")  # the leaderboard's protocol: the first a task has
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (backbone, probe), g in table.groupby(["backbone", "probe"]):
-        g = g.sort_values("shots")
-        ax.errorbar(g["shots"], g["value"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=f"{backbone} / {probe}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("shots per class")
-    ax.set_ylabel(f"test {metric} (mean ± std over draws)")
-    ax.set_title(f"{task}: few-shot")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+def leaderboard(results: pd.DataFrame, task_types: dict) -> pd.DataFrame:
+    """Backbone x task: the task's headline metric under one protocol (the first of
+    LEADERBOARD_PROTOCOLS it has, never the best on test), seeds averaged."""
+    rows = []
+    for task in sorted(results["task"].unique()) if len(results) else []:
+        sub = results[results["task"] == task]
+        metric = _headline(sub, task_types.get(task))
+        protocol = next((p for p in LEADERBOARD_PROTOCOLS if p in set(sub["protocol"])), None)
+        if protocol is None:
+            continue
+        table = summary_table(sub[sub["protocol"] == protocol], metric)
+        for _, r in table.iterrows():
+            rows.append({"task": f"{task}\n{metric}, {r['column']}", "backbone": r["backbone"], "value": r["value"],
+                         "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+    return pd.DataFrame(rows)
 
 
 def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = None, output: Optional[str] = None) -> str:
@@ -115,6 +112,10 @@ def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = No
     )
     lines += ["", "Each entry: test value [95% bootstrap CI, resampling patients]; repeated seeds or draws: "
               "mean ± std (n). Model selection used validation only."]
+    board = leaderboard(results, task_types or {})
+    if output is not None and not board.empty:
+        storage.write_bytes(storage.join(output, "leaderboard.png"), figures.leaderboard_plot(board))
+        lines += ["", "![leaderboard: backbone × task, each task's headline metric and protocol](leaderboard.png)"]
     for task in sorted(results["task"].unique()) if len(results) else []:
         sub = results[results["task"] == task]
         task_type = (task_types or {}).get(task)
@@ -131,7 +132,7 @@ def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = No
             lines += ["", f"### {task} — few-shot {metric}", "", _markdown(wide, "backbone / probe")]
             if output is not None:
                 name = f"fewshot_{task}.png"
-                storage.write_bytes(storage.join(output, name), fewshot_plot(few, task, metric))
+                storage.write_bytes(storage.join(output, name), figures.fewshot_plot(few, task, metric))
                 lines += ["", f"![few-shot {task}]({name})"]
     return "\n".join(lines) + "\n"
 
@@ -163,13 +164,14 @@ def cost_section(output: str, cell_infos: list) -> str:
                   _markdown(costs["per_protocol"].round(1), "protocol")]
     try:
         paper = paper_gpu_hours()
+        embed, train = paper[paper["kind"] == "embedding"], paper[paper["kind"] != "embedding"]
         by_backbone = paper.groupby("backbone", sort=False)["gpu_hours"].sum().round(2)
-        lines += ["", f"Embedding the reference study's grid once (14 backbones × its classification datasets; "
-                  f"the segmentation volumes are not counted yet) "
-                  f"would take about **{paper['gpu_hours'].sum():.1f} H100 GPU-hours**, at forward rates capped "
-                  f"by 16-core decoding ({len(paper)} jobs; rates partly assumed, see raddist/cost.py). "
-                  f"Frozen protocols then read the cache and add no GPU time. Per backbone: "
-                  + ", ".join(f"{b} {h}" for b, h in by_backbone.items()) + "."]
+        lines += ["", f"The reference study's grid (`paper`) would take about **{paper['gpu_hours'].sum():.1f} H100 "
+                  f"GPU-hours**: {embed['gpu_hours'].sum():.1f} to embed its classification datasets once (14 "
+                  f"backbones; the segmentation volumes are not counted yet) and {train['gpu_hours'].sum():.1f} for "
+                  f"its {len(train)} fine-tuning, LoRA and BitFit cells, at forward rates capped by 16-core "
+                  f"decoding (rates partly assumed, see raddist/cost.py). Frozen protocols read the cache and add "
+                  f"no GPU time. Per backbone: " + ", ".join(f"{b} {h}" for b, h in by_backbone.items()) + "."]
     except Exception as e:  # noqa: BLE001 - the estimate is a courtesy, never a failure
         lines += ["", f"(paper-grid estimate unavailable: {e})"]
     return "\n".join(lines) + "\n"
@@ -179,7 +181,10 @@ def write_report(output: str, gathered: dict, summary: dict) -> str:
     results = gathered["results"].to_pandas() if gathered.get("results") is not None else pd.DataFrame(
         columns=["task", "metric", "value", "protocol", "params"])
     task_types = dict(zip(results["task"], results["task_type"])) if "task_type" in results else {}
-    text = render(results, summary, task_types, output=output) + cost_section(output, gathered.get("cells") or [])
+    from raddist.reference import markdown as deviations
+
+    text = (render(results, summary, task_types, output=output) + cost_section(output, gathered.get("cells") or [])
+            + "\n" + deviations(summary.get("mode", "raddist")))
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
     return uri

@@ -14,9 +14,14 @@ Reported (rows {metric, value, ci_low, ci_high}, the format of raddist.metrics):
                                the class, and the headline the mean over classes
   dice_pooled, jaccard_pooled  pooled over voxels: TP, FP, FN summed over every case per class,
                                then the mean over classes (a false positive in a case without the
-                               class counts here, and only here); the reference study reported
-                               Dice pooled over its test pixels, i.e. this one
+                               class counts here, and only here)
   dice/<class>, jaccard/<class>, hd95/<class>
+The cases are on their SOURCE grid (protocols.seg_common: logits resized to the source, truth read
+from the manifest's mask_uri), so a structure a few pixels wide is not flattered by a coarse grid.
+The reference study scored neither per case nor on the source grid: torchmetrics Dice and Jaccard
+(macro over the foreground classes) accumulated over every test pixel on its 448 x 448 resized grid
+(masks resized nearest), i.e. pooled like dice_pooled; its Jaccard, with ignore_index=0, also drops
+every pixel whose truth is background, so foreground predicted there costs nothing.
 Bootstrap: patients drawn with replacement (metrics.resample_counts); a resample is a weight per
 case, so every statistic above is a weighted sum of per-case numbers, for a block of resamples at once.
 """
@@ -44,10 +49,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, n_classes: int, spacing: S
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {truth.shape} differ in shape")
     fg = n_classes - 1
-    cm = np.bincount(truth.ravel().astype(np.int64) * n_classes + pred.ravel().astype(np.int64),
-                     minlength=n_classes * n_classes)[: n_classes * n_classes].reshape(n_classes, n_classes)
-    tp = np.diag(cm)[1:].astype(np.float64)
-    out = {"tp": tp, "fp": cm[:, 1:].sum(0) - tp, "fn": cm[1:, :].sum(1) - tp,
+    out = {**confusion_counts(pred, truth, n_classes),
            "dice": np.full(fg, np.nan), "jaccard": np.full(fg, np.nan), "hd95": np.full(fg, np.nan)}
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     iou = MeanIoU(include_background=False, reduction="none", ignore_empty=True)
@@ -73,6 +75,23 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, n_classes: int, spacing: S
         for m in (dice, iou, hd95):
             m.reset()
     return out
+
+
+def confusion_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> Dict[str, np.ndarray]:
+    """Voxel counts tp, fp, fn per foreground class (n_classes - 1 entries each), float64."""
+    pairs = np.asarray(truth).ravel().astype(np.int64) * n_classes + np.asarray(pred).ravel().astype(np.int64)
+    cm = np.bincount(pairs, minlength=n_classes * n_classes)[: n_classes * n_classes].reshape(n_classes, n_classes)
+    tp = np.diag(cm)[1:].astype(np.float64)
+    return {"tp": tp, "fp": cm[:, 1:].sum(0) - tp, "fn": cm[1:, :].sum(1) - tp}
+
+
+def dice_of_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
+    """The headline Dice from per-case counts ((n_cases, n_classes - 1) each): per class the mean over
+    the cases whose truth holds it, then the mean over classes; what `aggregate` gives for 'dice'."""
+    tp, fp, fn = (np.asarray(a, np.float64) for a in (tp, fp, fn))
+    present = tp + fn > 0
+    dice = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    return float(_nanmean(_ratio(dice.sum(0), present.sum(0))))
 
 
 def per_case(cases: Sequence, n_classes: int, hd: bool = True) -> Dict[str, np.ndarray]:
@@ -125,5 +144,6 @@ def score_cases(cases: Sequence, class_names: Sequence[str], n_boot: int = 1000,
 
 
 def mean_dice(cases: Sequence, n_classes: int) -> float:
-    """The headline Dice of a set of cases, without HD95 or intervals: what validation selects on."""
-    return float(aggregate(per_case(cases, n_classes, hd=False), np.ones((1, len(cases))))["dice"][0])
+    """The headline Dice of a set of cases, from voxel counts alone (no HD95, no intervals)."""
+    counts = [confusion_counts(c.pred, c.truth, n_classes) for c in cases]
+    return dice_of_counts(*(np.stack([c[k] for c in counts]) for k in ("tp", "fp", "fn")))

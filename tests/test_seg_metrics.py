@@ -104,3 +104,10 @@ def test_rows_pooled_values_and_patient_bootstrap():
     assert values["dice"]["ci_low"] < values["dice"]["ci_high"]
     again, _ = score_cases(cases, CLASSES, n_boot=200, seed=3)
     assert again == rows
+
+
+def test_mean_dice_from_counts_is_the_headline_dice():
+    cases = _cases()
+    cases[0].truth = np.where(cases[0].truth == 2, 0, cases[0].truth)  # class b absent from one case
+    rows, _ = score_cases(cases, CLASSES, n_boot=0)
+    assert mean_dice(cases, 3) == pytest.approx({r["metric"]: r["value"] for r in rows}["dice"], abs=1e-6)  # MONAI: float32

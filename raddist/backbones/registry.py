@@ -105,6 +105,11 @@ def _cnn(name, model_id, dims, indices, **kw) -> BackboneConfig:
 
 
 # --- the reference study's backbones (Baharoon et al., arXiv 2312.02366) ---------------------------
+# The same models, not always the same weights or feature points as the reference code: its ViT-L is
+# google/vit-large-patch16-224 (IN-21k, IN-1k fine-tuned; here timm's augreg IN-21k), its ResNet-152
+# torchvision's V2 weights (here V1), its VGG-19 the 4096-d fc7 (here pooled conv stages), its
+# BiomedCLIP the 512-d projection (here the 768-d trunk), and it normalised every backbone with
+# ImageNet mean/std (here each its own). SAM runs at 1024, as there.
 
 # DINOv2 checkpoints are 518px; the study (and DINOv2's own linear evals) run them at 224.
 # timm resamples the position embedding when loading at img_size=224 (16x16 patch grid).

@@ -2,15 +2,18 @@
 
 Forward (the embedding pipeline): a NIfTI volume and its label map -> uint8 slices at the model's
 size, one per index of the slice axis (the third NIfTI axis, axial for the usual acquisitions).
-Backward (the segmentation protocols): predicted slices -> a label volume -> NIfTI with the
-source's affine, resampled (nearest) to the source's shape.
+Backward (the segmentation protocols): the heads' logits are resized to each slice's source (H, W)
+and argmaxed there (protocols.seg_common), stacked by slice index into the source's (D, H, W), and
+scored against the label map read back from the manifest's mask_uri (read_source_labels); NIfTI
+predictions are written with the source's affine.
 
 Intensity is set per volume, not per slice, so an organ keeps one grey level through the stack:
   - a contract window (center, width): the DICOM linear window (readers.apply_window); the CT
     catalog's window [-212, 1624] is the HU clip [-1024, 600] below;
-  - window "auto": CT is clipped to HU [-1024, 600] (the reference's abdominal CT range), MR to its
-    volume's 5th-95th percentiles (the reference clipped each slice to its own), anything else to
-    its min..max;
+  - window "auto": CT is clipped to HU [-1024, 600], MR to its volume's 5th-95th percentiles,
+    anything else to its min..max. The reference study clipped AMOS and its sliced BTCV to
+    [-1024, 600] but its 3D BTCV at 600 only, and took the 5th-95th percentiles of EACH SLICE for
+    the MSD sets, the CT of MSD Spleen included; per volume is raddist's choice;
   - contract.clip_percentiles, when set, afterwards, over the volume.
 Label maps (NIfTI or PNG) hold class indices 0..K-1 and are resized with nearest neighbours.
 
@@ -26,6 +29,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from raddist import storage
 from raddist.data.contract import PreprocessContract
 from raddist.data.readers import apply_window, open_pil, read_nifti
 from raddist.data.transforms import minmax, quantise, resize_square
@@ -96,6 +100,19 @@ def read_label_volume(uri: str, data: bytes) -> Tuple[np.ndarray, np.ndarray]:
     return as_labels(uri, volume), affine
 
 
+def read_source_labels(ref, volume: bool = False) -> np.ndarray:
+    """A case's ground truth on its source grid, as SegInputs.source_masks points to it: an array as
+    it is; a uri: a NIfTI label volume (D, H, W) when `volume`, else a 2D label map (H, W), read as
+    the embedding pipeline reads them (data.decode); a list of 2D label-map uris: one per slice,
+    stacked in the list's order into (D, H, W)."""
+    if isinstance(ref, np.ndarray):
+        return ref
+    if isinstance(ref, str):
+        data = storage.read_bytes(ref)
+        return read_label_volume(ref, data)[0] if volume else read_mask(ref, data)
+    return np.stack([read_mask(u, storage.read_bytes(u)) for u in ref])
+
+
 # ----------------------------------------------------------------------------- geometry
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
@@ -144,13 +161,6 @@ def assemble(slice_index: Sequence[int], slices: np.ndarray, depth: Optional[int
         missing = sorted(set(range(depth)) - set(index.tolist()))
         raise ValueError(f"slices do not tile the volume: {len(index)} of {depth}, missing {missing[:5]}")
     return np.asarray(slices)[order]
-
-
-def to_source(labels: np.ndarray, source_shape: Sequence[int]) -> np.ndarray:
-    """A predicted (D, S, S) label volume at the source's (D, H, W) shape (nearest)."""
-    if labels.shape[0] != source_shape[0]:
-        raise ValueError(f"{labels.shape[0]} slices for a volume of depth {source_shape[0]}")
-    return resize_labels(labels, source_shape[-2:])
 
 
 def nifti_bytes(volume: np.ndarray, affine: np.ndarray, dtype=np.uint8) -> bytes:

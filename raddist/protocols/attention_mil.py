@@ -5,21 +5,29 @@ Bags: features['slices'] of a volume task (cells.inputs.pooled_volumes: each vol
 [cls | patch_mean]); on a task of single images every image is a bag of one. The named feature set
 (features.py) picks the columns of every slice; they are standardised with the training slices'
 statistics. Model: Linear -> ReLU (hidden) -> gated attention over the slices -> linear classifier.
-Training: AdamW, a fixed number of epochs, mini-batches of padded bags, every learning rate of the
-grid on the same batches. Loss: cross-entropy (multiclass) or per-label BCE.
-Selection: the best validation macro AUROC (ties: the lower learning rate); that configuration is
-retrained on train+val and scores test once.
+Training: AdamW at a constant learning rate, mini-batches of padded bags, every learning rate of
+the grid on the same batches. Loss: cross-entropy (multiclass) or per-label BCE.
+Stopping (the rule of linear.py): every `eval_every` epochs each model is scored on validation
+(macro AUROC); a model keeps its weights whenever the score is its best so far (the later epoch on a
+tie), and stops once the score has not risen by more than `min_delta` for `patience` epochs; `epochs`
+is the cap. Each model ends at its best epoch.
+Selection: the best validation macro AUROC at the best epoch (ties: the lower learning rate); that
+configuration is retrained from scratch on train+val for its best epoch's count of epochs and
+scores test once. selected records max_epochs, epochs_trained, best_epoch (= refit_epochs), stopped,
+and every learning rate's best epoch.
+The reference study has no attention MIL: it averaged the slices' features (cells.inputs' `pool`).
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import _FEATURE_SETS, FeatureSet, column_range, label_matrix, num_classes
+from raddist.protocols.stopping import Plateau
 from raddist.protocols.registry import register_protocol
 from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
@@ -32,7 +40,10 @@ class Params(BaseModel):
     lrs: List[PositiveFloat] = Field(default=[1e-4, 1e-3, 1e-2], min_length=1)
     features: FeatureSet = "cls_last"
     hidden: PositiveInt = 128
-    epochs: PositiveInt = 40
+    epochs: PositiveInt = 200  # the cap; a model stops earlier once its validation AUROC plateaus
+    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a model stops
+    min_delta: float = Field(default=1e-4, ge=0)  # in validation macro AUROC
+    eval_every: PositiveInt = 1  # epochs between validation checks
     batch_size: PositiveInt = 16  # bags per step
     weight_decay: float = Field(default=1e-4, ge=0)
 
@@ -84,8 +95,15 @@ def build(width: int, hidden: int, n_out: int):
     return GatedAttentionMIL()
 
 
-def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multiclass: bool, seed: int):
-    """One model per learning rate, all on the same mini-batches; returns (models, stats)."""
+def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multiclass: bool, seed: int,
+        val: Optional[Tuple[list, np.ndarray]] = None, epochs: Optional[int] = None):
+    """One model per learning rate, all on the same mini-batches: (models, stats, training record).
+
+    With val = (bags, targets): each model until its validation AUROC plateaus, at most params.epochs,
+    ending at its best epoch's weights. Without: exactly `epochs` (default params.epochs).
+    record: {'epochs_run', 'best_epoch' (arrays per model), 'stopped' (list)}."""
+    import copy
+
     import torch
     import torch.nn.functional as F
 
@@ -97,18 +115,39 @@ def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multicl
     opts = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=params.weight_decay) for m, lr in zip(models, lrs)]
     y = torch.from_numpy(targets.argmax(1) if multiclass else targets.astype(np.float32))
     rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
-    for _ in range(params.epochs):
+    cap = params.epochs if epochs is None else int(epochs)
+    plateau = Plateau(len(models), params.patience, params.min_delta) if val is not None else None
+    kept = [copy.deepcopy(m.state_dict()) for m in models]
+    epoch = 0
+    while epoch < cap and not (plateau is not None and plateau.done()):
         order = rng.permutation(len(bag_list))
+        running = [k for k in range(len(models)) if plateau is None or plateau.active[k]]
         for a in range(0, len(order), params.batch_size):
             idx = order[a:a + params.batch_size]
             x, mask = _padded(bag_list, idx, stats)
-            for model, opt in zip(models, opts):
-                logits = model(x, mask)
+            for k in running:
+                logits = models[k](x, mask)
                 loss = F.cross_entropy(logits, y[idx]) if multiclass else F.binary_cross_entropy_with_logits(logits, y[idx])
-                opt.zero_grad(set_to_none=True)
+                opts[k].zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
-    return models, stats
+                opts[k].step()
+        epoch += 1
+        if plateau is not None and (epoch % params.eval_every == 0 or epoch == cap):
+            scores = [macro_auroc(val[1], predict(m, val[0], stats, multiclass)) if plateau.active[k] else np.nan
+                      for k, m in enumerate(models)]
+            for k in np.flatnonzero(plateau.update(epoch, scores)):
+                kept[k] = copy.deepcopy(models[k].state_dict())
+    if plateau is None:
+        record = {"epochs_run": np.full(len(models), epoch), "best_epoch": np.full(len(models), epoch),
+                  "stopped": ["cap"] * len(models)}
+    else:
+        trained, best_epoch, stopped = plateau.summary(epoch)
+        for k in np.flatnonzero(plateau.best_epoch > 0):  # else: the last weights
+            models[k].load_state_dict(kept[k])
+        record = {"epochs_run": trained, "best_epoch": best_epoch, "stopped": stopped}
+    for m in models:
+        m.eval()
+    return models, stats, record
 
 
 def predict(model, bag_list, stats, multiclass: bool, batch_size: int = 64) -> np.ndarray:
@@ -130,14 +169,19 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     y_train, y_val = label_matrix(inputs, train.labels), label_matrix(inputs, val.labels)
     if num_classes(inputs, train.labels) != y_train.shape[1]:
         raise ValueError("label columns and classes disagree")
-    models, stats = fit(bags(inputs, train, params.features), y_train, lrs, params, multiclass, seed)
     val_bags = bags(inputs, val, params.features)
+    models, stats, record = fit(bags(inputs, train, params.features), y_train, lrs, params, multiclass, seed,
+                                val=(val_bags, y_val))
     best, val_score, scores = select_best(
         list(range(len(lrs))), lambda i: macro_auroc(y_val, predict(models[i], val_bags, stats, multiclass)))
+    refit_epochs = int(record["best_epoch"][best])
     fit_set = train_plus_val(train, val)
-    [model], stats = fit(bags(inputs, fit_set, params.features), label_matrix(inputs, fit_set.labels), [lrs[best]],
-                         params, multiclass, seed)
+    [model], stats, _ = fit(bags(inputs, fit_set, params.features), label_matrix(inputs, fit_set.labels), [lrs[best]],
+                            params, multiclass, seed, epochs=refit_epochs)
     test = inputs.splits["test"]
     test_scores = predict(model, bags(inputs, test, params.features), stats, multiclass)
-    selected = {"lr": lrs[best], "features": params.features, "val_auroc": [round(s, 4) for s in scores]}
+    selected = {"lr": lrs[best], "features": params.features, "val_auroc": [round(s, 4) for s in scores],
+                "max_epochs": params.epochs, "epochs_trained": int(record["epochs_run"][best]),
+                "best_epoch": refit_epochs, "refit_epochs": refit_epochs, "stopped": record["stopped"][best],
+                "best_epochs": [int(e) for e in record["best_epoch"]]}
     return to_prediction(test, test_scores, selected, val_score)

@@ -108,9 +108,19 @@ class SegSplit:
 
 @dataclass
 class CaseGeometry:
+    """Where a case's pixels sit. The heads train and validate on the output grid (the cached masks,
+    S x S per slice); test is scored on the source grid (the label map as the manifest's mask_uri
+    holds it)."""
+
     spacing: Tuple[float, ...]  # of the output grid, per axis: (S, S) or (D, S, S)
     source_shape: Tuple[int, ...]  # (H, W) or (D, H, W)
     affine: Optional[np.ndarray] = None  # NIfTI volumes: the source's (4, 4)
+    # of the source grid, per axis, in the order of source_shape: a NIfTI volume's voxel sizes in mm
+    # (from its affine); 2D images and slices listed in a manifest 1.0 per pixel (None: 1.0 per axis)
+    source_spacing: Optional[Tuple[float, ...]] = None
+
+    def source_spacing_or_pixels(self) -> Tuple[float, ...]:
+        return tuple(self.source_spacing) if self.source_spacing is not None else (1.0,) * len(self.source_shape)
 
 
 @dataclass
@@ -120,11 +130,17 @@ class SegInputs:
     splits: Dict[str, SegSplit]
     geometry: Dict[str, CaseGeometry]  # case id -> geometry
     volumetric: bool  # cases are volumes assembled from slices
+    # case id -> its ground truth on the source grid, read only when the case is scored
+    # (data.volumes.read_source_labels): the uri of a 2D label map, or of a NIfTI label volume when
+    # the case's geometry has an affine; a list of 2D label-map uris in slice order (slices listed
+    # one per manifest row); or the label array itself
+    source_masks: Dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
 class SegCase:
-    """One scored unit of a segmentation task: a 2D image, or a volume reassembled from its slices."""
+    """One scored unit of a segmentation task: a 2D image, or a volume reassembled from its slices,
+    on its source grid (the test cases of the segmentation protocols)."""
 
     case_id: str
     patient_id: str
@@ -140,5 +156,7 @@ class SegPrediction:
     """The test cases of one segmentation cell, with their predicted and true label maps."""
 
     cases: List[SegCase]
-    selected: Dict[str, object] = field(default_factory=dict)  # hyperparameters chosen on validation
+    # hyperparameters chosen on validation, and how long the chosen head trained (epochs_trained,
+    # best_epoch): the cell stage writes this dict into cell.json
+    selected: Dict[str, object] = field(default_factory=dict)
     val_score: Optional[float] = None

@@ -5,15 +5,25 @@ One protocol entry expands (variants) into one cell per (shots, draw, probe); th
 same samples and two draws differ. What a draw takes:
   multiclass  k images of each class;
   binary      k positive and k negative images;
-  multilabel  k PATIENTS per label among those with that label positive, and all their train images
-              (as the reference study did); a patient drawn for two labels counts once.
+  multilabel  k PATIENTS per label, at random among those with the label positive on any of their
+              train images, and all their train images; a patient drawn for two labels counts once.
 If the manifest has no val split, one is carved from train by patient first and the draw comes from
 the rest, so validation samples are never drawn.
+
+The reference study drew nothing at random and made one set per shot count. NIH: for each class in
+alphabetical order ("No Finding" included), the FIRST k patients by patient ID whose labels,
+intersected over ALL their images, contain the class; a patient taken for an earlier class is
+skipped and not replaced, so later classes can get fewer than k. Every other dataset, segmentation
+included: k samples IN TOTAL (not per class), at evenly spaced indices of the sorted training set.
 
 Probes: 'linear' (the multi-head grid of linear.py) and 'knn' (knn.py, k clipped to the draw size).
 Both choose their hyperparameters on validation, then score test with the model fitted on the draw
 ALONE: unlike the full protocols there is no refit on train+val, since adding validation data would
-no longer be a k-shot training set (a defect of the reference code).
+no longer be a k-shot training set (a defect of the reference code, which added its whole val split
+to the k-shot set for the final fit). The linear heads train on the draw until their validation
+AUROC plateaus (linear.py's rule; here patience 20 and a cap of 200 epochs, checked every 5: an
+epoch of a few-shot set is one or a few steps), and each keeps its best epoch; selected records
+epochs_trained and best_epoch of the chosen head.
 """
 
 from __future__ import annotations
@@ -32,9 +42,10 @@ from raddist.protocols.registry import register_protocol
 from raddist.protocols.selection import to_prediction, train_val_split
 
 Probe = Literal["linear", "knn"]
-# Few-shot sets are tiny: more epochs (each is one or a few steps), and per-sample scaling instead of
-# feature statistics that a handful of samples cannot estimate.
-FEWSHOT_LINEAR = {"epochs": 100, "normalize": "l2"}
+# Few-shot sets are tiny: an epoch is one or a few steps, so a longer patience and cap, checked every
+# few epochs; and per-sample scaling instead of feature statistics that a handful of samples cannot
+# estimate.
+FEWSHOT_LINEAR = {"epochs": 200, "patience": 20, "eval_every": 5, "normalize": "l2"}
 
 
 class Params(BaseModel):
@@ -114,8 +125,8 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
                 "n_patients": len(np.unique(train.patient_ids))}
     if probe == "linear":
         heads, best, val_score = linear_probe.fit_select(inputs, train, val, params.linear, seed)
-        scores = linear_probe.predict(heads, test)[best]  # the head trained on the draw alone
-        selected.update(asdict(heads.configs[best]))
+        scores = linear_probe.predict(heads, test)[best]  # the head trained on the draw alone, at its best epoch
+        selected.update(asdict(heads.configs[best]), **linear_probe.epochs_of(heads, best, params.linear))
     else:
         def xy(split):
             return features_and_targets(inputs, split, params.knn.features)

@@ -6,22 +6,49 @@ Feature variants: the class tokens of the last 1 or 4 blocks, with or without th
 each is a contiguous column range of one [cls | patch_mean] matrix (features.py), and the heads of
 one variant are one weight tensor (D, heads, C) applied with a single matrix product.
 
-Training: SGD, momentum 0.9, no weight decay, cosine decay per step, fixed epochs; dinov2's rule
-lr x batch_size / 256. Loss: cross-entropy for multiclass, one-logit-per-label BCE for multilabel and
+Training: SGD, momentum 0.9, no weight decay, a CONSTANT learning rate lr x batch_size / 256
+(dinov2's scaling). Loss: cross-entropy for multiclass, one-logit-per-label BCE for multilabel and
 binary (summed over labels, so every label learns at the same rate as a CE head).
 Inputs are standardised with the mean and std of the set the head is fitted on (comparable learning
 rates across backbones whose features differ in scale), or, with normalize='l2', scaled per sample
 to norm sqrt(D), which needs no statistics (few-shot sets are too small to estimate them).
 
-Selection: the head with the best VALIDATION macro AUROC (ties: lower lr, then fewer blocks, then
-CLS alone); that one configuration is retrained from scratch on train+val and scores test once.
+Stopping: every head trains until its VALIDATION macro AUROC plateaus. Every `eval_every` epochs
+each head is scored on validation and keeps a copy of its weights whenever the score is its best so
+far (on a tie, the later epoch: the one trained longer, which matters on small validation sets
+whose AUROC takes few values); a head stops (its weights freeze) once its score has not risen by
+more than `min_delta` for `patience` epochs; the pass ends when every head has stopped, or at
+`epochs`, the cap. Each head then holds its best epoch's weights. A head whose validation AUROC is
+undefined (a split with one class) trains to the cap and keeps its last weights. The grid's pass
+lasts as long as its slowest head. Heads stop on their own, so a head's result
+does not depend on which others share the grid; and the learning rate is constant, so it does not
+depend on the cap either: a head that plateaued before a cap N stops at the same epoch, with the
+same weights, under any cap above N.
+
+Selection: the head with the best VALIDATION macro AUROC at its best epoch (ties: lower lr, then
+fewer blocks, then CLS alone); that one configuration is retrained from scratch on train+val for
+its best epoch's count of epochs (no validation is left to stop on) and scores test once.
+selected records max_epochs, epochs_trained (how long the chosen head trained before it stopped),
+best_epoch (= refit_epochs) and stopped ("plateau", "cap" or "fixed").
+stopping="fixed" is the reference's budget instead: every head trains exactly `epochs` epochs with
+the learning rate decayed by a cosine to zero over them, is chosen on validation at the end, and the
+refit trains as long (the reference mode's setting; it favours heads that converge fast).
+
+The reference study (DINOv2ForRadiology, eval/classification/linear.py) differs: its grid is lrs
+[1e-3, 5e-3, 1e-2, 5e-2], NOT scaled by the batch size (its lr x batch / 256 is commented out),
+x last {1, 4} blocks x {CLS, CLS + mean patch token of the last block}: 16 heads; raw features (no
+standardisation), computed online with augmentation; SGD with cosine decay to zero over a fixed
+number of epochs (10 by default, batch 128); the head chosen at the end of training, then refitted
+on train+val for as many epochs. Shared: SGD with momentum 0.9 and no weight decay, heads
+initialised N(0, 0.01). raddist's default grid is 7 lrs (1e-4 to 1e-1) x the same blocks and pools:
+28 heads.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Literal, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -29,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import column_range, has_patch_mean, label_matrix, num_classes, stacked
 from raddist.protocols.registry import register_protocol
+from raddist.protocols.stopping import Plateau
 from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 Pool = Literal["cls", "cls_patch"]
@@ -40,7 +68,11 @@ class Params(BaseModel):
     lrs: List[PositiveFloat] = Field(default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
     blocks: List[PositiveInt] = Field(default=[1, 4], min_length=1)  # clipped to the cached blocks
     pools: List[Pool] = Field(default=["cls", "cls_patch"], min_length=1)  # cls_patch needs patch_mean
-    epochs: PositiveInt = 20
+    epochs: PositiveInt = 200  # the cap; a head stops earlier once its validation AUROC plateaus
+    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a head stops
+    min_delta: float = Field(default=1e-4, ge=0)  # in validation macro AUROC
+    eval_every: PositiveInt = 1  # epochs between validation checks
+    stopping: Literal["plateau", "fixed"] = "plateau"  # fixed: exactly `epochs`, cosine to zero
     batch_size: PositiveInt = 256
     momentum: float = Field(default=0.9, ge=0, lt=1)
     normalize: Literal["standard", "l2"] = "standard"
@@ -66,7 +98,8 @@ class _Variant:
 
 @dataclass
 class Heads:
-    """A trained grid: configs[i] is head i; loss[i, e] its mean training loss in epoch e."""
+    """A trained grid: configs[i] is head i; loss[i, e] its mean training loss in epoch e + 1 (0 once it
+    stopped). Trained with validation: epochs_run[i] epochs, weights of epoch best_epoch[i]."""
 
     configs: List[HeadConfig]
     variants: List[_Variant]
@@ -74,6 +107,9 @@ class Heads:
     multiclass: bool
     normalize: str
     loss: np.ndarray
+    epochs_run: np.ndarray  # (heads,) epochs each head trained before it stopped
+    best_epoch: np.ndarray  # (heads,) the epoch whose weights it holds (= epochs_run without validation)
+    stopped: List[str]  # per head: 'plateau' | 'cap' | 'fixed'
 
 
 def head_grid(inputs: FrozenInputs, split: SplitData, params: Params) -> List[HeadConfig]:
@@ -143,9 +179,15 @@ def _init_variants(inputs, split, configs, params, n_cls: int, seed: int, device
 
 
 def train_heads(
-    inputs: FrozenInputs, split: SplitData, configs: List[HeadConfig], params: Params, seed: int
+    inputs: FrozenInputs, split: SplitData, configs: List[HeadConfig], params: Params, seed: int,
+    val: Optional[SplitData] = None, epochs: Optional[int] = None,
 ) -> Heads:
-    """Train every head of configs on split at once, from a seeded initialisation and batch order."""
+    """Train every head of configs on split at once, from a seeded initialisation and batch order.
+
+    With val: each head until its validation macro AUROC plateaus (module docstring), at most
+    params.epochs, keeping its best epoch's weights. Without, or with stopping="fixed": exactly
+    `epochs` (default params.epochs), the last epoch's weights.
+    """
     import torch
 
     from raddist.device import torch_device
@@ -159,32 +201,99 @@ def train_heads(
     y = torch.from_numpy(y_np).to(device, torch.long if multiclass else torch.float32)
     variants = _init_variants(inputs, split, configs, params, num_classes(inputs, split.labels), seed, device)
     momenta = {id(p): torch.zeros_like(p) for v in variants for p in (v.weight, v.bias)}
+    cap = params.epochs if epochs is None else int(epochs)
+    fixed = params.stopping == "fixed"
+    plateau = Plateau(len(configs), params.patience, params.min_delta) if val is not None and not fixed else None
+    if plateau is not None:
+        x_val = _standardise(torch.from_numpy(stacked(val).astype(np.float32)).to(device), stats)
+        y_val = label_matrix(inputs, val.labels)
+        best = [(v.weight.detach().clone(), v.bias.detach().clone()) for v in variants]
+    running = [torch.ones(len(v.heads), device=device) for v in variants]  # 0 once a head stopped
+    live = list(zip(variants, running))  # the variants with a head still training
 
     batch_order = torch.Generator().manual_seed(seed)
     n, batch = len(x), min(params.batch_size, len(x))
-    total_steps, step = params.epochs * math.ceil(n / batch), 0
-    history = np.zeros((len(configs), params.epochs))
-    for epoch in range(params.epochs):
+    history = np.zeros((len(configs), cap))
+    epoch, step, total_steps = 0, 0, cap * math.ceil(n / batch)
+    while epoch < cap and not (plateau is not None and plateau.done()):
         epoch_loss = torch.zeros(len(configs), device=device)  # summed on the device: no sync per step
         order = torch.randperm(n, generator=batch_order).to(device)
         for start in range(0, n, batch):
             rows = order[start : start + batch]
             xb, yb, total = x[rows], y[rows], 0.0
-            for v in variants:
+            for v, on in live:
                 losses = _loss(_logits(v, _prepare(xb, v.cols, params.normalize)), yb, multiclass)
-                total = total + losses.sum()  # heads share no parameters: each gets its own gradient
-                epoch_loss[v.heads] += losses.detach() * len(rows) / n
+                total = total + (losses * on).sum()  # heads share no parameters: each gets its own gradient
+                epoch_loss[v.heads] += losses.detach() * on * len(rows) / n
                 v.weight.grad = v.bias.grad = None
             total.backward()
-            decay = 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            with torch.no_grad():  # SGD with momentum, one learning rate per head
-                for v in variants:
+            decay = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if fixed else 1.0
+            with torch.no_grad():  # SGD with momentum, one learning rate per head, 0 once stopped
+                for v, on in live:
                     for p, shape in ((v.weight, (1, -1, 1)), (v.bias, (-1, 1))):
                         buf = momenta[id(p)].mul_(params.momentum).add_(p.grad)
-                        p.sub_(v.lr.view(shape) * decay * buf)
+                        p.sub_((v.lr * on * decay).view(shape) * buf)
             step += 1
         history[:, epoch] = epoch_loss.cpu().numpy()
-    return Heads(configs, variants, stats, multiclass, params.normalize, history)
+        epoch += 1
+        if plateau is not None and (epoch % params.eval_every == 0 or epoch == cap):
+            val_probs = _probs(variants, x_val, multiclass, params.normalize)
+            improved = plateau.update(epoch, auroc_per_head(y_val, val_probs))
+            for v, (w, b), on in zip(variants, best, running):
+                keep = torch.from_numpy(improved[v.heads]).to(device)
+                with torch.no_grad():
+                    w[:, keep], b[keep] = v.weight[:, keep], v.bias[keep]
+                on.copy_(torch.from_numpy(plateau.active[v.heads].astype(np.float32)))
+            live = [(v, on) for v, on in zip(variants, running) if plateau.active[v.heads].any()]
+    if plateau is None:
+        trained = best_epoch = np.full(len(configs), epoch)
+        stopped = ["fixed" if fixed else "cap"] * len(configs)
+    else:
+        trained, best_epoch, stopped = plateau.summary(epoch)
+        for v, (w, b) in zip(variants, best):
+            kept = torch.from_numpy(plateau.best_epoch[v.heads] > 0).to(device)  # else: the last weights
+            with torch.no_grad():
+                v.weight[:, kept], v.bias[kept] = w[:, kept], b[kept]
+    return Heads(configs, variants, stats, multiclass, params.normalize, history[:, :epoch], trained, best_epoch,
+                 stopped)
+
+
+def _probs(variants: List[_Variant], x, multiclass: bool, normalize: str, chunk: int = 8192):
+    """Probabilities of every head on standardised x, on its device: (heads, N, C) float32."""
+    import torch
+
+    n_heads = sum(len(v.heads) for v in variants)
+    out = torch.zeros(n_heads, len(x), variants[0].weight.shape[2], device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), chunk):
+            xb = x[start : start + chunk]
+            for v in variants:
+                logits = _logits(v, _prepare(xb, v.cols, normalize))
+                probs = logits.softmax(-1) if multiclass else logits.sigmoid()
+                out[v.heads, start : start + chunk] = probs.transpose(0, 1)
+    return out
+
+
+def auroc_per_head(targets: np.ndarray, probs) -> np.ndarray:
+    """Macro AUROC of every head at once, as selection.macro_auroc computes it for one: the mean over
+    the columns of targets (N, C) that hold both classes, NaN when none does. probs: (heads, N, C)
+    tensor. Mann-Whitney with mid-ranks for ties (= the area under the ROC curve), in float64."""
+    import torch
+
+    y = torch.as_tensor(np.asarray(targets) > 0.5, device=probs.device)
+    n = y.shape[0]
+    n_pos = y.sum(0)
+    valid = (n_pos > 0) & (n_pos < n)
+    if not bool(valid.any()):
+        return np.full(probs.shape[0], np.nan)
+    s = probs[:, :, valid].double().transpose(1, 2).contiguous()  # (heads, C', N)
+    ordered, order = s.sort(-1)
+    mid = (torch.searchsorted(ordered, ordered) + torch.searchsorted(ordered, ordered, right=True) + 1) / 2.0
+    ranks = torch.empty_like(mid).scatter_(-1, order, mid)
+    pos = y[:, valid].T.double()  # (C', N)
+    n_p = n_pos[valid].double()
+    auc = ((ranks * pos).sum(-1) - n_p * (n_p + 1) / 2) / (n_p * (n - n_p))
+    return auc.mean(-1).cpu().numpy()
 
 
 def _logits(v: _Variant, x):
@@ -197,26 +306,25 @@ def predict(heads: Heads, split: SplitData, chunk: int = 8192) -> np.ndarray:
     """Probabilities of every head: (heads, N, C); softmax for multiclass, sigmoid otherwise."""
     import torch
 
-    x_all = stacked(split).astype(np.float32)
-    out = np.zeros((len(heads.configs), len(x_all), heads.variants[0].weight.shape[2]))  # (heads, N, C)
-    with torch.no_grad():
-        for start in range(0, len(x_all), chunk):
-            xb = _standardise(torch.from_numpy(x_all[start : start + chunk]).to(heads.stats[0].device), heads.stats)
-            for v in heads.variants:
-                logits = _logits(v, _prepare(xb, v.cols, heads.normalize))
-                probs = logits.softmax(-1) if heads.multiclass else logits.sigmoid()
-                out[v.heads, start : start + chunk] = probs.transpose(0, 1).double().cpu().numpy()
-    return out
+    x = _standardise(torch.from_numpy(stacked(split).astype(np.float32)).to(heads.stats[0].device), heads.stats)
+    return _probs(heads.variants, x, heads.multiclass, heads.normalize, chunk).double().cpu().numpy()
 
 
 def fit_select(
     inputs: FrozenInputs, train: SplitData, val: SplitData, params: Params, seed: int
 ) -> Tuple[Heads, int, float]:
-    """Train the grid on train, choose on val: (heads, index of the chosen head, its val macro AUROC)."""
-    heads = train_heads(inputs, train, head_grid(inputs, train, params), params, seed)
+    """Train the grid on train, each head until its validation AUROC plateaus, and choose on val:
+    (heads at their best epochs, index of the chosen head, its val macro AUROC)."""
+    heads = train_heads(inputs, train, head_grid(inputs, train, params), params, seed, val=val)
     val_probs, val_targets = predict(heads, val), label_matrix(inputs, val.labels)
     best, score, _ = select_best(range(len(heads.configs)), lambda i: macro_auroc(val_targets, val_probs[i]))
     return heads, best, score
+
+
+def epochs_of(heads: Heads, i: int, params: Params) -> Dict[str, object]:
+    """What selected records of head i's training."""
+    return {"max_epochs": params.epochs, "epochs_trained": int(heads.epochs_run[i]),
+            "best_epoch": int(heads.best_epoch[i]), "stopped": heads.stopped[i]}
 
 
 @register_protocol("linear", task_types=CLASSIFICATION, params=Params)
@@ -224,9 +332,11 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
     test = inputs.splits["test"]
     heads, best, val_score = fit_select(inputs, train, val, params, seed)
-    config = heads.configs[best]
-    # Selection is done: retrain the chosen configuration from scratch on train+val, score test once.
+    config, refit_epochs = heads.configs[best], int(heads.best_epoch[best])
+    # Selection is done: retrain the chosen configuration from scratch on train+val for its best
+    # epoch count (the learning rate is constant, so those epochs see the schedule selection saw).
     fit_set = train_plus_val(train, val)
-    final = train_heads(inputs, fit_set, [config], params, seed)
-    selected = {**asdict(config), "epochs": params.epochs, "normalize": params.normalize, "fit_size": len(fit_set)}
+    final = train_heads(inputs, fit_set, [config], params, seed, epochs=refit_epochs)
+    selected = {**asdict(config), **epochs_of(heads, best, params), "refit_epochs": refit_epochs,
+                "normalize": params.normalize, "fit_size": len(fit_set)}
     return to_prediction(test, predict(final, test)[0], selected, val_score)

@@ -35,6 +35,9 @@ class Params(BaseModel):
     smoothing: PositiveFloat = 1.0
     features: FeatureSet = "cls_last"
     chunk_size: PositiveInt = 1024
+    # the reference code counted each training sample among its own k neighbours when it built the
+    # counts (scikit-multilearn's MLkNN with ignore_first_neighbours=0); the paper's ML-kNN leaves it out
+    count_self: bool = False
 
 
 @dataclass
@@ -82,7 +85,7 @@ def fit_predict(bank_x, bank_targets, query_x, ks: List[int], params: Params):
     """One ML-kNN per k in ks over one neighbour search: a generator of (k, query posteriors)."""
     from raddist.protocols.neighbours import topk_cosine
 
-    loo_idx = topk_cosine(bank_x, bank_x, ks[-1], params.chunk_size, exclude_self=True)[1]
+    loo_idx = topk_cosine(bank_x, bank_x, ks[-1], params.chunk_size, exclude_self=not params.count_self)[1]
     query_idx = topk_cosine(query_x, bank_x, ks[-1], params.chunk_size)[1]
     for k in ks:
         yield k, posterior(fit(loo_idx, bank_targets, k, params.smoothing), query_idx, bank_targets)
@@ -99,11 +102,11 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
         return features_and_targets(inputs, split, params.features)
 
     val_targets = xy(val)[1]
-    fitted = list(fit_predict(*xy(train), xy(val)[0], clip_ks(params.ks, len(train) - 1), params))
+    fitted = list(fit_predict(*xy(train), xy(val)[0], clip_ks(params.ks, len(train) - 1 + params.count_self), params))
     (k, _), val_score, _ = select_best(fitted, lambda kp: macro_auroc(val_targets, kp[1]))
     # Selection is done: refit the chosen k on train+val and score test once.
     bank_x, bank_targets = xy(train_plus_val(train, val))
-    k = min(k, len(bank_x) - 1)
+    k = min(k, len(bank_x) - 1 + params.count_self)
     [(_, scores)] = fit_predict(bank_x, bank_targets, named_features(inputs, test, params.features), [k], params)
     selected = {"k": k, "smoothing": params.smoothing, "features": params.features, "bank": len(bank_x)}
     return to_prediction(test, scores, selected, val_score)

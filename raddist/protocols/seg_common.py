@@ -1,28 +1,49 @@
-"""What the segmentation heads share: their inputs, training over a learning-rate grid, selection on
-validation Dice, and the test prediction.
+"""What the segmentation heads share: their inputs, training over a learning-rate grid until
+validation Dice plateaus, selection on validation Dice, and the test prediction on the source grid.
 
 Inputs (SegInputs, built by raddist.cells from the embedding cache): per split the cached
-patch-token grids (float16, the last block first), the masks at the output size, and which case
-(2D image, or volume) and slice each row is.
+patch-token grids (float16, the last block first), the masks at the output size S x S (the model's
+input size, nearest-resized from the source), which case (2D image, or volume) and slice each row
+is, and where each case's ORIGINAL label map is (the manifest's mask_uri).
 Training: every head of the grid sees the same mini-batches, one pass over the cached tokens per
 epoch (the idea of dinov2's linear.py); the tokens are standardised per channel with the training
-split's statistics, so one learning-rate grid fits every backbone. AdamW, cosine decay per step,
-MONAI's DiceCELoss (softmax, one-hot targets) on the logits resized bilinearly to the mask size.
+split's statistics, so one learning-rate grid fits every backbone. AdamW at a CONSTANT learning
+rate, MONAI's DiceCELoss (softmax, one-hot targets) on the logits resized bilinearly to S x S.
 No augmentation: the backbone is frozen and never re-run. On a GPU when the cell holds one.
-Selection: the head with the best validation Dice (seg_metrics.mean_dice over the validation
-cases; ties go to the lower learning rate). The test split is predicted once, by that head.
-Cases: a 2D image is scored alone; the slices of a volume are reassembled by slice index.
+Stopping (stopping.Plateau, the rule every trained head shares): every `eval_every` epochs each head's
+validation Dice is computed; a head keeps a copy of its weights whenever the Dice is its best so far
+(the later epoch on a tie), and stops once it has not risen by more than `min_delta` for `patience`
+epochs; `epochs` is the cap. Each head ends at its best epoch. The learning rate is constant, so
+neither the stopping point nor the cap changes what a head saw before it: under a larger cap a head
+that had plateaued stops at the same epoch with the same weights.
+Validation is on the output grid: Dice of the argmax at S x S against the cached masks, per case
+(a volume's slices summed), from voxel counts computed on the device. On the source grid every
+check would read the validation label maps and resize every head's logits to them, which costs
+more than the training it steers; validation only ranks heads and epochs. selected['val_dice'] and
+val_score are this Dice; the test metrics are on the source grid.
+Selection: the head with the best validation Dice at its best epoch (ties: the lower learning
+rate). There is no refit on train+val: that head, at its best epoch, predicts test once.
+Test, on the SOURCE grid: per slice the head's logits are resized bilinearly (torch
+F.interpolate, align_corners=False) to the source's (H, W) and argmaxed there; a volume's slices
+are stacked by slice index into (D, H, W); the truth is the label map read from the manifest's
+mask_uri (each test case once), not the cached S x S mask. So a structure a few pixels wide at S is
+scored on the pixels it really has. Spacing for HD95: the source's (NIfTI: mm from the affine;
+2D images and listed slices: 1.0 per pixel).
+selected records max_epochs, epochs_trained (how long the chosen head trained), best_epoch (whose
+weights scored test), stopped ('plateau' | 'cap' | 'fixed') and every learning rate's best epoch.
+stopping="fixed" is the reference's budget instead: exactly `epochs` epochs, the learning rate
+decayed by a cosine to zero over them, each head validated once, at the end.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import SegCase, SegInputs, SegPrediction, SegSplit
+from raddist.protocols.stopping import Plateau
 from raddist.protocols.selection import select_best, train_val_split
 
 TASK_TYPES = ("segmentation",)
@@ -33,7 +54,11 @@ class SegParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lrs: List[PositiveFloat] = Field(default=[1e-3, 3e-3, 1e-2], min_length=1)
-    epochs: PositiveInt = 30
+    epochs: PositiveInt = 200  # the cap; a head stops earlier once its validation Dice plateaus
+    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a head stops
+    min_delta: float = Field(default=1e-3, ge=0)  # in validation Dice
+    eval_every: PositiveInt = 1  # epochs between validation checks
+    stopping: Literal["plateau", "fixed"] = "plateau"  # fixed: exactly `epochs`, cosine to zero
     batch_size: PositiveInt = 16
     weight_decay: float = Field(default=1e-4, ge=0)
 
@@ -44,25 +69,21 @@ HeadBuilder = Callable[[List[Tuple[int, int, int]], int, int], object]
 
 
 def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder, blocks: int) -> SegPrediction:
-    """Train one head per learning rate on train, select on validation Dice, predict test once."""
-    from raddist.seg_metrics import mean_dice
-
+    """Train one head per learning rate on train until validation Dice plateaus, select on it,
+    predict test once on its source grid."""
     train, val = train_val_split(inputs, seed)
     n_classes = len(inputs.class_names)
     stats = token_stats(train, blocks)
     lrs = sorted(set(params.lrs))
-    heads = fit_heads(build, lrs, train, stats, n_classes, params, seed)
-    val_truth = val.masks
-
-    def val_dice(i: int) -> float:
-        return mean_dice(cases_of(inputs, val, predict(heads[i], val, stats, params.batch_size), val_truth), n_classes)
-
-    best, score, scores = select_best(list(range(len(heads))), val_dice)
-    test = inputs.splits["test"]
-    cases = cases_of(inputs, test, predict(heads[best], test, stats, params.batch_size), test.masks)
+    heads, record = fit_heads(build, lrs, train, stats, n_classes, params, seed, val=val)
+    best, score, scores = select_best(list(range(len(heads))), lambda i: record["val_dice"][i])
+    cases = source_cases(inputs, inputs.splits["test"], heads[best], stats, params.batch_size)
     return SegPrediction(
         cases=cases, val_score=score,
-        selected={"lr": lrs[best], "val_dice": dict(zip(map(str, lrs), [round(s, 4) for s in scores]))},
+        selected={"lr": lrs[best], "val_dice": dict(zip(map(str, lrs), [round(s, 4) for s in scores])),
+                  "max_epochs": params.epochs, "epochs_trained": int(record["epochs_run"][best]),
+                  "best_epoch": int(record["best_epoch"][best]), "stopped": record["stopped"][best],
+                  "best_epochs": dict(zip(map(str, lrs), map(int, record["best_epoch"])))},
     )
 
 
@@ -93,18 +114,28 @@ def _batch(split: SegSplit, idx: np.ndarray, stats, device):
     return [standardise(t, m, s) for t, (m, s) in zip(split.tokens, stats)]
 
 
-def _logits(head, x, size: int):
+def _resized(logits, size: Tuple[int, int]):
+    """Logits (B, K, h, w) resized bilinearly to size (H, W), as F.interpolate does it."""
     import torch.nn.functional as F
 
-    out = head(x)
-    if out.shape[-1] != size or out.shape[-2] != size:
-        out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
-    return out
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(int(n) for n in size), mode="bilinear", align_corners=False)
+
+
+def _logits(head, x, size: int):
+    return _resized(head(x), (size, size))
 
 
 def fit_heads(build: HeadBuilder, lrs: List[float], train: SegSplit, stats, n_classes: int,
-              params: SegParams, seed: int) -> list:
-    """One head per learning rate, all stepping on the same mini-batches."""
+              params: SegParams, seed: int, val: Optional[SegSplit] = None,
+              epochs: Optional[int] = None) -> Tuple[list, Dict[str, object]]:
+    """One head per learning rate, all stepping on the same mini-batches: (heads in eval mode, record).
+
+    With val: each head until its validation Dice plateaus (module docstring), at most params.epochs,
+    ending at its best epoch's weights. Without, or with stopping="fixed": exactly `epochs` (default
+    params.epochs), cosine-decayed if fixed, the last epoch's weights.
+    record: val_dice (each head's, at its kept epoch; NaN without val), epochs_run, best_epoch, stopped."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -117,62 +148,116 @@ def fit_heads(build: HeadBuilder, lrs: List[float], train: SegSplit, stats, n_cl
         torch.manual_seed(seed)
         heads = [build(shapes, n_classes, size).to(device) for _ in lrs]
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    steps = params.epochs * math.ceil(len(train) / params.batch_size)
     opts = [torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=params.weight_decay) for h, lr in zip(heads, lrs)]
-    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, max(1, steps)) for o in opts]
     rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
+    cap = params.epochs if epochs is None else int(epochs)
+    fixed = params.stopping == "fixed"
+    plateau = Plateau(len(heads), params.patience, params.min_delta) if val is not None and not fixed else None
+    steps = cap * max(1, -(-len(train) // params.batch_size))
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts] if fixed else []
+    kept: List[Optional[dict]] = [None] * len(heads)
     for h in heads:
         h.train()
-    for _ in range(params.epochs):
+    epoch = 0
+    while epoch < cap and not (plateau is not None and plateau.done()):
         order = rng.permutation(len(train))
+        running = [k for k in range(len(heads)) if plateau is None or plateau.active[k]]
         for a in range(0, len(order), params.batch_size):
             idx = np.sort(order[a:a + params.batch_size])
             if len(idx) < 2 and len(order) > 1:  # a batch of one breaks BatchNorm; drop the remainder
                 continue
             x = _batch(train, idx, stats, device)
             y = torch.from_numpy(train.masks[idx].astype(np.int64))[:, None].to(device)
-            for head, opt, sched in zip(heads, opts, scheds):
-                loss = loss_fn(_logits(head, x, size), y)
-                opt.zero_grad(set_to_none=True)
+            for k in running:
+                loss = loss_fn(_logits(heads[k], x, size), y)
+                opts[k].zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
+                opts[k].step()
+            for sched in scheds:
                 sched.step()
-    for h in heads:
+        epoch += 1
+        if plateau is not None and (epoch % params.eval_every == 0 or epoch == cap):
+            scores = [val_dice(h, val, stats, params.batch_size, n_classes) if plateau.active[k] else np.nan
+                      for k, h in enumerate(heads)]
+            for k in np.flatnonzero(plateau.update(epoch, scores)):
+                kept[k] = {name: t.detach().clone() for name, t in heads[k].state_dict().items()}
+    for k, h in enumerate(heads):
+        if kept[k] is not None:  # else: no finite validation Dice ever, the last weights
+            h.load_state_dict(kept[k])
         h.eval()
-    return heads
+    if plateau is None:
+        n = len(heads)
+        scores = [val_dice(h, val, stats, params.batch_size, n_classes) if val is not None else np.nan for h in heads]
+        return heads, {"val_dice": np.asarray(scores, np.float64), "epochs_run": np.full(n, epoch),
+                       "best_epoch": np.full(n, epoch), "stopped": ["fixed" if fixed else "cap"] * n}
+    trained, best_epoch, stopped = plateau.summary(epoch)
+    return heads, {"val_dice": np.where(np.isfinite(plateau.best), plateau.best, np.nan),
+                   "epochs_run": trained, "best_epoch": best_epoch, "stopped": stopped}
 
 
-def predict(head, split: SegSplit, stats, batch_size: int) -> np.ndarray:
-    """uint8 (N, S, S) label maps: argmax of the logits at the mask size."""
+def val_dice(head, split: SegSplit, stats, batch_size: int, n_classes: int) -> float:
+    """seg_metrics' headline Dice of the head on split, on the output grid against the cached masks:
+    per case (a volume's slices summed), from confusion counts computed on the device."""
     import torch
 
-    size = split.masks.shape[-1]
+    from raddist.seg_metrics import dice_of_counts
+
+    size, k = split.masks.shape[-1], n_classes
+    codes, n_cases = _case_codes(split)
+    counts = np.zeros((n_cases, k, k), np.int64)
     device = next(head.parameters()).device
-    out = np.zeros(split.masks.shape, np.uint8)
+    was_training = head.training
+    head.eval()
     with torch.inference_mode():
         for a in range(0, len(split), batch_size):
             idx = np.arange(a, min(a + batch_size, len(split)))
-            logits = _logits(head, _batch(split, idx, stats, device), size)
-            out[idx] = logits.argmax(1).to(torch.uint8).cpu().numpy()
-    return out
+            pred = _logits(head, _batch(split, idx, stats, device), size).argmax(1)
+            truth = torch.from_numpy(split.masks[idx].astype(np.int64)).to(device)
+            row = torch.arange(len(idx), device=device)[:, None, None]
+            cm = torch.bincount((row * k * k + truth * k + pred).reshape(-1), minlength=len(idx) * k * k)
+            np.add.at(counts, codes[idx], cm[: len(idx) * k * k].reshape(len(idx), k, k).cpu().numpy())
+    head.train(was_training)
+    tp = np.diagonal(counts, axis1=1, axis2=2)[:, 1:]
+    return dice_of_counts(tp, counts[:, :, 1:].sum(1) - tp, counts[:, 1:, :].sum(2) - tp)
 
 
-def cases_of(inputs: SegInputs, split: SegSplit, pred: np.ndarray, truth: np.ndarray) -> List[SegCase]:
-    """Group rows into cases: a 2D image alone, or a volume's slices stacked by slice index."""
-    from raddist.data.volumes import assemble
+def _case_codes(split: SegSplit) -> Tuple[np.ndarray, int]:
+    cases, codes = np.unique(np.asarray(split.case_ids, dtype=str), return_inverse=True)
+    return codes.reshape(-1), len(cases)
 
+
+def source_cases(inputs: SegInputs, split: SegSplit, head, stats, batch_size: int) -> List[SegCase]:
+    """The split's cases predicted on their source grid (module docstring), each with the label map
+    read from its source once: a 2D image alone, or a volume's slices stacked by slice index."""
+    import torch
+
+    from raddist.data.volumes import assemble, read_source_labels
+
+    device = next(head.parameters()).device
     cases = []
     for case_id in sorted(set(split.case_ids)):
         rows = np.flatnonzero(split.case_ids == case_id)
+        rows = rows[np.argsort(split.slice_index[rows], kind="stable")]
         geometry = inputs.geometry[case_id]
-        if inputs.volumetric and geometry.affine is not None:  # a NIfTI volume: every slice, once
-            p = assemble(split.slice_index[rows], pred[rows], geometry.source_shape[0])
-            t = assemble(split.slice_index[rows], truth[rows], geometry.source_shape[0])
-        elif inputs.volumetric:  # slices listed in a manifest: stacked in slice order
-            order = rows[np.argsort(split.slice_index[rows], kind="stable")]
-            p, t = pred[order], truth[order]
-        else:
-            p, t = pred[rows[0]], truth[rows[0]]
-        cases.append(SegCase(str(case_id), str(split.patient_ids[rows[0]]), p, t, geometry.spacing,
-                             geometry.affine, geometry.source_shape))
+        if case_id not in inputs.source_masks:
+            raise ValueError(f"case {case_id!r} has no source label map to be scored against")
+        truth = read_source_labels(inputs.source_masks[case_id], volume=geometry.affine is not None)
+        if tuple(truth.shape) != tuple(geometry.source_shape):
+            raise ValueError(f"case {case_id!r}: its label map is {truth.shape} now, {tuple(geometry.source_shape)} "
+                             "when it was embedded: the mask changed since; recompute the embeddings")
+        slices = []
+        with torch.inference_mode():
+            for a in range(0, len(rows), batch_size):
+                logits = head(_batch(split, rows[a:a + batch_size], stats, device))
+                for j in range(len(logits)):  # one slice at a time: (K, H, W) floats at the source size
+                    up = _resized(logits[j:j + 1], truth.shape[-2:])[0]
+                    slices.append(up.argmax(0).to(torch.uint8).cpu().numpy())
+        if not inputs.volumetric:
+            pred = slices[0]
+        elif geometry.affine is not None:  # a NIfTI volume: every slice, once
+            pred = assemble(split.slice_index[rows], np.stack(slices), truth.shape[0])
+        else:  # slices listed in a manifest: stacked in slice order, as their label maps are
+            pred = np.stack(slices)
+        cases.append(SegCase(str(case_id), str(split.patient_ids[rows[0]]), pred, truth,
+                             geometry.source_spacing_or_pixels(), geometry.affine, tuple(truth.shape)))
     return cases

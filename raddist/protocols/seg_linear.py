@@ -1,8 +1,18 @@
 """Linear segmentation probe: a 1x1 convolution on the last block's patch-token grid, its logits
-upsampled bilinearly to the mask size (the reference's linear head).
+upsampled bilinearly (to the mask size to train and validate, to the source's size to score test).
 
-Trained with MONAI's DiceCELoss over a learning-rate grid, all heads on the same mini-batches;
-selected on validation Dice; test scored once (seg_common).
+Trained with MONAI's DiceCELoss over a learning-rate grid, all heads on the same mini-batches, each
+until its validation Dice plateaus (patience 10, cap 200 epochs, at a constant AdamW learning
+rate); selected on validation Dice; test scored once on the source grid, without refit (seg_common).
+
+The head's structure is the reference study's linear decoder (a 1x1 convolution, bilinear
+upsampling); its training is not. The reference fed the last block's tokens after the final
+LayerNorm, unstandardised, to a head initialised N(0, 0.01); trained it with SGD (momentum 0.9,
+cosine decay over a fixed 10 epochs), a Dice loss, at 448 px with flips and rotations; retrained the
+best learning rate on train+val; and scored Dice pooled over the test pixels on the 448 grid.
+raddist standardises the cached tokens, keeps PyTorch's initialisation, trains on cached tokens
+without augmentation at the backbone's input size, does not refit, and scores each case on its
+source grid.
 """
 
 from __future__ import annotations

@@ -1,14 +1,26 @@
 """UNet-style segmentation decoder over the frozen patch tokens of the last five blocks.
 
-As the reference: the last block's tokens are the bottleneck; up to four up-blocks (transposed
-convolution x2, then a 3x3 convolution, BatchNorm, ReLU) each take a skip from an earlier block,
--2 into the coarsest up-block through -5 into the finest. A skip is a 1x1 projection resized
-bilinearly to its up-block's grid (ViT blocks share one grid; CNN stages come at their own).
-Up-blocks stop once the grid reaches the mask size (16 -> 256 for a 224 px ViT/14: four); the
-logits are then resized bilinearly to the mask size. A model with fewer blocks has fewer skips.
+What raddist builds: the last block's tokens are the bottleneck, first through a stem (3x3
+convolution to channels[0], BatchNorm, ReLU). Up to four up-blocks follow, each a transposed
+convolution x2, a skip from an earlier block concatenated, then a 3x3 convolution, BatchNorm, ReLU:
+block -2 into the coarsest up-block through -5 into the finest. A skip is a 1x1 projection of that
+block's tokens to the up-block's width, resized bilinearly (align_corners=False) to its grid (ViT
+blocks share one grid; CNN stages come at their own). Widths are `channels` (256, 128, 64, 32),
+whatever the backbone's width. Up-blocks stop once the grid reaches the mask size (16 -> 256 for a
+224 px ViT/14: four); a 1x1 convolution gives the class logits, which are resized bilinearly to the
+mask size (training, validation) or to the source's size (test). A model with fewer blocks has
+fewer skips. Tokens are standardised per channel (seg_common).
+Trained with MONAI's DiceCELoss and AdamW at a constant learning rate over a learning-rate grid,
+each head until its validation Dice plateaus (patience 10, cap 200 epochs); selected on validation
+Dice; test scored once on the source grid, without refit (seg_common).
 
-Trained with MONAI's DiceCELoss over a learning-rate grid; selected on validation Dice; test
-scored once (seg_common).
+The reference study's decoder (DINOv2ForRadiology, segmentation/utils.py) shares the idea, not the
+details: no stem (the LayerNorm'd last block is the bottleneck as it is); widths D/2, D/4, D/8, then
+the number of classes, with no 1x1 output convolution (the last up-block ends in BatchNorm + ReLU);
+skips are 3x3 convolutions + BatchNorm + ReLU, resized with align_corners=True; always four
+up-blocks (32 -> 512 at 448 px), then a bicubic resize to 448; SGD (momentum 0.9, no weight decay,
+cosine over 10 epochs) with a Dice loss over a grid of 7 learning rates, augmented 448 px inputs,
+and the best learning rate retrained on train+val.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pytest
 from raddist.data.contract import PreprocessContract
 from raddist.data.readers import read_nifti
 from raddist.data.volumes import (CT_HU_CLIP, assemble, decode_volume, grid_spacing, nifti_bytes, resize_labels,
-                                  to_source, volume_to_unit, voxel_sizes)
+                                  volume_to_unit, voxel_sizes)
 from raddist.errors import InputError
 
 # an oblique, flipped, offset affine: any axis mix-up in a round trip changes it
@@ -33,7 +33,7 @@ def test_slices_to_volume_round_trip_keeps_shape_affine_and_labels():
     # as the pipeline ships them: one row per slice, in any order, reassembled by slice index
     order = np.array([3, 0, 4, 1, 2])
     volume = assemble(order, vol["mask"][order], depth=5)
-    back, affine = read_nifti("pred.nii.gz", nifti_bytes(to_source(volume, labels.shape), vol["affine"]))
+    back, affine = read_nifti("pred.nii.gz", nifti_bytes(resize_labels(volume, labels.shape[-2:]), vol["affine"]))
     assert back.shape == labels.shape
     np.testing.assert_allclose(affine, AFFINE, atol=1e-6)
     np.testing.assert_array_equal(back, labels)
@@ -91,3 +91,17 @@ def test_resize_labels_is_nearest():
     up = resize_labels(labels, (4, 6))
     assert set(np.unique(up)) == set(range(6))
     np.testing.assert_array_equal(resize_labels(up, (2, 3)), labels)
+
+
+def test_source_labels_are_read_as_the_pipeline_reads_them(tmp_path):
+    from raddist.data.volumes import png_bytes, read_source_labels
+
+    _, labels = _case()
+    (tmp_path / "v.nii.gz").write_bytes(nifti_bytes(labels, AFFINE))
+    for z in range(len(labels)):
+        (tmp_path / f"s{z}.png").write_bytes(png_bytes(labels[z]))
+    np.testing.assert_array_equal(read_source_labels(str(tmp_path / "v.nii.gz"), volume=True), labels)
+    np.testing.assert_array_equal(read_source_labels(str(tmp_path / "s2.png")), labels[2])
+    slices = [str(tmp_path / f"s{z}.png") for z in range(len(labels))]
+    np.testing.assert_array_equal(read_source_labels(slices), labels)
+    assert read_source_labels(labels) is labels

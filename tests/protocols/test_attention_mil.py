@@ -54,3 +54,38 @@ def test_bags_take_the_named_feature_columns_and_single_images_are_bags_of_one()
     no_patch = SplitData({"cls": train.features["cls"]}, train.labels, train.sample_ids, train.patient_ids)
     with pytest.raises(ValueError, match="patch_mean"):
         attention_mil.bags(inputs, no_patch, "cls_patch")
+
+
+def test_models_train_until_validation_plateaus_and_the_refit_takes_the_best_epoch_count(monkeypatch):
+    inputs = bag_inputs()
+    params = attention_mil.Params(lrs=[1e-3, 1e-2], epochs=200, patience=5, features="cls_patch")
+    fits = []
+    fit = attention_mil.fit
+
+    def spy(*args, **kwargs):
+        out = fit(*args, **kwargs)
+        fits.append((kwargs, out[2]))
+        return out
+
+    monkeypatch.setattr(attention_mil, "fit", spy)
+    prediction = attention_mil.run(inputs, params, seed=0)
+    sel = prediction.selected
+    assert sel["stopped"] == "plateau" and sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 5
+    assert sel["epochs_trained"] < 100  # well before the cap
+    assert sel["best_epochs"][params.lrs.index(sel["lr"])] == sel["best_epoch"] == sel["refit_epochs"]
+    (selection, record), (refit, refit_record) = fits
+    assert "val" in selection and refit == {"epochs": sel["refit_epochs"]}
+    assert list(refit_record["epochs_run"]) == [sel["refit_epochs"]]
+    assert macro_auroc(inputs.splits["test"].labels, prediction.scores) > 0.9
+    # a larger cap: the same epochs, the same scores
+    again = attention_mil.run(inputs, params.model_copy(update={"epochs": 400}), seed=0)
+    assert again.selected["best_epochs"] == sel["best_epochs"] and again.selected["lr"] == sel["lr"]
+    np.testing.assert_array_equal(again.scores, prediction.scores)
+
+
+def test_the_cap_is_never_exceeded():
+    inputs = bag_inputs(sizes=(40, 20, 10))
+    params = attention_mil.Params(lrs=[1e-4, 1e-3], epochs=3, patience=50)
+    prediction = attention_mil.run(inputs, params, seed=0)
+    assert prediction.selected["epochs_trained"] == 3 and prediction.selected["stopped"] == "cap"
+    assert max(prediction.selected["best_epochs"]) <= 3

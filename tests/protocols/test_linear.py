@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from raddist.protocols import linear
-from raddist.protocols.selection import train_plus_val
+from raddist.protocols.selection import macro_auroc, train_plus_val
 
 from .synthetic import auroc, blob_inputs
 
@@ -78,8 +78,65 @@ def test_test_scores_come_from_the_chosen_head_refitted_on_train_plus_val():
     pred = linear.run(inputs, params, seed=0)
     config = linear.HeadConfig(pred.selected["lr"], pred.selected["blocks"], pred.selected["pool"])
     fit_set = train_plus_val(inputs.splits["train"], inputs.splits["val"])
-    refit = linear.train_heads(inputs, fit_set, [config], params, seed=0)
+    assert pred.selected["refit_epochs"] == pred.selected["best_epoch"] <= pred.selected["epochs_trained"] <= 5
+    refit = linear.train_heads(inputs, fit_set, [config], params, seed=0, epochs=pred.selected["refit_epochs"])
     np.testing.assert_array_equal(pred.scores, linear.predict(refit, inputs.splits["test"])[0])
     heads, best, val_score = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
     assert heads.configs[best] == config and val_score == pred.val_score
     assert not np.allclose(pred.scores, linear.predict(heads, inputs.splits["test"])[best])
+
+
+def test_auroc_of_every_head_at_once_matches_macro_auroc():
+    import torch
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((50, 4)) < 0.3).astype(float)
+    targets[:, 3] = 0  # one class only: skipped, as macro_auroc skips it
+    probs = np.round(rng.random((5, 50, 4)), 1)  # coarse: many ties
+    probs[2] = targets + rng.normal(0, 0.3, targets.shape)
+    fast = linear.auroc_per_head(targets, torch.from_numpy(probs).float())
+    np.testing.assert_allclose(fast, [macro_auroc(targets, p) for p in probs.astype(np.float32)], atol=1e-9)
+    assert np.isnan(linear.auroc_per_head(np.zeros((5, 2)), torch.zeros(3, 5, 2))).all()
+
+
+def test_heads_train_until_validation_plateaus_and_record_their_epochs():
+    inputs = blob_inputs("multiclass", 3, sizes=(150, 60, 30), separation=1.0)
+    params = linear.Params(epochs=200, patience=5, lrs=[1e-2, 1e-1], batch_size=64)
+    pred = linear.run(inputs, params, seed=0)
+    sel = pred.selected
+    assert sel["stopped"] == "plateau" and sel["max_epochs"] == 200
+    # it stopped 5 epochs after its last rise by more than min_delta, well before the cap; the weights kept
+    # are those of its best epoch since (a later one on a tie)
+    assert sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 5 and sel["epochs_trained"] < 60
+    assert sel["refit_epochs"] == sel["best_epoch"]
+    heads, best, _ = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
+    assert heads.loss.shape == (len(heads.configs), heads.epochs_run.max()) and heads.epochs_run.max() < 200
+    # a larger cap changes nothing for heads that plateaued under the smaller one
+    again = linear.run(inputs, params.model_copy(update={"epochs": 400}), seed=0)
+    assert {k: v for k, v in again.selected.items() if k != "max_epochs"} == {
+        k: v for k, v in sel.items() if k != "max_epochs"}
+    np.testing.assert_array_equal(again.scores, pred.scores)
+
+
+def test_the_cap_is_never_exceeded():
+    inputs = blob_inputs("multilabel", 3, sizes=(120, 40, 20), separation=0.3)
+    params = linear.Params(epochs=3, patience=50)
+    heads, best, _ = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
+    assert heads.epochs_run.max() == 3 and heads.best_epoch.max() <= 3 and heads.loss.shape[1] == 3
+    assert set(heads.stopped) == {"cap"}
+    pred = linear.run(inputs, params, seed=0)
+    assert pred.selected["epochs_trained"] == 3 and pred.selected["stopped"] == "cap"
+
+
+def test_a_fixed_budget_trains_every_head_exactly_epochs_with_a_cosine_schedule():
+    inputs = blob_inputs("multiclass", 3, sizes=(150, 60, 30), separation=1.0)
+    params = linear.Params(epochs=7, lrs=[1e-2, 1e-1], batch_size=64, stopping="fixed")
+    heads, best, _ = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
+    assert list(heads.epochs_run) == list(heads.best_epoch) == [7] * len(heads.configs)
+    assert set(heads.stopped) == {"fixed"}
+    pred = linear.run(inputs, params, seed=0)
+    assert (pred.selected["stopped"], pred.selected["epochs_trained"], pred.selected["refit_epochs"]) == ("fixed", 7, 7)
+    # the same budget at a constant rate ends elsewhere
+    constant = linear.train_heads(inputs, inputs.splits["train"], heads.configs, params.model_copy(
+        update={"stopping": "plateau"}), seed=0)
+    assert not np.allclose(constant.loss[:, -1], heads.loss[:, -1])

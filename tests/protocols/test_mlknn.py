@@ -73,3 +73,20 @@ def test_run_on_multilabel_blobs():
 def test_rejects_multiclass():
     with pytest.raises(ValueError, match="multilabel"):
         mlknn.run(blob_inputs("multiclass", 3), mlknn.Params(), seed=0)
+
+
+def test_count_self_counts_each_bank_sample_as_its_own_neighbour():
+    """The reference's ML-kNN (scikit-multilearn, ignore_first_neighbours=0): with k = 1 every bank
+    sample's nearest is itself, so its counts say a positive always has a positive neighbour."""
+    angles = np.radians([0, 10, 90, 100])
+    bank = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    targets = np.array([[1.0], [0.0], [1.0], [0.0]])  # partners disagree: leave-one-out sees that
+    with_self = topk_cosine(bank, bank, 1, exclude_self=False)[1]
+    assert with_self[:, 0].tolist() == [0, 1, 2, 3]
+    model = mlknn.fit(with_self, targets, k=1)
+    np.testing.assert_allclose(model.like1[:, 0], [0.25, 0.75])  # (1 + 0) / 4, (1 + 2) / 4
+    loo = mlknn.fit(topk_cosine(bank, bank, 1, exclude_self=True)[1], targets, k=1)
+    np.testing.assert_allclose(loo.like1[:, 0], [0.75, 0.25])
+    inputs = blob_inputs("multilabel", 3, sizes=(60, 20, 20), separation=0.8)
+    pred = mlknn.run(inputs, mlknn.Params(ks=[5], count_self=True), seed=0)
+    assert pred.selected["k"] == 5 and pred.scores.shape == (20, 3)

@@ -7,14 +7,13 @@ import torch
 from pydantic import ValidationError
 
 from raddist import protocols
-from raddist.protocols.base import CaseGeometry, SegInputs, SegSplit
+from raddist.data.volumes import resize_labels
+from raddist.protocols.base import CaseGeometry, SegCase, SegInputs, SegSplit
 from raddist.seg_metrics import mean_dice
 from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
 
 CLASSES = ["background", "organ", "lesion"]
 AFFINE = np.array([[-0.8, 0, 0, 10.0], [0, -0.8, 0, 5.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]])
-
-
 
 
 def _mask(rng, size):
@@ -36,20 +35,22 @@ def fake_inputs(n_patients=16, per_patient=4, size=32, grid=8, volumetric=False,
     tokens = [(np.einsum("nchw,cd->ndhw", fractions, mix * s) + rng.normal(0, noise, (n, 16, grid, grid)))
               .astype(np.float16) for s in (1.0, 0.6, 0.3)]
     patients = np.repeat([f"p{i:02d}" for i in range(n_patients)], per_patient)
-    if volumetric:  # one volume per patient, per_patient slices
+    if volumetric:  # one volume per patient, per_patient slices; the source grid is (per_patient, 48, 40)
         case_ids, slice_index = patients.copy(), np.tile(np.arange(per_patient), n_patients)
-        geometry = {c: CaseGeometry((2.5, 0.8 * 48 / size, 0.8 * 40 / size), (per_patient, 48, 40), AFFINE)
-                    for c in np.unique(case_ids)}
-    else:
+        geometry = {c: CaseGeometry((2.5, 0.8 * 48 / size, 0.8 * 40 / size), (per_patient, 48, 40), AFFINE,
+                                    (2.5, 0.8, 0.8)) for c in np.unique(case_ids)}
+        source = {c: resize_labels(masks[case_ids == c], (48, 40)) for c in np.unique(case_ids)}
+    else:  # the source grid is the output grid
         case_ids, slice_index = np.array([f"img{i:03d}" for i in range(n)]), np.full(n, -1)
-        geometry = {c: CaseGeometry((1.0, 1.0), (size, size)) for c in case_ids}
+        geometry = {c: CaseGeometry((1.0, 1.0), (size, size), source_spacing=(1.0, 1.0)) for c in case_ids}
+        source = dict(zip(case_ids, masks))
     split_of = {p: s for p, s in zip(np.unique(patients), np.resize(["train", "train", "val", "test"], n_patients))}
     splits = {}
     for name in ("train", "val", "test"):
         idx = np.flatnonzero([split_of[p] == name for p in patients])
         splits[name] = SegSplit([t[idx] for t in tokens], masks[idx], np.array([f"s{i}" for i in idx]),
                                 patients[idx], case_ids[idx].astype(object), slice_index[idx])
-    return SegInputs("segmentation", CLASSES, splits, geometry, volumetric)
+    return SegInputs("segmentation", CLASSES, splits, geometry, volumetric, source)
 
 
 @pytest.mark.parametrize("name, params", [
@@ -87,8 +88,10 @@ def test_volumes_are_scored_whole_and_written_back_on_the_source_grid(tmp_path):
     module = protocols.get("seg_linear")
     inputs = fake_inputs(volumetric=True)
     prediction = module.run(inputs, module.params(epochs=10), seed=0)
-    assert [c.pred.shape for c in prediction.cases] == [(4, 32, 32)] * 4  # 4 test volumes of 4 slices
-    assert prediction.cases[0].spacing == pytest.approx((2.5, 1.2, 1.0))
+    # 4 test volumes of 4 slices, predicted and scored on the source grid, with its spacing
+    assert [c.pred.shape for c in prediction.cases] == [c.truth.shape for c in prediction.cases] == [(4, 48, 40)] * 4
+    assert prediction.cases[0].spacing == pytest.approx((2.5, 0.8, 0.8))
+    assert mean_dice(prediction.cases, 3) > 0.5
     assert write_masks(prediction, str(tmp_path), salt="s") == 4
     files = sorted((tmp_path / "masks").iterdir())
     volume, affine = read_nifti(str(files[0]), files[0].read_bytes())
@@ -126,3 +129,50 @@ def test_contract_and_params():
             record.params(not_a_field=1)
         with pytest.raises(ValidationError, match="lrs"):
             record.params(lrs=[])
+
+
+def test_heads_train_until_validation_dice_plateaus_and_record_their_epochs():
+    module = protocols.get("seg_linear")
+    params = module.params(lrs=[0.1, 0.3], patience=5, epochs=60)
+    first = module.run(fake_inputs(), params, seed=0)
+    sel = first.selected
+    assert sel["stopped"] == "plateau" and sel["max_epochs"] == 60
+    # a head stops 5 epochs after its last rise by more than min_delta, which is at most its best epoch
+    assert sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 5
+    assert max(sel["best_epochs"].values()) + 5 < 60  # so every head stopped before the cap
+    assert sel["best_epochs"][str(sel["lr"])] == sel["best_epoch"]
+    # every head plateaued under the cap of 60: a cap of 200 trains, selects and predicts the same
+    second = module.run(fake_inputs(), params.model_copy(update={"epochs": 200}), seed=0)
+    assert {k: v for k, v in second.selected.items() if k != "max_epochs"} == {
+        k: v for k, v in sel.items() if k != "max_epochs"}
+    assert all(np.array_equal(x.pred, y.pred) for x, y in zip(first.cases, second.cases))
+
+
+def test_the_cap_is_never_exceeded_and_each_head_keeps_its_best_epoch():
+    from raddist.protocols import seg_linear
+    from raddist.protocols.seg_common import _batch, _logits, fit_heads, token_stats, val_dice
+
+    inputs = fake_inputs(volumetric=True)
+    train, val = inputs.splits["train"], inputs.splits["val"]
+    params = seg_linear.Params(lrs=[1e-3, 1e-1], epochs=4, patience=50)
+    stats = token_stats(train, 1)
+    heads, record = fit_heads(seg_linear.build, params.lrs, train, stats, 3, params, seed=0, val=val)
+    assert list(record["epochs_run"]) == [4, 4] and record["stopped"] == ["cap", "cap"]
+    assert all(1 <= e <= 4 for e in record["best_epoch"])
+    for head, best in zip(heads, record["val_dice"]):  # the weights kept are those that scored the best
+        assert val_dice(head, val, stats, 8, 3) == pytest.approx(best)
+        # validation Dice is seg_metrics' per-case Dice of the volumes on the output grid
+        device = next(head.parameters()).device
+        pred = _logits(head, _batch(val, np.arange(len(val)), stats, device), 32).argmax(1).cpu().numpy()
+        cases = [SegCase(c, "p", pred[val.case_ids == c], val.masks[val.case_ids == c], (1.0, 1.0, 1.0))
+                 for c in np.unique(val.case_ids)]
+        assert mean_dice(cases, 3) == pytest.approx(best)
+
+
+def test_a_fixed_budget_trains_exactly_epochs_and_selects_at_the_end():
+    module = protocols.get("seg_linear")
+    prediction = module.run(fake_inputs(), module.params(lrs=[1e-2, 1e-1], epochs=6, stopping="fixed"), seed=0)
+    sel = prediction.selected
+    assert (sel["stopped"], sel["epochs_trained"], sel["best_epoch"]) == ("fixed", 6, 6)
+    assert set(sel["best_epochs"].values()) == {6}
+    assert prediction.val_score == pytest.approx(max(sel["val_dice"].values()), abs=1e-4) and prediction.val_score > 0

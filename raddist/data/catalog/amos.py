@@ -7,7 +7,8 @@ labels and is not used. Class names are read from dataset.json's "labels" when p
 Rows are volumes referenced in place (uri = image, mask_uri = label); the pipeline slices them.
 Split: the official validation set (imagesVa) is test, since the test labels are not public;
 val is carved from imagesTr by patient (one volume each), seeded, 20% by default.
-Preprocessing hint: HU clipped to [-1024, 600], as the reference did.
+Preprocessing hint: HU clipped to [-1024, 600], as the reference did. Its split (about 80 / 20 / 50
+volumes, evenly spaced from the pooled images) differs from raddist's.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ be on s3): the image goes to dest/images/<n>.npy (int16, lossless), the tumour m
 dest/masks/<n>.png (0/1). Labels 1, 2, 3 become class indices 0, 1, 2.
 Split: by patient (PID), seeded, stratified by tumour type; the reference held out 70 test and
 50 val patients of 233, which are the defaults (counts, or fractions below 1).
-Preprocessing hint: clip at the 5th-95th percentiles, as the reference did.
+Preprocessing hint: clip at the 5th-95th percentiles and rescale. The reference capped values above
+the 95th percentile and set those at or below the 5th to 0 (not to the 5th); its 70 test and 50 val
+patients were evenly spaced picks, raddist's are seeded and stratified.
 """
 
 from __future__ import annotations

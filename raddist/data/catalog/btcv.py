@@ -5,9 +5,11 @@ Official layout (RawData.zip from Synapse):
 Only the 30 labelled Training volumes are used: Testing/ has no public labels.
 Rows are volumes (uri = image, mask_uri = label, both referenced in place); the pipeline slices
 them along the third NIfTI axis (axial), so prepare reads no voxel.
-Preprocessing hint: HU clipped to [-1024, 600], as the reference did.
+Preprocessing hint: HU clipped to [-1024, 600] (the reference's 2D BTCV slices; its 3D BTCV class
+clamps only above 600).
 Split: by patient (one volume each), seeded; 6 val and 6 test of 30 by default. The reference
-split Training in half (15 train / 15 val) and used the unlabelled Testing set as test.
+split Training in half (15 train / 15 val) and named the unlabelled Testing set test; since those have
+no labels, its BTCV scores most likely come from the 15 val volumes.
 """
 
 from __future__ import annotations

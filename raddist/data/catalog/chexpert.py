@@ -9,8 +9,10 @@ Labels as the reference cleaned them: blank (NaN) -> 0; -1 (uncertain) -> 0, and
 "Uncertain" is 1 when any of the five was -1. Lateral views are dropped.
 Split: the official valid.csv (202 frontal images, its own patients) is test, because the real test
 set is not public; val is carved from train by patient, seeded (`val_size`, a fraction or a patient
-count; 0.05 gives about the reference's 10,000 images). The reference carved its val by image, not
-by patient, and kept only AP views: pass ap_only=True to keep only AP as it did.
+count). The reference (MohammedSB/DINOv2ForRadiology, chexpert.py) instead used all frontal train
+images as train (191,027), valid.csv as val (202) and the official test set (518 frontal, released
+with CheXpert's later test labels) as test; its 10,000-image val helper is unused. ap_only=True keeps
+AP views only (an option of raddist's, not the reference's split).
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ INFO = common.DatasetInfo(
     source_url="https://stanfordmlgroup.github.io/competitions/chexpert/",
     license="Stanford University School of Medicine CheXpert Dataset Research Use Agreement "
     "(registration; non-commercial research)",
-    reference_split="official valid.csv as test; val carved from train (reference: 10,000 images by image "
-    "index, AP only; raddist: by patient, seeded); frontal views only",
+    reference_split="official valid.csv as test; val carved from train by patient, seeded (reference: all "
+    "frontal train / valid.csv as val / the official 518-image test set as test); frontal views only",
     preprocessing=dict(common.AUTO_WINDOW),
     prepare=prepare,
 )

@@ -6,10 +6,12 @@ Official layout (one tar per task; the source may be the task folder or a folder
 The tars also hold macOS '._la_003.nii.gz' twins, which are skipped. imagesTs has no public labels.
 Class names are read from dataset.json's "labels" when present.
 Rows are volumes referenced in place (uri = image, mask_uri = label); the pipeline slices them.
-Preprocessing hints: MRI clipped at its 5th-95th percentiles (Heart, Hippocampus); Spleen is CT,
-given the same HU clip [-1024, 600] as the other abdominal CT sets.
+Preprocessing hints: MRI clipped at its 5th-95th percentiles, over the volume (Heart, Hippocampus);
+Spleen is CT, given the same HU clip [-1024, 600] as the other abdominal CT sets. The reference
+clipped every MSD slice, Spleen's included, to that slice's own 5th-95th percentiles.
 Split: imagesTr by patient (one volume each), seeded; the defaults are the reference's held-out
-counts (Heart 4 val / 4 test of 20, Hippocampus 60 / 80 of 260, Spleen 10 / 15 of 41).
+counts where its code shows them (Spleen 10 / 15 of 41), else counts of the same order (Heart 4 val
+/ 4 test of 20, Hippocampus 60 / 80 of 260).
 """
 
 from __future__ import annotations

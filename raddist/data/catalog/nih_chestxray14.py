@@ -8,8 +8,9 @@ Official layout (NIH Clinical Center box, or its Kaggle mirror):
 Split: test is exactly test_list.txt, which the NIH made patient-disjoint from train_val_list.txt.
 val is the last `val_count` (default 10,002) rows of train_val_list.txt, as the reference took them
 (its 76,522 / 10,002 / 25,596); train is the rest. That list is sorted by image name, i.e. by
-patient, so a patient can straddle the cut: such a patient goes wholly to the side that holds most
-of its images (a tie goes to val), and val may then differ from val_count by a few images.
+patient, so a patient can straddle the cut: unlike the reference, which cut by row, such a patient
+goes wholly to the side that holds most of its images (a tie goes to val), so that no patient is in
+two splits, and val may differ from val_count by a few images.
 Nothing is random here; `seed` is accepted for a uniform API and recorded.
 """
 
