@@ -31,5 +31,5 @@ def torch_device(expect_gpu: bool = False):
             f"this process holds Ray GPU(s) {gpu_ids} but torch finds no CUDA device "
             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); the node's NVIDIA driver or "
             f"CUDA runtime is missing or does not match torch. Use a GPU image (cluster.yaml) or set "
-            f"resources.embed_device: cpu")
+            f"resources.device: cpu")
     return torch.device("cpu")

@@ -1,7 +1,14 @@
 """Keyed pseudonyms for sample and patient ids in everything raddist writes.
 
-The key (salt) is per deployment: $RADDIST_SALT, else a random one kept in ~/.config/raddist/salt.
-The driver reads it once and hands it to the workers, so every node pseudonymises alike.
+The key (salt) is a deployment secret: the same salt gives the same pseudonyms, so results of
+different runs line up, and only whoever holds it can link a pseudonym back to a manifest row.
+Where it comes from, first found:
+  RADDIST_SALT       the salt itself (a local run; on a cluster this would sit in a logged runtime env)
+  RADDIST_SALT_FILE  a URI of a file holding it (s3://bucket/private/raddist-salt on a cluster: it
+                     outlives `ray down`); created with a random salt if it does not exist
+  ~/.config/raddist/salt on the driver's machine, created likewise (lost with a cluster's head)
+The driver reads it once and hands it to the workers. A run records only its fingerprint, a one-way
+hash, so that a resubmission with another salt into the same output is refused (mixed pseudonyms).
 """
 
 from __future__ import annotations
@@ -11,12 +18,21 @@ import hmac
 import os
 import secrets
 
+from raddist import storage
+
+LOCAL_SALT = "~/.config/raddist/salt"
+
 
 def deployment_salt() -> str:
     salt = os.environ.get("RADDIST_SALT")
     if salt:
         return salt
-    path = os.path.expanduser("~/.config/raddist/salt")
+    uri = os.environ.get("RADDIST_SALT_FILE")
+    if uri:
+        if not storage.exists(uri):
+            storage.write_text(uri, secrets.token_hex(16))
+        return storage.read_text(uri).strip()
+    path = os.path.expanduser(LOCAL_SALT)
     if os.path.exists(path):
         with open(path) as f:
             return f.read().strip()
@@ -26,6 +42,11 @@ def deployment_salt() -> str:
     with os.fdopen(fd, "w") as f:
         f.write(salt)
     return salt
+
+
+def fingerprint(salt: str) -> str:
+    """Tells two salts apart without revealing either."""
+    return hashlib.sha256(b"raddist-salt-fingerprint\0" + salt.encode()).hexdigest()[:16]
 
 
 def pseudonym(value, salt: str) -> str:

@@ -6,19 +6,24 @@
   OUTPUT/cells/<cell_id>/cell.json            what ran, what was selected on validation, cost
 
 `gather` turns them into the tidy tables beside them: results.parquet (one row per cell ×
-metric), predictions.parquet and cases.parquet (raddist.cells.outputs has their columns).
+metric), predictions.parquet and cases.parquet (raddist.cells.outputs has their columns). At study
+scale (3,192 cells, ~10,000 files on S3) it lists the cells once and reads their files in parallel.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Set
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from raddist import storage
 from raddist.plan import Cell
 
 PER_CELL_TABLES = ("predictions.parquet", "cases.parquet")
+READ_THREADS = 32  # object stores serve parallel GETs; one at a time, 3,192 cells took minutes
 
 
 def cell_dir(output: str, cell_id: str) -> str:
@@ -27,6 +32,22 @@ def cell_dir(output: str, cell_id: str) -> str:
 
 def is_done(output: str, cell_id: str) -> bool:
     return storage.exists(storage.join(cell_dir(output, cell_id), "cell.json"))
+
+
+def listing(output: str) -> Dict[str, Set[str]]:
+    """cell id -> the files its directory holds, from one recursive listing of OUTPUT/cells."""
+    fs, path = storage.filesystem(storage.join(output, "cells"))
+    files: Dict[str, Set[str]] = {}
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
+        if info.type == pafs.FileType.File:
+            rel = posixpath.relpath(info.path, path).split("/")
+            if len(rel) == 2:  # <cell_id>/<file>; checkpoints and masks lie deeper
+                files.setdefault(rel[0], set()).add(rel[1])
+    return files
+
+
+def done_cells(output: str) -> Set[str]:
+    return {cell for cell, names in listing(output).items() if "cell.json" in names}
 
 
 def write_cell(output: str, cell: Cell, metric_rows: List[dict], tables: Dict[str, pa.Table], info: dict) -> None:
@@ -44,19 +65,47 @@ def write_failure(output: str, cell: Cell, error: str) -> None:
     storage.write_json(storage.join(cell_dir(output, cell.id), "failed.json"), {**cell.describe(), "error": error})
 
 
+def write_input_errors(output: str, jobs: List[tuple], cache, salt: str) -> int:
+    """errors.parquet: one row per task x image that could not be read, with the reason, under the
+    image's pseudonym and its manifest row (never its uri: file names may carry patient ids; `raddist
+    errors OUTPUT --reveal` shows them where the salt is). jobs: (task spec, cache key). Returns the count."""
+    from raddist.data import manifest as manifest_lib
+    from raddist.privacy import pseudonym
+
+    rows, seen = [], set()
+    for task, key in jobs:
+        errors = cache.errors(key).to_pylist()
+        if not errors:
+            continue
+        ids = manifest_lib.load(task.manifest, salt)["sample_id"].to_pylist()
+        for e in errors:
+            if (task.name, e["row"], e["slice"]) in seen:
+                continue
+            seen.add((task.name, e["row"], e["slice"]))
+            sample = ids[e["row"]] if e["slice"] < 0 else f"{ids[e['row']]}:{e['slice']}"
+            rows.append({"task": task.name, "sample_id": pseudonym(sample, salt), "row": e["row"],
+                         "slice": e["slice"], "error": e["error"]})
+    if rows:
+        storage.write_parquet(storage.join(output, "errors.parquet"), pa.Table.from_pylist(rows))
+    return len(rows)
+
+
 def gather(output: str, cells: List[Cell]) -> dict:
     """Concatenate the finished cells of this plan into results.parquet, predictions.parquet and
-    cases.parquet."""
-    metrics, infos, tables = [], [], {name: [] for name in PER_CELL_TABLES}
-    for cell in cells:
-        if not is_done(output, cell.id):
-            continue
-        d = cell_dir(output, cell.id)
-        metrics.append(storage.read_parquet(storage.join(d, "metrics.parquet")))
-        for name in PER_CELL_TABLES:
-            if storage.exists(storage.join(d, name)):
-                tables[name].append(storage.read_parquet(storage.join(d, name)))
-        infos.append(storage.read_json(storage.join(d, "cell.json")))
+    cases.parquet: one listing, then every file read in parallel."""
+    files = listing(output)
+    done = [c.id for c in cells if "cell.json" in files.get(c.id, ())]
+
+    def read(cell_id: str):
+        d = cell_dir(output, cell_id)
+        extra = {name: storage.read_parquet(storage.join(d, name)) for name in PER_CELL_TABLES if name in files[cell_id]}
+        return storage.read_parquet(storage.join(d, "metrics.parquet")), extra, storage.read_json(storage.join(d, "cell.json"))
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        read_cells = list(pool.map(read, done))
+    metrics = [m for m, _, _ in read_cells]
+    infos = [i for _, _, i in read_cells]
+    tables = {name: [extra[name] for _, extra, _ in read_cells if name in extra] for name in PER_CELL_TABLES}
     gathered = {"cells": infos}
     for name, parts in [("results.parquet", metrics)] + list(tables.items()):
         table = _concat(parts)

@@ -3,6 +3,11 @@
 Credentials come from the standard environment (AWS_* variables, ~/.aws); an S3 endpoint other
 than AWS is taken from AWS_ENDPOINT_URL, as boto3 and the AWS CLI do. No credential is ever
 formatted into a message.
+
+Failures: an object that does not exist is a FileNotFoundError (the caller decides whether that is
+one bad row); anything else a remote store does wrong (no connection, access denied, throttling, a
+missing bucket) is retried by pyarrow's AWS standard retry strategy and then raised as a
+StorageError naming the URI and the cause.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import io
 import json
 import os
 import posixpath
-import time
 import uuid
 from functools import lru_cache
 from typing import Tuple
@@ -19,6 +23,9 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from raddist.errors import StorageError
+
+S3_ATTEMPTS = int(os.environ.get("RADDIST_S3_ATTEMPTS", "10"))  # pyarrow's standard retry strategy, per request
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs")
 
 
@@ -72,7 +79,7 @@ def _s3_options() -> dict:
 @lru_cache(maxsize=8)
 def _filesystem(scheme: str, endpoint_key: str) -> pafs.FileSystem:
     if scheme == "s3":
-        return pafs.S3FileSystem(**_s3_options())
+        return pafs.S3FileSystem(**_s3_options(), retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
     if scheme in ("gs", "gcs"):
         return pafs.GcsFileSystem()
     if scheme == "":
@@ -98,22 +105,52 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def read_bytes(uri: str, retries: int = 3, backoff_s: float = 0.5) -> bytes:
-    """Read a whole object. Transient object-store errors are retried with backoff."""
+def read_bytes(uri: str) -> bytes:
+    """Read a whole object: FileNotFoundError if it does not exist, StorageError if the store fails."""
     fs, path = filesystem(uri)
-    for attempt in range(retries + 1):
-        try:
-            with fs.open_input_stream(path) as f:
-                return f.read()
-        except FileNotFoundError:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        if is_remote(uri):
+            _require_bucket(uri)
+        raise FileNotFoundError(uri) from None
+    except OSError as e:
+        if not is_remote(uri):
             raise
-        except OSError as e:
-            if "not found" in str(e).lower() or "does not exist" in str(e).lower():
-                raise FileNotFoundError(uri) from None
-            if attempt == retries or not is_remote(uri):
-                raise
-            time.sleep(backoff_s * 2**attempt)
-    raise AssertionError("unreachable")
+        raise StorageError(uri, describe(e)) from None
+
+
+def describe(e: Exception) -> str:
+    """A storage failure in a few words, for one line of output (pyarrow's messages run long)."""
+    text = str(e)
+    for marker, words in (("ACCESS_DENIED", "access denied (check the credentials and the bucket policy)"),
+                          ("NETWORK_CONNECTION", "cannot connect"), ("Could not connect", "cannot connect"),
+                          ("NO_SUCH_BUCKET", "no such bucket"), ("SLOW_DOWN", "throttled by the store"),
+                          ("INVALID_ACCESS_KEY_ID", "the access key is not valid"),
+                          ("SIGNATURE_DOES_NOT_MATCH", "the secret key does not match the access key"),
+                          ("EXPIRED_TOKEN", "the session token has expired")):
+        if marker.lower() in text.lower():
+            return f"{words} ({type(e).__name__})"
+    return text.split("Detail:")[0].strip()[:200]
+
+
+@lru_cache(maxsize=64)
+def _bucket_exists(scheme_bucket: str) -> bool:
+    fs, path = filesystem(scheme_bucket)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _require_bucket(uri: str) -> None:
+    """A missing bucket reads as a missing object in S3; it is a storage error, not a bad row."""
+    scheme, rest = uri.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    try:
+        exists = _bucket_exists(f"{scheme}://{bucket}")
+    except OSError as e:
+        raise StorageError(uri, describe(e)) from None
+    if not exists:
+        raise StorageError(uri, f"no such bucket '{bucket}'")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -124,8 +161,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     """
     fs, path = filesystem(uri)
     if is_remote(uri):
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+        except OSError as e:
+            raise StorageError(uri, describe(e)) from None
         return
     fs.create_dir(posixpath.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -155,6 +195,14 @@ def makedirs(uri: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def delete_file(uri: str) -> None:
+    fs, path = filesystem(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def delete_dir(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
@@ -178,7 +226,11 @@ def write_parquet(uri: str, table) -> None:
 
 
 def read_parquet(uri: str, columns=None):
+    """One whole-object read, parsed in memory: every table raddist reads is small (a cell's outputs,
+    a manifest), and pq.read_table on an S3 path makes 5 requests for each (3 HEADs, 2 ranged GETs),
+    each paying S3's first-byte latency (benchmarks/gather.py)."""
+    import io
+
     import pyarrow.parquet as pq
 
-    fs, path = filesystem(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)

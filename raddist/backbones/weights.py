@@ -63,6 +63,28 @@ def weights_identity(weights: str, config: Optional[BackboneConfig] = None) -> s
     return f"file:{storage.normalize(weights)}|size={info.size}|mtime_ns={info.mtime_ns}"
 
 
+def check_loadable(weights: str) -> None:
+    """Open a local weights file the way build_model will, without building anything: a safetensors
+    header, or a pickle through torch's weights_only unpickler (which refuses any object that is not a
+    tensor or a container of them, so a checkpoint carrying code is refused here, not in an actor).
+    Remote files are checked for existence only (weights_identity): fetching gigabytes to check is
+    the actors' job."""
+    if _weights_kind(weights) != "file" or storage.is_remote(weights):
+        return
+    path = storage.normalize(weights)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt"):
+            return
+    import warnings
+    import zipfile
+
+    with warnings.catch_warnings():  # torch explains a refusal at length; the caller says it in one line
+        warnings.simplefilter("ignore")
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
 def _weights_kind(weights: str) -> str:
     weights = str(weights)
     if weights in ("hub", "random"):

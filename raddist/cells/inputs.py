@@ -45,16 +45,18 @@ def train_inputs(cell: Cell, table: pa.Table, checkpoint_dir: str, resources, us
 
 
 def frozen_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
-    """Join cached features to the manifest's splits and labels; rows that failed to decode drop out."""
+    """Join cached features to the manifest's splits and labels by manifest row; rows that failed to
+    decode drop out. table: the manifest the features were computed from, in its order."""
+    check_coverage(task, table, cached)
     if task.type == "segmentation":
         return seg_inputs(task, table, cached)
     if "volume_id" in table.column_names:  # slices (or whole volumes) of volumes: one row per volume
         table, cached = pooled_volumes(task, table, cached, task.pool)
-    position = {sid: i for i, sid in enumerate(cached.sample_ids)}
-    ids = table["sample_id"].to_pylist()
-    keep = np.array([sid in position for sid in ids], dtype=bool)
-    rows = np.array([position[sid] for sid, k in zip(ids, keep) if k], dtype=np.int64)
-    table = table.filter(pa.array(keep))
+    position = np.full(table.num_rows, -1, np.int64)
+    position[cached.rows] = np.arange(len(cached.rows))
+    keep = np.flatnonzero(position >= 0)
+    table = table.take(pa.array(keep))
+    rows = position[keep]
     labels = labels_of(table, task.type, task.labels)
     splits_col = np.asarray(table["split"].to_pylist(), dtype=object)
     patients = np.asarray(table["patient_id"].to_pylist(), dtype=object)
@@ -70,10 +72,39 @@ def frozen_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
             sample_ids=sample_ids[idx],
             patient_ids=patients[idx],
         )
+    _require_train_and_test(task, splits)
+    return FrozenInputs(task_type=task.type, class_names=task.class_names, block_dims=cached.block_dims, splits=splits)
+
+
+def check_coverage(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings) -> None:
+    """Every manifest row is in the features or in the errors, and nothing else is: a cache entry that
+    does not cover its manifest would score a different test set without a word."""
+    seen = np.zeros(table.num_rows + 1, bool)
+    rows = np.concatenate([cached.rows, np.asarray(cached.errors["row"].to_pylist(), np.int64)])
+    if len(rows) and (rows.min() < 0 or rows.max() >= table.num_rows):
+        raise ValueError(f"task '{task.name}': embeddings {cached.key} name manifest rows beyond its "
+                         f"{table.num_rows}: they were not computed from this manifest")
+    seen[rows] = True
+    missing = np.flatnonzero(~seen[:-1])
+    if len(missing):
+        raise ValueError(f"task '{task.name}': embeddings {cached.key} cover {table.num_rows - len(missing)} of "
+                         f"{table.num_rows} manifest rows (first missing: row {int(missing[0])}); the cache entry is "
+                         "incomplete: delete it and rerun")
+
+
+def _require_train_and_test(task: TaskSpec, splits: dict) -> None:
     for need in ("train", "test"):
         if need not in splits:
             raise ValueError(f"task '{task.name}': no decodable '{need}' images in {task.manifest}")
-    return FrozenInputs(task_type=task.type, class_names=task.class_names, block_dims=cached.block_dims, splits=splits)
+
+
+def slice_positions(table: pa.Table, cached: CachedEmbeddings):
+    """(volume id, slice index) of every cached row: a volume's slices expanded by the pipeline carry
+    their index; slices listed in the manifest take theirs from it."""
+    vids = np.asarray(table["volume_id"].to_pylist(), dtype=object)[cached.rows]
+    listed = (np.asarray(table["slice_index"].to_pylist(), np.int64)[cached.rows]
+              if "slice_index" in table.column_names else np.zeros(len(cached.rows), np.int64))
+    return vids, np.where(cached.slices >= 0, cached.slices, listed)
 
 
 def pooled_volumes(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings, how: str = "mean"):
@@ -88,7 +119,7 @@ def pooled_volumes(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings, ho
         j = first.setdefault(v, i)
         if not np.array_equal(labels[i], labels[j]):
             raise ValueError(f"task '{task.name}': volume '{v}' has slices with different labels")
-    vids, slice_index = _slices_of(table, cached)
+    vids, slice_index = slice_positions(table, cached)
     present = set(vids.tolist())
     volumes = [v for v in first if v in present]  # manifest order
     code = {v: k for k, v in enumerate(volumes)}
@@ -109,69 +140,70 @@ def pooled_volumes(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings, ho
     pooled["slices"] = slices
     vol_table = table.take(pa.array([first[v] for v in volumes], pa.int64()))
     vol_table = vol_table.set_column(vol_table.column_names.index("sample_id"), "sample_id", pa.array(volumes, pa.string()))
-    return vol_table, dataclasses.replace(cached, sample_ids=np.asarray(volumes, dtype=object), features=pooled, rows=None)
-
-
-def _slices_of(table: pa.Table, cached: CachedEmbeddings):
-    """(volume id, slice index) of every cached row: as cached for expanded volumes, else from the
-    manifest by sample id (a row the manifest no longer lists gets volume None and drops out)."""
-    if cached.rows is not None and "volume_id" in cached.rows.column_names:
-        return (np.asarray(cached.rows["volume_id"].to_pylist(), dtype=object),
-                np.asarray(cached.rows["slice_index"].to_pylist(), dtype=np.int64))
-    index = table["slice_index"].to_pylist() if "slice_index" in table.column_names else [0] * table.num_rows
-    where = {sid: (v, z) for sid, v, z in zip(table["sample_id"].to_pylist(), table["volume_id"].to_pylist(), index)}
-    pairs = [where.get(sid, (None, -1)) for sid in cached.sample_ids]
-    return (np.asarray([v for v, _ in pairs], dtype=object),
-            np.asarray([-1 if z is None else z for _, z in pairs], dtype=np.int64))
+    n = len(volumes)
+    return vol_table, dataclasses.replace(cached, rows=np.arange(n), slices=np.full(n, -1), features=pooled, extras=None)
 
 
 def seg_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
-    """Patch-token grids and masks per cached row, split by the manifest; a volume's slice rows
-    (sample_id f"{volume_id}:{z}") belong to the manifest row of their volume."""
-    from raddist.data.volumes import grid_spacing
+    """Patch-token grids and masks per cached row, split by the manifest. A case is a 2D image, or a
+    volume: the slices the pipeline expanded from one manifest row, or the manifest's rows that share
+    a volume_id (slices listed one per row). Each case also gets its source grid: where its original
+    label map is (the manifest's mask_uri, read only when the case is scored) and that grid's
+    spacing (a NIfTI volume's voxel sizes from its affine; 1.0 per pixel otherwise)."""
+    from raddist.data.volumes import grid_spacing, voxel_sizes
     from raddist.embed.cache import tensor_column
 
     classes = list(task.classes or [])
     if len(classes) < 2:
         raise ValueError(f"task '{task.name}': a segmentation task needs 'classes', the background first")
-    rows, meta = cached.rows, cached.meta
-    if rows is None or "mask" not in rows.column_names:
+    extras, meta = cached.extras, cached.meta
+    if extras is None or "mask" not in extras.column_names:
         raise ValueError(f"task '{task.name}': the cached embeddings hold no masks; was the job planned for segmentation?")
-    volumes, sliced = bool(meta.get("volumes")), "volume_id" in rows.column_names
-    vids = np.asarray(rows["volume_id"].to_pylist(), dtype=object) if sliced else None
-    keys = vids if volumes else cached.sample_ids
-    position = {k: i for i, k in enumerate(table["volume_id" if volumes else "sample_id"].to_pylist())}
-    m_idx = np.array([position.get(k, -1) for k in keys], dtype=np.int64)
-    split_of = np.asarray(table["split"].to_pylist(), dtype=object)[m_idx]
-    split_of[m_idx < 0] = None
-    patients = np.asarray(table["patient_id"].to_pylist(), dtype=object)[m_idx]
-    case_ids = vids if sliced else cached.sample_ids
-    slice_index = np.asarray(rows["slice_index"].to_pylist(), np.int64) if sliced else np.full(len(keys), -1)
-    shapes = np.asarray(rows["shape"].to_pylist(), np.int64)
-    affines = np.asarray(rows["affine"].to_pylist(), np.float64) if volumes else None
+    if "mask_uri" not in table.column_names:
+        raise ValueError(f"task '{task.name}': the manifest has no mask_uri column to score segmentation against")
+    volumes, sliced = bool(meta.get("volumes")), "volume_id" in table.column_names
+    column = lambda name: np.asarray(table[name].to_pylist(), dtype=object)[cached.rows]  # noqa: E731
+    split_of, patients, mask_uris = column("split"), column("patient_id"), column("mask_uri")
+    if sliced:
+        case_ids, slice_index = slice_positions(table, cached)
+        sample_ids = np.array([f"{v}:{z}" for v, z in zip(case_ids, slice_index)], dtype=object)
+    else:
+        case_ids = sample_ids = column("sample_id")
+        slice_index = np.full(len(cached.rows), -1)
+    shapes = np.asarray(extras["shape"].to_pylist(), np.int64)
+    affines = np.asarray(extras["affine"].to_pylist(), np.float64) if volumes else None
     size = int(meta["contract"]["size"])
+    listed: Dict[str, list] = {}  # slices listed in a manifest: case -> [(slice index, mask uri)]
+    if sliced and not volumes:
+        for case, z, uri in zip(case_ids, slice_index, mask_uris):
+            listed.setdefault(case, []).append((int(z), str(uri)))
     geometry: Dict[str, CaseGeometry] = {}
+    source_masks: Dict[str, object] = {}
     for i, case in enumerate(case_ids):
         if case in geometry:
             continue
         if volumes:
             affine = affines[i].reshape(4, 4)
-            geometry[case] = CaseGeometry(grid_spacing(shapes[i], size, affine), tuple(shapes[i]), affine)
+            geometry[case] = CaseGeometry(grid_spacing(shapes[i], size, affine), tuple(shapes[i]), affine,
+                                          tuple(float(v) for v in voxel_sizes(affine)[::-1]))
+            source_masks[case] = str(mask_uris[i])
         elif sliced:  # slices listed in a manifest: pixels in-plane, one slice apart
-            depth = int((case_ids == case).sum())
-            geometry[case] = CaseGeometry((1.0, *grid_spacing(shapes[i][1:], size)), (depth, *shapes[i][1:]))
+            pairs = sorted(listed[case], key=lambda p: p[0])
+            geometry[case] = CaseGeometry((1.0, *grid_spacing(shapes[i][1:], size)), (len(pairs), *shapes[i][1:]),
+                                          source_spacing=(1.0, 1.0, 1.0))
+            source_masks[case] = [uri for _, uri in pairs]
         else:
-            geometry[case] = CaseGeometry(grid_spacing(shapes[i][1:], size), tuple(shapes[i][1:]))
+            geometry[case] = CaseGeometry(grid_spacing(shapes[i][1:], size), tuple(shapes[i][1:]),
+                                          source_spacing=(1.0, 1.0))
+            source_masks[case] = str(mask_uris[i])
     tokens = [cached.dense[n] for n in meta["dense_names"]]
-    masks = tensor_column(rows, "mask")
+    masks = tensor_column(extras, "mask")
     splits = {}
     for split in manifest_lib.SPLITS:
         idx = np.flatnonzero(split_of == split)
         if len(idx):
-            splits[split] = SegSplit([t[idx] for t in tokens], masks[idx], cached.sample_ids[idx], patients[idx],
+            splits[split] = SegSplit([t[idx] for t in tokens], masks[idx], sample_ids[idx], patients[idx],
                                      np.asarray(case_ids, dtype=object)[idx], slice_index[idx])
-    for need in ("train", "test"):
-        if need not in splits:
-            raise ValueError(f"task '{task.name}': no decodable '{need}' images in {task.manifest}")
+    _require_train_and_test(task, splits)
     return SegInputs(task_type="segmentation", class_names=classes, splits=splits, geometry=geometry,
-                     volumetric=sliced)
+                     volumetric=sliced, source_masks=source_masks)

@@ -57,18 +57,19 @@ def cases_table(cell: Cell, prediction: SegPrediction, per_case: Dict[str, np.nd
 
 
 def write_masks(prediction: SegPrediction, cell_dir: str, salt: str) -> int:
-    """Predicted label maps of a segmentation cell, at the source's shape, into cell_dir/masks/:
-    NIfTI volumes with the source's affine (<pseudonym>.nii.gz), 2D images as PNG. Returns the count."""
-    from raddist.data.volumes import nifti_bytes, png_bytes, resize_labels, to_source
+    """Predicted label maps of a segmentation cell (already on each case's source grid) into
+    cell_dir/masks/: NIfTI volumes with the source's affine (<pseudonym>.nii.gz), 2D images as PNG.
+    Returns the count."""
+    from raddist.data.volumes import nifti_bytes, png_bytes
 
     written = 0
     for case in prediction.cases:
         name = storage.join(cell_dir, "masks", pseudonym(case.case_id, salt))
         if case.affine is not None:
-            storage.write_bytes(name + ".nii.gz", nifti_bytes(to_source(case.pred, case.source_shape), case.affine))
+            storage.write_bytes(name + ".nii.gz", nifti_bytes(case.pred, case.affine))
         elif case.pred.ndim == 2:
-            storage.write_bytes(name + ".png", png_bytes(resize_labels(case.pred, case.source_shape[-2:])))
+            storage.write_bytes(name + ".png", png_bytes(case.pred))
         else:
-            continue  # slices listed in a manifest: no source grid to write them on
+            continue  # slices listed in a manifest: no affine to write a volume with
         written += 1
     return written

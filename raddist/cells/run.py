@@ -92,13 +92,16 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
             "n_test": int(n_test),
             **({"masks_written": masks} if masks else {}),
             "seconds": round(seconds, 3),
+            "started_at": round(wall0, 3), "finished_at": round(time.time(), 3),  # Unix seconds
             # cost: this process's CPU time, and the GPUs held for the cell's wall time
             "wall_seconds": round(wall, 3),
             "cpu_seconds": round(time.process_time() - cpu0, 3),
             "gpu_seconds": round(wall * gpus_held(cell, ctx), 3),
         }
         results.write_cell(ctx.output, cell, rows, tables, info)
-        return {"cell_id": cell.id, "ok": True, "seconds": seconds}
+        # the metrics travel with the report for Tune's callbacks (raddist.tracking)
+        metric_rows = [{k: r.get(k) for k in ("metric", "value", "ci_low", "ci_high")} for r in rows]
+        return {"cell_id": cell.id, "ok": True, "seconds": seconds, "metric_rows": metric_rows}
     except Exception as e:  # noqa: BLE001 - one failed cell must not end the sweep
         error = f"{type(e).__name__}: {e}"
         results.write_failure(ctx.output, cell, error + "\n" + traceback.format_exc(limit=5))

@@ -14,6 +14,7 @@ Columns (required unless marked optional):
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -40,6 +41,8 @@ def load(uri: str, salt: Optional[str] = None) -> pa.Table:
         raise ManifestError(f"manifest not found: {uri}")
     try:
         table = storage.read_parquet(uri)
+    except storage.StorageError:
+        raise
     except Exception as e:  # a manifest that is not Parquet
         raise ManifestError(f"manifest {uri} is not a readable Parquet file: {e}") from None
     missing = [c for c in REQUIRED if c not in table.column_names]
@@ -101,6 +104,30 @@ def _check_values(table: pa.Table, col: str, uri: str, allowed: Optional[Iterabl
             raise ManifestError(
                 f"manifest {uri}: row {row} column '{col}' has value {v!r}; allowed: {list(allowed)}"
             )
+
+
+def check_roots(uri: str, data_roots: Sequence[str] = ()) -> None:
+    """A relative uri (or mask_uri) must stay inside the manifest's directory tree, through '..' or a
+    symlink alike, unless it lands in one of data_roots: a manifest cannot quietly read files it does
+    not hold. Absolute uris are the manifest's explicit choice and stay allowed. The error names the
+    row and the column, never the uri (file names may carry patient ids)."""
+    import posixpath
+
+    base = storage.parent(storage.normalize(uri))
+    remote = storage.is_remote(base)
+    real = (lambda p: posixpath.normpath(p)) if remote else os.path.realpath  # noqa: E731
+    allowed = [real(storage.normalize(r)) for r in (base, *data_roots)]
+    table = storage.read_parquet(uri)
+    for col in ("uri", "mask_uri"):
+        if col not in table.column_names:
+            continue
+        for row, value in enumerate(table[col].to_pylist()):
+            if value is None or storage.is_remote(value) or str(value).startswith("file://") or os.path.isabs(str(value)):
+                continue
+            target = real(storage.join(base, str(value)))
+            if not any(target == root or target.startswith(root.rstrip("/") + "/") for root in allowed):
+                raise ManifestError(f"manifest {uri}: row {row}: its relative {col} leaves the manifest's directory "
+                                    "(through '..' or a symlink); list where it leads in data_roots to allow it")
 
 
 def check_patient_splits(patients: Sequence[str], splits: Sequence[str], uri: str = "manifest") -> None:

@@ -1,8 +1,9 @@
 """What every protocol, frozen or trainable, uses to select honestly: labels, validation, choice.
 
-The reference study selected on the test set when a dataset had no validation split. Here a task
-without one gets a validation split carved from its TRAIN split, by patient, seeded; the test split
-is read only after the choice is made, to score the chosen configuration once.
+The reference code selected on the test set whenever a run was given no validation set, and its
+kNN and ML-kNN reported every k on test. Here every protocol chooses on validation: a task without a
+val split gets one carved from its TRAIN split, by patient, seeded; the test split is read only
+after the choice is made, to score the chosen configuration once.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from raddist.cells.inputs import frozen_inputs, pooled_volumes
-from raddist.embed.cache import CachedEmbeddings
+from raddist.embed.cache import CachedEmbeddings, errors_table
 from raddist.spec import TaskSpec
 
 WIDTH = 4
@@ -22,19 +22,20 @@ def manifest(n=12, volumes=False) -> pa.Table:
     return pa.table(cols)
 
 
-def cached(sample_ids, rows=None) -> CachedEmbeddings:
-    ids = np.asarray(sample_ids, dtype=object)
-    cls = np.stack([np.full(WIDTH, float(s[1:])) for s in ids]).astype(np.float32)  # row i holds i
-    return CachedEmbeddings(key="k", sample_ids=ids, features={"cls": cls}, block_dims=[WIDTH], meta={},
-                            errors=pa.table({"sample_id": pa.array([], pa.string())}), rows=rows)
+def cached(rows, failed=()) -> CachedEmbeddings:
+    """Features of the manifest rows given, in that order (row i's features hold i); failed: rows in the errors."""
+    rows = np.asarray(rows, np.int64)
+    cls = np.stack([np.full(WIDTH, float(r)) for r in rows]).astype(np.float32)
+    return CachedEmbeddings(key="k", rows=rows, slices=np.full(len(rows), -1), features={"cls": cls},
+                            block_dims=[WIDTH], meta={}, errors=errors_table([[r, -1, "bad"] for r in failed]))
 
 
 TASK = TaskSpec(name="t", manifest="/x/m.parquet", type="binary", labels=["finding"])
 
 
-def test_features_join_the_manifest_by_sample_id_whatever_the_cache_order():
+def test_features_join_the_manifest_by_row_whatever_the_cache_order():
     table = manifest()
-    inputs = frozen_inputs(TASK, table, cached([f"s{i}" for i in reversed(range(12))]))
+    inputs = frozen_inputs(TASK, table, cached(list(reversed(range(12)))))
     assert {k: len(v) for k, v in inputs.splits.items()} == {"train": 6, "val": 3, "test": 3}
     test = inputs.splits["test"]
     assert list(test.sample_ids) == ["s9", "s10", "s11"]
@@ -44,18 +45,24 @@ def test_features_join_the_manifest_by_sample_id_whatever_the_cache_order():
 
 
 def test_rows_that_failed_to_decode_drop_out_and_a_split_left_empty_is_an_error():
-    inputs = frozen_inputs(TASK, manifest(), cached([f"s{i}" for i in range(12) if i != 4]))
+    inputs = frozen_inputs(TASK, manifest(), cached([i for i in range(12) if i != 4], failed=[4]))
     assert len(inputs.splits["train"]) == 5 and "s4" not in inputs.splits["train"].sample_ids
     with pytest.raises(ValueError, match="no decodable 'test' images"):
-        frozen_inputs(TASK, manifest(), cached([f"s{i}" for i in range(9)]))
+        frozen_inputs(TASK, manifest(), cached(range(9), failed=[9, 10, 11]))
+
+
+def test_a_row_in_neither_the_features_nor_the_errors_fails_clearly():
+    with pytest.raises(ValueError, match=r"cover 11 of 12 manifest rows \(first missing: row 4\)"):
+        frozen_inputs(TASK, manifest(), cached([i for i in range(12) if i != 4]))
+    with pytest.raises(ValueError, match="rows beyond its 12"):
+        frozen_inputs(TASK, manifest(), cached(range(13)))
 
 
 @pytest.mark.parametrize("how", ["mean", "max"])
 def test_slices_pool_into_one_row_per_volume_with_the_slices_kept(how):
     table = manifest(volumes=True)
-    rows = pa.table({"volume_id": table["volume_id"], "slice_index": table["slice_index"]})
-    vol_table, pooled = pooled_volumes(TASK, table, cached(table["sample_id"].to_pylist(), rows), how)
-    assert list(pooled.sample_ids) == ["v0", "v1", "v2", "v3"] and vol_table.num_rows == 4
+    vol_table, pooled = pooled_volumes(TASK, table, cached(range(12)), how)
+    assert vol_table["sample_id"].to_pylist() == ["v0", "v1", "v2", "v3"] and list(pooled.rows) == [0, 1, 2, 3]
     expected = [1, 4, 7, 10] if how == "mean" else [2, 5, 8, 11]
     np.testing.assert_allclose(pooled.features["cls"][:, 0], expected)
     assert pooled.features["slices"][1].shape == (3, WIDTH)
@@ -68,4 +75,4 @@ def test_a_volume_whose_slices_disagree_on_the_label_is_refused():
     labels[1] = 1 - labels[1]
     table = table.set_column(table.column_names.index("finding"), "finding", pa.array(labels))
     with pytest.raises(ValueError, match="volume 'v0' has slices with different labels"):
-        pooled_volumes(TASK, table, cached(table["sample_id"].to_pylist()), "mean")
+        pooled_volumes(TASK, table, cached(range(12)), "mean")

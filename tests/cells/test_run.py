@@ -8,9 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raddist import storage
 from raddist.cells.run import CellContext, evaluate_cell, gpus_held
-from raddist.embed.cache import EmbeddingCache, errors_table, features_table
+from raddist.embed.cache import EmbeddingCache, block_table, write_part
 from raddist.plan import Cell
 from raddist.spec import BackboneSpec, ResourcesSpec, TaskSpec
 from tests.protocols.synthetic import blob_inputs
@@ -30,14 +29,12 @@ def frozen_cell(tmp_path):
         cls.append(data.features["cls"])
         patch.append(data.features["patch_mean"])
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
-    from raddist.data import manifest as manifest_lib
-
-    ids = manifest_lib.load(str(tmp_path / "manifest.parquet"), SALT)["sample_id"].to_pylist()  # as cached
+    n = len(rows)
     cache = EmbeddingCache(str(tmp_path / "cache"))
-    storage.write_parquet(cache.uri("k1", "features.parquet"),
-                          features_table(ids, {"cls": np.concatenate(cls), "patch_mean": np.concatenate(patch)}))
-    storage.write_parquet(cache.uri("k1", "errors.parquet"), errors_table())
-    cache.write_meta("k1", {"feature_names": ["cls", "patch_mean"], "block_dims": [8, 8, 8, 8]})
+    part = write_part(cache.entry("k1"), block_table({
+        "row": np.arange(n), "slice": np.full(n, -1), "error": np.array([""] * n, dtype=object),
+        "cls": np.concatenate(cls), "patch_mean": np.concatenate(patch)}))
+    cache.finish("k1", [part], {"feature_names": ["cls", "patch_mean"], "block_dims": [8, 8, 8, 8]})
     task = TaskSpec(name="t", manifest=str(tmp_path / "manifest.parquet"), type="binary", labels=["finding"])
     cell = Cell(id="cell1", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol="knn",
                 params={"ks": [5, 10]}, seed=0, embedding_job="j1")
@@ -64,7 +61,7 @@ def test_a_frozen_cell_writes_its_metrics_predictions_and_record(frozen_cell, tm
 def test_a_failing_cell_writes_failed_json_and_returns_its_error(frozen_cell, tmp_path):
     cell, ctx, _ = frozen_cell
     outcome = evaluate_cell(cell, "no-such-key", ctx)
-    assert not outcome["ok"] and "not in the cache" in outcome["error"]
+    assert not outcome["ok"] and "not complete in the cache" in outcome["error"]
     failed = json.loads((tmp_path / "out" / "cells" / "cell1" / "failed.json").read_text())
     assert failed["cell_id"] == "cell1" and "FileNotFoundError" in failed["error"]
     assert not (tmp_path / "out" / "cells" / "cell1" / "cell.json").exists()
@@ -77,3 +74,15 @@ def test_gpu_seconds_count_the_gpus_a_cell_holds(frozen_cell):
                           train_gpu=True)
     assert gpus_held(trains, on_gpus) == 2.0 and gpus_held(cell, on_gpus) == 0.25
     assert gpus_held(trains, CellContext(ctx.cache_root, ctx.output, 0, SALT, ResourcesSpec(train_workers=2))) == 0.0
+
+
+def test_a_cache_entry_that_misses_manifest_rows_fails_the_cell_clearly(frozen_cell, tmp_path):
+    cell, ctx, _ = frozen_cell
+    cache = EmbeddingCache(ctx.cache_root)
+    meta = cache.meta("k1")
+    short = write_part(cache.entry("k2"), block_table({
+        "row": np.arange(10), "slice": np.full(10, -1), "error": np.array([""] * 10, dtype=object),
+        "cls": np.zeros((10, 32), np.float32), "patch_mean": np.zeros((10, 8), np.float32)}))
+    cache.finish("k2", [short], {k: meta[k] for k in ("feature_names", "block_dims")})
+    outcome = evaluate_cell(cell, "k2", ctx)
+    assert not outcome["ok"] and "cover 10 of 110 manifest rows" in outcome["error"]

@@ -1,7 +1,17 @@
-"""The embedding cache's key: whatever changes the features changes the key, nothing else does."""
+"""The caches: keys follow what the content depends on (and not the salt); an entry is complete only
+when every part its meta.json lists is there, of the size listed, and of the content its name hashes."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
 
 from raddist import spec as spec_lib
 from raddist.embed import cache as cache_lib
+from raddist.embed import jobs
+from raddist.embed.cache import CacheEntryError, EmbeddingCache, block_table, write_part
 from raddist.plan import make_plan
 
 
@@ -15,20 +25,89 @@ def _job(size=None):
     return next(iter(make_plan(spec).jobs.values()))
 
 
-def test_key_follows_what_the_features_depend_on(tmp_path, monkeypatch):
-    cache = cache_lib.EmbeddingCache(str(tmp_path))
+def test_features_key_follows_what_the_features_depend_on(monkeypatch):
     job = _job()
-    key = cache.key(job, "random", "manifest-a")
-    assert cache.key(_job(), "random", "manifest-a") == key  # deterministic
+    key = jobs.features_key(job, "random", "manifest-a", False, "cpu", False)
+    assert jobs.features_key(_job(), "random", "manifest-a", False, "cpu", False) == key  # deterministic
     others = {
-        cache.key(job, "random", "manifest-b"),
-        cache.key(job, "sha256:abc", "manifest-a"),
-        cache.key(_job(size=96), "random", "manifest-a"),
-        cache.key(job, "random", "manifest-a", slices=True),
-        cache.key(job, "random", "manifest-a", decoder="nvjpeg"),  # JPEGs decoded on the GPU
+        jobs.features_key(job, "random", "manifest-b", False, "cpu", False),
+        jobs.features_key(job, "sha256:abc", "manifest-a", False, "cpu", False),
+        jobs.features_key(_job(size=96), "random", "manifest-a", False, "cpu", False),
+        jobs.features_key(job, "random", "manifest-a", True, "cpu", False),  # volumes, slice by slice
+        jobs.features_key(job, "random", "manifest-a", False, "gpu", False),  # bf16 on a GPU
+        jobs.features_key(job, "random", "manifest-a", False, "gpu", True),  # JPEGs decoded by nvjpeg
     }
-    monkeypatch.setattr(cache_lib, "DECODE_VERSION", cache_lib.DECODE_VERSION + 1)  # the decoded pixels change
-    others.add(cache.key(job, "random", "manifest-a"))
-    monkeypatch.setattr(cache_lib, "EMBEDDER_VERSION", cache_lib.EMBEDDER_VERSION + 1)
-    others.add(cache.key(job, "random", "manifest-a"))
-    assert key not in others and len(others) == 7
+    monkeypatch.setattr(jobs, "DECODE_VERSION", jobs.DECODE_VERSION + 1)  # the decoded pixels change
+    others.add(jobs.features_key(job, "random", "manifest-a", False, "cpu", False))
+    monkeypatch.setattr(jobs, "EMBEDDER_VERSION", jobs.EMBEDDER_VERSION + 1)
+    others.add(jobs.features_key(job, "random", "manifest-a", False, "cpu", False))
+    assert key not in others and len(others) == 8
+
+
+def test_the_manifest_hash_is_of_the_raw_content_whatever_the_salt(synthetic_data):
+    from raddist.data import manifest as manifest_lib
+
+    uri = os.path.join(synthetic_data, "chest", "manifest.parquet")
+    raw = manifest_lib.load(uri)
+    assert jobs.manifest_hash(raw, masks=False) == jobs.manifest_hash(manifest_lib.load(uri), masks=False)
+    salted = [jobs.manifest_hash(manifest_lib.load(uri, salt), masks=False) for salt in ("s1", "s2")]
+    assert salted[0] != salted[1]  # which is why keys hash the raw manifest, loaded without a salt
+    assert jobs.pixels_key("m", {"size": 64}, False, False) != jobs.pixels_key("m", {"size": 96}, False, False)
+
+
+def _entry(tmp_path, n_parts=2):
+    cache = EmbeddingCache(str(tmp_path))
+    parts = []
+    for p in range(n_parts):
+        rows = np.arange(p * 4, p * 4 + 4)
+        cls = np.full((4, 3), p, np.float32)
+        errors = np.array(["", "", "", "bad"] if p == 0 else [""] * 4, dtype=object)
+        parts.append(write_part(cache.entry("k"), block_table({"row": rows, "slice": np.full(4, -1), "error": errors,
+                                                                "cls": cls})))
+    cache.finish("k", parts, {"feature_names": ["cls"], "block_dims": [3]})
+    return cache, parts
+
+
+def test_a_complete_entry_loads_every_row_once_without_its_errors(tmp_path):
+    cache, parts = _entry(tmp_path)
+    assert cache.check("k") is None
+    got = cache.load("k")
+    assert sorted(got.rows) == [0, 1, 2, 4, 5, 6, 7] and got.features["cls"].shape == (7, 3)
+    assert got.errors.to_pylist() == [{"row": 3, "slice": -1, "error": "bad"}]
+    assert got.meta["rows"] == 8 and got.meta["errors"] == 1
+
+
+def test_a_missing_part_a_part_of_another_size_or_an_unreadable_meta_make_an_entry_incomplete(tmp_path):
+    cache, parts = _entry(tmp_path)
+    first = cache.uri("k", f"parts/{parts[0]['name']}")
+    data = open(first, "rb").read()
+    with open(first, "wb") as f:
+        f.write(data[: len(data) // 2])  # a truncated part (half its rows)
+    assert "bytes, meta.json says" in cache.check("k")
+    os.remove(first)
+    assert cache.check("k") == f"part {parts[0]['name']} missing"
+    with open(cache.uri("k", "meta.json"), "w") as f:
+        f.write("{not json")
+    assert cache.check("k").startswith("meta.json unreadable")
+
+
+def test_a_part_whose_content_changed_invalidates_its_entry_when_read(tmp_path):
+    cache, parts = _entry(tmp_path)
+    first = cache.uri("k", f"parts/{parts[0]['name']}")
+    data = bytearray(open(first, "rb").read())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    with open(first, "wb") as f:
+        f.write(bytes(data))
+    assert cache.check("k") is None  # sizes agree: the listing cannot tell
+    with pytest.raises(CacheEntryError, match="does not match its content hash"):
+        cache.load("k")
+    assert cache.check("k") == "absent"  # invalidated: the next run recomputes it
+
+
+def test_parts_are_named_by_their_content(tmp_path):
+    table = block_table({"row": np.arange(3), "slice": np.full(3, -1), "error": np.array([""] * 3, dtype=object)})
+    a = write_part(str(tmp_path / "e"), table)
+    assert write_part(str(tmp_path / "e"), table)["name"] == a["name"]  # a retried block writes the same part
+    assert cache_lib.read_part_file(str(tmp_path / "e" / "parts" / a["name"])).num_rows == 3
+    assert json.loads(json.dumps(a))["error_rows"] == []
+    assert pa.types.is_float16(block_table({"cls": np.zeros((2, 4), np.float32)})["cls"].type.value_type)

@@ -13,7 +13,7 @@ from raddist.data.readers import read_nifti
 from raddist.data.synthetic_seg import SEG2D_CLASSES, SEG3D_CLASSES, write_synthetic_seg
 from raddist.data.volumes import read_mask, resize_labels
 from raddist.embed.cache import EmbeddingCache
-from raddist.embed.pipeline import run_embedding_job
+from raddist.embed.jobs import run_embedding_job
 from raddist import protocols
 from raddist.cells.inputs import frozen_inputs
 from raddist.cells.outputs import write_masks
@@ -63,26 +63,24 @@ def test_volume_rows_expand_to_one_row_per_slice(seg3d, sets):
     assert outcome.computed and outcome.errors == 0 and outcome.images == 12 * 16
     cached = cache.load(outcome.key)
     table = manifest_lib.load(sets["seg3d"])
-    expected = {f"{v}:{z}" for v in table["volume_id"].to_pylist() for z in range(16)}
-    assert set(cached.sample_ids) == expected and len(cached.sample_ids) == len(expected)
-    rows = cached.rows.to_pylist()
-    assert all(r["slice_index"] == int(s.split(":")[1]) and r["volume_id"] == s.split(":")[0]
-               for r, s in zip(rows, cached.sample_ids))
+    pairs = set(zip(cached.rows.tolist(), cached.slices.tolist()))
+    assert pairs == {(r, z) for r in range(table.num_rows) for z in range(16)} and len(cached.rows) == len(pairs)
+    extras = cached.extras.to_pylist()
     first = table.to_pylist()[0]
     labels, affine = read_nifti(first["mask_uri"], open(first["mask_uri"], "rb").read())
-    for r in rows:
-        if r["volume_id"] == first["volume_id"]:
-            np.testing.assert_allclose(np.reshape(r["affine"], (4, 4)), affine)
-            assert tuple(r["shape"]) == labels.shape
-    masks = cached.rows["mask"].combine_chunks().to_numpy_ndarray()
-    i = list(cached.sample_ids).index(f"{first['volume_id']}:7")
+    for row, extra in zip(cached.rows, extras):
+        if row == 0:
+            np.testing.assert_allclose(np.reshape(extra["affine"], (4, 4)), affine)
+            assert tuple(extra["shape"]) == labels.shape
+    masks = cached.extras["mask"].combine_chunks().to_numpy_ndarray()
+    i = next(k for k, (r, z) in enumerate(zip(cached.rows, cached.slices)) if r == 0 and z == 7)
     np.testing.assert_array_equal(masks[i], labels[7].astype(np.uint8))  # 64 x 64 source: no resize
 
 
 def test_dense_tokens_are_float16_and_a_rerun_computes_nothing(seg3d):
     task, cache, outcome = seg3d
-    schema = pq.read_schema(cache.uri(outcome.key, "features.parquet"))
     cached = cache.load(outcome.key)
+    schema = pq.read_schema(cache.part_uris(outcome.key, cached.meta)[0])
     assert cached.meta["dense_names"] == ["patch_tokens", "patch_tokens_2", "patch_tokens_3", "patch_tokens_4"]
     for name in cached.meta["dense_names"]:  # tiny_vit has 4 blocks: 5 asked, 4 given
         assert schema.field(name).type.value_type == pa.float16()
@@ -123,9 +121,9 @@ def test_2d_masks_are_cached_at_the_model_size(ray_local, sets, tmp_path):
     cached = cache.load(outcome.key)
     assert outcome.images == 60 and cached.dense["patch_tokens"].shape == (60, 96, 2, 2)
     table = manifest_lib.load(sets["seg2d"]).to_pylist()
-    row = next(r for r in table if r["sample_id"] == cached.sample_ids[5])
+    row = table[int(cached.rows[5])]
     expected = resize_labels(read_mask(row["mask_uri"], open(row["mask_uri"], "rb").read()), (64, 64))
-    np.testing.assert_array_equal(cached.rows["mask"].combine_chunks().to_numpy_ndarray()[5], expected)
+    np.testing.assert_array_equal(cached.extras["mask"].combine_chunks().to_numpy_ndarray()[5], expected)
     inputs = frozen_inputs(task, manifest_lib.load(sets["seg2d"]), cached)
     assert not inputs.volumetric and inputs.geometry[row["sample_id"]].spacing == (1.5, 1.5)
 
@@ -135,20 +133,17 @@ def test_slices_of_volumes_pool_into_one_row_per_volume(ray_local, sets, tmp_pat
     task = _task("covid", sets["volcls"], "binary", labels=["label"], pool="mean")
     outcome = run_embedding_job(_job(task, 0), cache, RESOURCES)
     cached = cache.load(outcome.key)
-    assert outcome.images == 320 and "volume_id" in cached.rows.column_names and not cached.dense
+    assert outcome.images == 320 and set(cached.slices) == {-1} and not cached.dense  # slices listed one per row
     table = manifest_lib.load(sets["volcls"])
     inputs = frozen_inputs(task, table, cached)
     n = sum(len(s) for s in inputs.splits.values())
     assert n == 40 and inputs.splits["test"].features["cls"].shape == (10, 64)
     test = inputs.splits["test"]
     vid = test.sample_ids[0]
-    rows = [i for i, v in enumerate(cached.rows["volume_id"].to_pylist()) if v == vid]
-    np.testing.assert_allclose(test.features["cls"][0], cached.features["cls"][rows].mean(0), rtol=1e-6)
+    volume_of = np.asarray(table["volume_id"].to_pylist(), dtype=object)[cached.rows]
+    np.testing.assert_allclose(test.features["cls"][0], cached.features["cls"][volume_of == vid].mean(0), rtol=1e-6)
     assert test.features["slices"][0].shape == (8, 128)  # [cls | patch_mean] per slice
     assert set(test.patient_ids) == set(test.sample_ids)  # one volume per patient here
-    # a cache written before slices carried their volume: the manifest says which volume a slice is in
-    legacy = frozen_inputs(task, table, dataclasses.replace(cached, rows=None)).splits["test"]
-    np.testing.assert_array_equal(legacy.features["cls"], test.features["cls"])
     for name in ("knn", "attention_mil"):
         params = {"epochs": 10} if name == "attention_mil" else {}
         cell = Cell(id="c", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol=name,

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from raddist import spec as spec_lib
 from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import EmbeddingCache
-from raddist.embed.pipeline import run_embedding_job
+from raddist.embed.jobs import run_embedding_job
 from raddist.plan import make_plan
 
 
@@ -43,7 +43,7 @@ def _embed_actor_pid():
     from ray._private import state
 
     for actor in state.actors().values():
-        if "EmbedBatch" in actor["ActorClassName"] and actor["State"] == "ALIVE" and actor.get("Pid"):
+        if "EmbedAndWrite" in actor["ActorClassName"] and actor["State"] == "ALIVE" and actor.get("Pid"):
             return actor["Pid"]
     return None
 
@@ -73,7 +73,7 @@ def test_killed_embedding_actor_loses_and_duplicates_nothing(ray_local, syntheti
     assert killed, "the job finished before the actor could be killed; make the dataset larger"
 
     got = cache.load(outcome["o"].key)
-    assert len(got.sample_ids) == len(set(got.sample_ids)) == n
-    order = {s: i for i, s in enumerate(ref.sample_ids)}
-    idx = np.array([order[s] for s in got.sample_ids])
+    assert len(got.rows) == len(set(got.rows)) == n
+    order = {s: i for i, s in enumerate(ref.rows)}
+    idx = np.array([order[s] for s in got.rows])
     np.testing.assert_array_equal(got.features["cls"], ref.features["cls"][idx])

@@ -98,10 +98,11 @@ def test_actor_decodes_deferred_jpegs_and_reports_the_bad_one(tmp_path):
     embeds them as it embeds Pillow's pixels, and gives a corrupt one its own error."""
     from raddist.data.contract import PreprocessContract
     from raddist.data.transforms import decode
-    from raddist.embed.pipeline import DecodeBatch, EmbedBatch
+    from raddist.data.decode import DecodeBatch
+    from raddist.embed.actor import EmbedBatch
 
     uris = _mixed_files(tmp_path)
-    batch = {"sample_id": np.array([f"s{i}" for i in range(4)], dtype=object), "uri": np.array(uris, dtype=object)}
+    batch = {"row": np.arange(4), "uri": np.array(uris, dtype=object)}
     contract = {"size": 64, "window": "auto", "clip_percentiles": None}
 
     decoded = DecodeBatch(contract, device_jpeg=True)(batch)
@@ -122,16 +123,17 @@ def test_jpegs_the_device_cannot_decode_fall_back_to_pillow(tmp_path, monkeypatc
     decoded by Pillow in the actor: the same pixels as a CPU run, and only the truncated file fails."""
     from raddist.data.contract import PreprocessContract
     from raddist.data.transforms import decode
-    from raddist.embed import pipeline
+    from raddist.data.decode import DecodeBatch
+    from raddist.embed import actor as actor_lib
 
     def refusing_decoder(blobs, size, device):
         return torch.zeros((len(blobs), size, size), dtype=torch.uint8), ["nvjpeg: unsupported"] * len(blobs)
 
-    monkeypatch.setattr(pipeline, "decode_jpegs", refusing_decoder)
+    monkeypatch.setattr(actor_lib, "decode_jpegs", refusing_decoder)
     uris = _mixed_files(tmp_path)
-    batch = {"sample_id": np.array([f"s{i}" for i in range(4)], dtype=object), "uri": np.array(uris, dtype=object)}
-    decoded = pipeline.DecodeBatch({"size": 64}, device_jpeg=True)(batch)
-    actor = pipeline.EmbedBatch("tiny_vit", "random", {"n_last_blocks": 1, "patch_mean": False}, threads=1, size=64)
+    batch = {"row": np.arange(4), "uri": np.array(uris, dtype=object)}
+    decoded = DecodeBatch({"size": 64}, device_jpeg=True)(batch)
+    actor = actor_lib.EmbedBatch("tiny_vit", "random", {"n_last_blocks": 1, "patch_mean": False}, threads=1, size=64)
     out = actor(decoded)
     assert list(out["error"][:3]) == ["", "", ""] and out["error"][3].startswith("corrupt JPEG")
     pillow = np.stack([decode(u, open(u, "rb").read(), PreprocessContract(size=64)) for u in uris[:3]])

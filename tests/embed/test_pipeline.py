@@ -11,7 +11,8 @@ import torch
 from raddist import spec as spec_lib
 from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import EmbeddingCache
-from raddist.embed.pipeline import actor_resources, rows_per_block, run_embedding_job, run_embedding_jobs
+from raddist.embed.jobs import run_embedding_job, run_embedding_jobs
+from raddist.embed.pipeline import layout, rows_per_block
 from raddist.plan import make_plan
 
 
@@ -53,10 +54,10 @@ def test_embeds_every_good_row_once_and_records_bad_ones(ray_local, synthetic_da
     assert outcome.computed and outcome.images == 24 and outcome.errors == 2
 
     cached = cache.load(outcome.key)
-    assert sorted(cached.sample_ids) == sorted(table["sample_id"].to_pylist()[:24])  # none lost, none twice
-    errors = {r["sample_id"]: r["error"] for r in cached.errors.to_pylist()}
-    assert set(errors) == {"broken", "missing"}
-    assert "not found" in errors["missing"]
+    assert sorted(cached.rows) == list(range(24)) and set(cached.slices) == {-1}  # none lost, none twice
+    errors = {r["row"]: r["error"] for r in cached.errors.to_pylist()}
+    assert set(errors) == {24, 25}  # the broken and the missing file, by manifest row
+    assert "not found" in errors[25] and "broken" not in errors[24]  # no file name in a reason
     assert cached.meta["contract"]["size"] == 64 and cached.meta["block_dims"] == [64] * 4
 
     # the same features as running the backbone by hand on the decoded image
@@ -68,7 +69,7 @@ def test_embeds_every_good_row_once_and_records_bad_ones(ray_local, synthetic_da
 
     config = get_config("tiny_vit")
     embedder = Embedder(config, build_model(config, "random"), n_last_blocks=4, patch_mean=True).eval()
-    i = list(cached.sample_ids).index(table["sample_id"][3].as_py())
+    i = list(cached.rows).index(3)
     uri = table["uri"][3].as_py()
     image = decode(uri, open(uri, "rb").read(), PreprocessContract(size=64))
     with torch.inference_mode():
@@ -86,9 +87,9 @@ def test_partial_job_is_recomputed(ray_local, synthetic_data, tmp_path):
     cache = EmbeddingCache(str(tmp_path / "cache"))
     first = run_embedding_job(job, cache, spec.resources)
     os.remove(cache.uri(first.key, "meta.json"))  # as if the driver died before finishing
-    assert not cache.is_complete(first.key)
+    assert cache.check(first.key) == "absent"
     second = run_embedding_job(job, cache, spec.resources)
-    assert second.computed and second.images == 8
+    assert second.computed and second.images == 8 and second.source == "pixels"  # decoded once, by the first
 
 
 def test_cpu_only_layout_fuses_decode_into_few_actors(ray_local):
@@ -96,12 +97,14 @@ def test_cpu_only_layout_fuses_decode_into_few_actors(ray_local):
     asking for what the decode step asks (so Ray Data fuses them), half the cluster in all."""
     from raddist.spec import ResourcesSpec
 
-    small, large = actor_resources(ResourcesSpec(), rows=300), actor_resources(ResourcesSpec(), rows=5000)
-    assert (small["actors"], large["actors"]) == (1, 2)
-    for layout in (small, large):
-        assert layout["num_gpus"] == 0 and layout["threads"] == 1
-        assert layout["num_cpus"] == layout["decode_cpus"] and layout["actors"] * layout["num_cpus"] <= 1.0 + 1e-9
-    assert actor_resources(ResourcesSpec(embed_actors=3), rows=10)["actors"] == 3
+    small, large = layout(ResourcesSpec(), "cpu", rows=300), layout(ResourcesSpec(), "cpu", rows=5000)
+    assert (small["max"], large["max"]) == (1, 2)
+    for res in (small, large):
+        assert res["num_gpus"] == 0 and res["threads"] == 1 and res["min"] == res["max"]
+        assert res["num_cpus"] == res["decode_cpus"] and res["max"] * res["num_cpus"] <= 1.0 + 1e-9
+    assert layout(ResourcesSpec(embed_actors=3), "cpu", rows=10)["max"] == 3
+    gpu = layout(ResourcesSpec(), "gpu")  # requested, not sized: 1..8 actors of one GPU, one to start
+    assert (gpu["min"], gpu["initial"], gpu["max"], gpu["num_gpus"]) == (1, 1, 8, 1)
     # about four blocks per CPU, within 16..128 rows
     assert [rows_per_block(n, 2) for n in (10, 400, 3600, 100_000)] == [16, 50, 128, 128]
 
@@ -114,9 +117,9 @@ def test_two_actors_embed_every_row_once_as_one_does(ray_local, synthetic_data, 
     two = EmbeddingCache(str(tmp_path / "c2"))
     a = one.load(run_embedding_job(job, one, spec1.resources).key)
     b = two.load(run_embedding_job(job, two, spec2.resources).key)
-    assert len(b.sample_ids) == len(set(b.sample_ids)) == 60 and b.errors.num_rows == 2
-    order = np.argsort(a.sample_ids), np.argsort(b.sample_ids)
-    assert list(a.sample_ids[order[0]]) == list(b.sample_ids[order[1]])
+    assert len(b.rows) == len(set(b.rows)) == 60 and b.errors.num_rows == 2
+    order = np.argsort(a.rows), np.argsort(b.rows)
+    assert list(a.rows[order[0]]) == list(b.rows[order[1]])
     np.testing.assert_allclose(a.features["cls"][order[0]], b.features["cls"][order[1]], rtol=1e-3, atol=1e-3)
 
 
@@ -140,7 +143,7 @@ def test_jobs_of_one_backbone_share_one_actor_pool(ray_local, synthetic_data, tm
     jobs = list(make_plan(spec).jobs.values())
 
     def embed_actors():
-        return {a["ActorID"] for a in state.actors().values() if "EmbedBatch" in a["ActorClassName"]}
+        return {a["ActorID"] for a in state.actors().values() if "EmbedAndWrite" in a["ActorClassName"]}
 
     before = embed_actors()
     cache = EmbeddingCache(str(tmp_path / "together"))
@@ -153,8 +156,8 @@ def test_jobs_of_one_backbone_share_one_actor_pool(ray_local, synthetic_data, tm
     alone = EmbeddingCache(str(tmp_path / "alone"))
     for job, outcome, part in zip(jobs, outcomes, (chest.slice(0, 12), chest.slice(12, 20))):
         got = cache.load(outcome.key)
-        assert sorted(got.sample_ids) == sorted(manifest_lib.load(job.task.manifest)["sample_id"].to_pylist())
+        assert sorted(got.rows) == list(range(part.num_rows))
         ref = alone.load(run_embedding_job(job, alone, spec.resources).key)
-        order = np.argsort(got.sample_ids), np.argsort(ref.sample_ids)
+        order = np.argsort(got.rows), np.argsort(ref.rows)
         np.testing.assert_allclose(got.features["cls"][order[0]], ref.features["cls"][order[1]], rtol=1e-3, atol=1e-3)
     assert not any(o.computed for o in run_embedding_jobs(jobs, cache, spec.resources))

@@ -43,8 +43,7 @@ def decode_split(table: pa.Table, labels: np.ndarray, contract: dict, rows_per_b
     n = table.num_rows
     # decoded blocks keep the manifest's order, whichever task finishes first: reruns train alike
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    items = [{"index": i, "sample_id": s, "uri": u, "label": labels[i]}
-             for i, (s, u) in enumerate(zip(table["sample_id"].to_pylist(), table["uri"].to_pylist()))]
+    items = [{"index": i, "row": i, "uri": u, "label": labels[i]} for i, u in enumerate(table["uri"].to_pylist())]
     ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(n / rows_per_block)))
     ds = ds.map_batches(_decode_rows, fn_kwargs={"contract": contract}, batch_format="numpy", batch_size=None)
     ds = ds.select_columns(["index", "image", "label"]).materialize()

@@ -64,8 +64,9 @@ def trainer(datasets: dict, config: dict, storage: str, name: str, num_workers: 
     where = placement(num_workers, use_gpu, cell_cpus)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**config, "threads": where.threads},
+        train_loop_config={**config, "threads": where.threads, "use_gpu": use_gpu},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=where.worker),
+        torch_config=_torch_config(use_gpu),
         run_config=RunConfig(
             storage_path=storage_lib.normalize(storage),
             name=name,
@@ -79,6 +80,16 @@ def trainer(datasets: dict, config: dict, storage: str, name: str, num_workers: 
         datasets={"train": datasets["train"].randomize_block_order(seed=config["seed"]), "val": datasets["val"]},
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
     )
+
+
+def _torch_config(use_gpu: bool):
+    """NCCL needs real GPUs: the fake GPU nodes of Ray's test clusters (RADDIST_FAKE_GPUS) use gloo."""
+    from ray.train.torch import TorchConfig
+
+    from raddist.device import FAKE_GPUS_ENV
+
+    fake = use_gpu and os.environ.get(FAKE_GPUS_ENV) == "1"
+    return TorchConfig(backend="gloo") if fake else None
 
 
 def _ordered_ingest():

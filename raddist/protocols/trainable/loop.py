@@ -42,6 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from raddist.device import torch_device
     from raddist.protocols.trainable.model import (build_classifier, freeze_norm_statistics, load_trainable_state,
                                      loss_fn, trainable_parameters)
 
@@ -50,7 +51,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     spec, task_type = config["model"], config["model"]["task_type"]
     torch.manual_seed(config["seed"])  # the same head and adapter init on every worker and every retry
-    device = ray.train.torch.get_device()
+    device = torch_device(expect_gpu=config.get("use_gpu", False))
     model = build_classifier(spec).to(device)  # before the optimiser, so resumed state lands on the device
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config["lr"], weight_decay=config["weight_decay"])
     steps = config["epochs"] * max(1, math.ceil(config["train_rows"] // world / config["batch_size"]))
@@ -67,7 +68,7 @@ def train_loop_per_worker(config: dict) -> None:
         schedule.load_state_dict(state["schedule"])
         start, history = state["epoch"] + 1, state["history"]
 
-    ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1
+    ddp = ray.train.torch.prepare_model(model, move_to_device=False)  # DDP when world > 1; already on its device
     train = ray.train.get_dataset_shard("train")
     val = ray.train.get_dataset_shard("val")
     on_gpu = device.type == "cuda"
