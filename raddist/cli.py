@@ -1,4 +1,4 @@
-"""The `raddist` command: demo, plan, run, report, compare, datasets."""
+"""The `raddist` command: demo, plan, run, report, status, errors, compare, datasets."""
 
 from __future__ import annotations
 
@@ -70,22 +70,55 @@ def cmd_report(args) -> int:
 
 
 def cmd_status(args) -> int:
-    output = storage.normalize(args.output)
-    cells = storage.join(output, "cells")
-    fs, path = storage.filesystem(cells)
+    """The run in flight (progress.json, its state and how long ago it last reported), else the last
+    finished one's summary: never an old summary beside a run that is still going."""
+    import time
+
     import pyarrow.fs as pafs
 
+    output = storage.normalize(args.output)
+    fs, path = storage.filesystem(storage.join(output, "cells"))
     done = failed = 0
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
         name = info.path.rsplit("/", 1)[-1]
         done += name == "cell.json"
         failed += name == "failed.json"
     status = {"output": output, "cells_done": done, "cells_failed_attempts": failed}
-    for name in ("progress.json", "summary.json"):
-        uri = storage.join(output, name)
-        if storage.exists(uri):
-            status[name.removesuffix(".json")] = storage.read_json(uri)
+    progress_uri = storage.join(output, "progress.json")
+    progress = storage.read_json(progress_uri) if storage.exists(progress_uri) else None
+    if progress:
+        progress["seconds_since_update"] = round(time.time() - progress.get("updated", time.time()), 1)
+        status["progress"] = progress
+    summary_uri = storage.join(output, "summary.json")
+    if (not progress or progress.get("state") == "finished") and storage.exists(summary_uri):
+        status["summary"] = storage.read_json(summary_uri)
     print(json.dumps(status, indent=2))
+    return 0
+
+
+def cmd_errors(args) -> int:
+    """The images a run could not read: pseudonym, manifest row, reason; --reveal adds each one's uri
+    from the manifests, on a machine that holds the salt that wrote the run."""
+    from raddist.privacy import deployment_salt, fingerprint
+
+    output = storage.normalize(args.output)
+    uri = storage.join(output, "errors.parquet")
+    if not storage.exists(uri):
+        print("no input errors")
+        return 0
+    errors = storage.read_parquet(uri).to_pandas()
+    if args.reveal:
+        from raddist.data import manifest as manifest_lib
+
+        record = storage.read_json(storage.join(output, "run.json"))
+        salt = deployment_salt()
+        if record.get("salt_fingerprint") != fingerprint(salt):
+            raise RaddistError("this machine's salt did not write this run; --reveal needs the deployment's salt")
+        manifests = record.get("manifests", {})
+        uris = {task: manifest_lib.load(m)["uri"].to_pylist() for task, m in manifests.items()}
+        errors["uri"] = [uris[t][r] if t in uris else "" for t, r in zip(errors["task"], errors["row"])]
+    with pd_display():
+        print(errors.to_string(index=False))
     return 0
 
 
@@ -99,8 +132,6 @@ def cmd_compare(args) -> int:
         frame = storage.read_parquet(uri).to_pandas() if storage.exists(uri) else None
         if frame is not None and args.protocol:
             frame = frame[frame["protocol"].isin(args.protocol)]
-        elif frame is not None:  # few-shot draws are compared through their means in the report, not draw by draw
-            frame = frame[frame["protocol"] != "fewshot"]
         frames[name] = frame
     if not any(f is not None for f in frames.values()):
         raise RaddistError(f"{output} has no predictions.parquet or cases.parquet: is it a finished run?")
@@ -165,6 +196,7 @@ def _parse_opts(pairs: List[str], defaults: dict) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raddist", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="print tracebacks of errors, not one line")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     demo = sub.add_parser("demo", help="synthetic data → the demo sweep on a local Ray cluster")
@@ -192,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="cells done, running and failed of a sweep in flight or finished")
     status.add_argument("output")
     status.set_defaults(fn=cmd_status)
+
+    errors = sub.add_parser("errors", help="the images a run could not read, and why")
+    errors.add_argument("output")
+    errors.add_argument("--reveal", action="store_true", help="add each image's uri (needs the run's salt)")
+    errors.set_defaults(fn=cmd_errors)
 
     compare = sub.add_parser("compare", help="paired comparison of two backbones on the same test items")
     compare.add_argument("output")
@@ -224,6 +261,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.fn(args)
     except RaddistError as e:
+        if args.debug:
+            raise
         print(f"raddist: error: {e}", file=sys.stderr)
         return 2
 

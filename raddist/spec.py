@@ -66,6 +66,9 @@ class TaskSpec(Strict):
     # multiclass: class names, index = label value; segmentation: mask value i, background first
     classes: Optional[List[str]] = None
     preprocess: PreprocessSpec = PreprocessSpec()
+    # the square side every backbone sees this task's images at; default: the sweep's image_size, else
+    # each backbone's own (segmentation wants finer token grids: 448 gives ViT/14s 32 x 32 tokens)
+    image_size: Optional[int] = Field(None, ge=16)
     # volume tasks (manifest rows with volume_id): the one row per volume the frozen protocols see,
     # the mean (the reference's) or max of its slices' features; attention pooling: attention_mil
     pool: Literal["mean", "max"] = "mean"
@@ -153,11 +156,23 @@ class FeatureSpec(Strict):
 
 class StorageSpec(Strict):
     output: str = "raddist-output"
-    # the embedding cache; independent of the output. Default: $RADDIST_CACHE or ~/.cache/raddist
+    # the embedding and pixel caches; independent of the output. Default: $RADDIST_CACHE, else beside
+    # a remote output (<scheme>://<bucket>/raddist-cache, which every node sees), else ~/.cache/raddist
     cache: Optional[str] = None
+    # local paths (output, cache) are on a filesystem that every node mounts at the same path (NFS,
+    # EFS, Lustre); without it, a cluster of more than one node refuses them (raddist.preflight)
+    shared_filesystem: bool = False
 
-    def cache_uri(self) -> str:
-        return self.cache or os.environ.get("RADDIST_CACHE") or os.path.expanduser("~/.cache/raddist")
+    def cache_uri(self, output: Optional[str] = None) -> str:
+        from raddist import storage
+
+        if self.cache or os.environ.get("RADDIST_CACHE"):
+            return self.cache or os.environ["RADDIST_CACHE"]
+        output = output or self.output
+        if storage.is_remote(output):
+            scheme, rest = output.split("://", 1)
+            return f"{scheme}://{rest.split('/', 1)[0]}/raddist-cache"
+        return os.path.expanduser("~/.cache/raddist")
 
 
 class ResourcesSpec(Strict):
@@ -171,26 +186,52 @@ class ResourcesSpec(Strict):
     # JPEGs decoded by nvjpeg on the embedding GPU instead of by the CPUs (data.device_decode)
     gpu_jpeg_decode: bool = True
     max_concurrent_cells: int = Field(4, ge=1)
+    # frozen-protocol cells of one embedding job run together in one Ray Tune trial, this many at most:
+    # Tune's cost per trial stays small beside the cells' work at study scale
+    cells_per_trial: int = Field(8, ge=1)
     cpus_per_cell: float = Field(0.5, gt=0)
     gpus_per_cell: float = Field(0.0, ge=0)
-    # trainable protocols (Ray Train): workers per fit, and GPUs (default: when the cluster has them)
+    # where embedding actors and training workers compute: auto is the GPU when the cluster has GPUs or
+    # its autoscaler can add them (asked once per run: raddist.cluster), else the CPU. It decides the
+    # pixels (nvjpeg) and the precision (bf16), so it is part of the cache key
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    # trainable protocols (Ray Train): workers per fit
     train_workers: int = Field(1, ge=1)
-    train_use_gpu: Optional[bool] = None
+    # decoded pixels cached per (manifest, contract), read by every later backbone (raddist.embed.jobs)
+    pixel_cache: bool = True
+    # seconds between embedding progress lines (and progress.json updates)
+    progress_interval_s: float = Field(30.0, gt=0)
+
+
+class TrackingSpec(Strict):
+    # an MLflow tracking URI (a server, a database, or file:///path with MLFLOW_ALLOW_FILE_STORE=true):
+    # each finished cell becomes one MLflow run of its params and metrics (raddist.tracking)
+    mlflow: Optional[str] = None
+    experiment: Optional[str] = None  # default: the sweep's name
 
 
 class SweepSpec(Strict):
     _unset_vars: List[Tuple[str, str]] = PrivateAttr(default_factory=list)  # (field, variable); see load
 
     name: str = "sweep"
+    # reference: the grid reproduces the reference study's settings where raddist has them; raddist:
+    # raddist's own defaults. The report says which, and lists the differences (raddist.reference)
+    mode: Literal["raddist", "reference"] = "raddist"
     backbones: List[BackboneSpec] = Field(min_length=1)
     tasks: List[TaskSpec] = Field(min_length=1)
     protocols: List[ProtocolSpec] = Field(min_length=1)
-    seeds: List[int] = [0]
-    image_size: Optional[int] = None  # default: each backbone's own input size
+    seeds: List[int] = Field([0], min_length=1)
+    image_size: Optional[int] = Field(None, ge=16)  # default: each backbone's own input size
     features: FeatureSpec = FeatureSpec()
     storage: StorageSpec = StorageSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
     bootstrap: int = Field(1000, ge=0)  # bootstrap resamples for the confidence intervals
+    # directories outside a manifest's own that its relative uris may reach (through '..' or a symlink)
+    data_roots: List[str] = []
+    # an embedding job in which more rows than this fail to decode fails instead of caching: a
+    # dataset that is mostly unreadable is a wrong path or a broken copy, not a result
+    max_input_error_rate: float = Field(0.05, ge=0, le=1)
 
     @property
     def unset_vars(self) -> List[Tuple[str, str]]:
@@ -240,7 +281,7 @@ def parse(data: dict, source: str = "spec") -> SweepSpec:
         raise ConfigError(f"{source}: {_format(e)}") from None
 
 
-SHIPPED_CONFIGS = ("demo", "paper", "smoke")  # raddist/configs/<name>.yaml, installed with the package
+SHIPPED_CONFIGS = ("demo", "paper", "paper-recommended", "smoke")  # raddist/configs/<name>.yaml, installed with the package
 
 
 def config_uri(name_or_uri: str) -> str:

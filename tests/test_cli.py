@@ -81,7 +81,12 @@ def test_corrupt_file_is_an_input_error_and_every_cell_completes(synthetic_data,
     s = json.load(open(tmp_path / "out" / "summary.json"))
     assert s["input_errors"] == 1 and s["cells_done"] == s["cells_total"] == 1
     errors = pq.read_table(tmp_path / "out" / "errors.parquet").to_pylist()
-    assert errors[0]["uri"].endswith(victim.name) and errors[0]["error"]
+    assert len(errors) == 1 and errors[0]["row"] == 0 and errors[0]["error"]
+    assert "uri" not in errors[0] and victim.name not in json.dumps(errors)  # file names may carry patient ids
+    shown = _raddist("errors", str(tmp_path / "out")).stdout
+    assert errors[0]["sample_id"] in shown and victim.name not in shown
+    revealed = _raddist("errors", str(tmp_path / "out"), "--reveal").stdout  # where the salt is: this machine
+    assert victim.name in revealed
 
 
 def test_bad_config_and_missing_manifest_fail_up_front(tmp_path):

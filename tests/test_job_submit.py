@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.fake_cluster import stop_cluster
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 RAY = str(Path(sys.executable).parent / "ray")
@@ -37,16 +39,17 @@ def head(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     dash = _free_port()
+    temp_dir = str(tmp_path_factory.mktemp("ray"))
     _ray("start", "--head", "--node-ip-address=127.0.0.1", "--port=0", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=2",
-         "--disable-usage-stats", f"--temp-dir={tmp_path_factory.mktemp('ray')}")
+         "--disable-usage-stats", f"--temp-dir={temp_dir}")
     address = f"http://127.0.0.1:{dash}"
     for _ in range(60):  # the job agent comes up a little after the head
         if _ray("job", "list", "--address", address, check=False).returncode == 0:
             break
         time.sleep(1)
     yield address
-    _ray("stop", "--force", check=False)
+    stop_cluster(temp_dir)  # this head only: `ray stop` would stop every Ray on the machine
 
 
 def _submit(address, out, data, cache, wait=True):

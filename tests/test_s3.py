@@ -1,11 +1,14 @@
 """A whole sweep on object storage: manifest, images, cache and results all on s3:// (a real S3
-HTTP endpoint, moto, on loopback). Credentials come from the environment and never leak."""
+HTTP endpoint, moto, on loopback). Credentials come from the environment and are written nowhere:
+not in the outputs, the cache, the console, nor any byte of Ray's session directory (its logs and
+the runtime environments Ray Tune would otherwise copy them into)."""
 
 import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import boto3
@@ -34,8 +37,9 @@ def test_sweep_entirely_on_s3(synthetic_data, s3_bucket, moto_endpoint, tmp_path
         "storage": {"cache": f"s3://{s3_bucket}/cache", "output": f"s3://{s3_bucket}/out"},
     }
     (tmp_path / "s3.yaml").write_text(yaml.safe_dump(cfg))
+    ray_dir = Path(tempfile.mkdtemp(prefix="rs3-", dir="/tmp"))  # this run's Ray sessions (short: socket paths)
     proc = subprocess.run([sys.executable, "-m", "raddist.cli", "run", str(tmp_path / "s3.yaml")],
-                          capture_output=True, text=True, env=dict(os.environ), timeout=600)
+                          capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": str(ray_dir)}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     def get(key):
@@ -49,8 +53,14 @@ def test_sweep_entirely_on_s3(synthetic_data, s3_bucket, moto_endpoint, tmp_path
     assert any(k.startswith("cache/") and k.endswith("meta.json") for k in keys)
     assert not any(k.startswith("out/") and ".tmp-" in k for k in keys)
 
-    # the credential is nowhere: not in the logs, not in anything written
+    # the credential is nowhere: not in the console, not in anything written, not in Ray's session
     assert SECRET not in proc.stdout + proc.stderr
+    searched = 0
     for key in keys:
         if key.startswith(("out/", "cache/")):
             assert SECRET.encode() not in get(key), key
+            searched += 1
+    session_files = [p for p in ray_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "runtime_env_agent.log" for p in session_files)  # the log that held it before
+    leaked = [str(p) for p in session_files if SECRET.encode() in p.read_bytes()]
+    assert leaked == [] and searched > 10 and len(session_files) > 20
