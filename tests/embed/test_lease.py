@@ -33,6 +33,23 @@ def test_a_holder_renews_its_lease_while_it_works(tmp_path, monkeypatch):
     other.close()
 
 
+def test_of_many_racing_for_an_absent_local_lease_exactly_one_takes_it_at_once(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr("raddist.embed.lease.SETTLE_S", 5.0)  # the object-store path would wait this long
+    uri = str(tmp_path / "entry" / "lease.json")
+    racers = [Leases(ttl_s=60) for _ in range(16)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        took = list(pool.map(lambda lease: lease.try_take(uri), racers))
+    assert sum(took) == 1 and time.perf_counter() - start < 2.0
+    winner = racers[took.index(True)]
+    assert json.loads(open(uri).read())["holder"] == winner.token
+    assert sorted(p.name for p in (tmp_path / "entry").iterdir()) == ["lease.json"]  # no temporary left
+    for lease in racers:
+        lease.close()
+
+
 RUN_ONE_JOB = """
 import json, sys
 import ray
