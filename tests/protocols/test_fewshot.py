@@ -70,9 +70,9 @@ def test_variants_cover_shots_draws_probes():
 
 def test_partial_linear_settings_keep_the_fewshot_defaults():
     default = fewshot.Params().linear
-    assert default.normalize == "l2" and (default.epochs, default.patience, default.eval_every) == (200, 20, 5)
+    assert default.normalize == "l2" and (default.epochs, default.patience, default.eval_every) == (2000, 100, 10)
     partial = fewshot.Params(linear={"lrs": [0.1]}).linear
-    assert partial.lrs == [0.1] and partial.normalize == "l2" and partial.epochs == 200 and partial.patience == 20
+    assert partial.lrs == [0.1] and partial.normalize == "l2" and partial.epochs == 2000 and partial.patience == 100
     assert fewshot.Params(linear={"normalize": "standard"}).linear.normalize == "standard"
 
 
@@ -134,8 +134,8 @@ def test_linear_probe_stops_on_a_validation_plateau_and_records_its_epochs():
     cell = fewshot.Params(shots=4, draw=0, probe="linear", linear={"lrs": [0.01, 0.1]})
     pred = fewshot.run(inputs, cell, seed=0)
     sel = pred.selected
-    assert sel["stopped"] == "plateau" and sel["max_epochs"] == 200
-    assert sel["best_epoch"] % 5 == 0 and sel["best_epoch"] <= sel["epochs_trained"] < 200  # checked every 5
-    again = fewshot.run(inputs, cell.model_copy(update={"linear": cell.linear.model_copy(update={"epochs": 400})}), seed=0)
+    assert sel["stopped"] == "plateau" and sel["max_epochs"] == 2000
+    assert sel["best_epoch"] % 10 == 0 and sel["best_epoch"] <= sel["epochs_trained"] < 2000  # checked every 10
+    again = fewshot.run(inputs, cell.model_copy(update={"linear": cell.linear.model_copy(update={"epochs": 8000})}), seed=0)
     assert again.selected["best_epoch"] == sel["best_epoch"] and again.selected["lr"] == sel["lr"]
     np.testing.assert_array_equal(again.scores, pred.scores)

@@ -1,0 +1,148 @@
+"""Do the demo's trained heads converge? The demo's head-training cells as shipped, then again with
+every cap raised --factor times: a result that moves by more than its own CI was still training.
+
+Cells: every demo protocol whose head trains on cached features, with the demo's own params
+(raddist/configs/demo.yaml): linear, fewshot (its linear probe), attention_mil, seg_linear,
+seg_unet. Run "shipped" as configured; run "raised": the same cells with `epochs` x --factor (the
+protocols' default cap where the demo sets none; fewshot: its linear probe's cap). The stopping
+rule is the same in both (validation plateau, protocols.stopping.Plateau), so a head that stopped
+on its plateau under the shipped cap trains the same epochs under the raised one, and only a head
+that hit the cap can change.
+
+Both runs through raddist.sweep.run_sweep on one local Ray cluster, one shared embedding cache (the
+second run computes no embedding), fresh outputs. Compared per (task, backbone, protocol, params
+less the caps, seed, metric): |raised - shipped| against the shipped CI's half-width.
+
+  exceed = results whose change is larger than their CI half-width (target: 0)
+  max_change_over_ci = the largest |change| / half-width
+  stopped = how the chosen heads stopped in each run (plateau | cap), from each cell.json
+
+  python benchmarks/convergence.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+
+from common import emit, load_avg, machine, say
+
+HEADS = ("linear", "fewshot", "attention_mil", "seg_linear", "seg_unet")
+
+
+def raised(protocol: dict, factor: int) -> dict:
+    """The protocol entry with its cap(s) raised factor times."""
+    from raddist import protocols
+
+    record = protocols.get(protocol["name"])
+    params = dict(protocol.get("params", {}))
+    defaults = record.params().model_dump()
+    if "epochs" in defaults:
+        params["epochs"] = factor * params.get("epochs", defaults["epochs"])
+    if "linear" in defaults:  # fewshot's linear probe
+        linear = {**defaults["linear"], **params.get("linear", {})}
+        params["linear"] = {**params.get("linear", {}), "epochs": factor * linear["epochs"]}
+    return {**protocol, "params": params}
+
+
+def run(config: dict, output: str, cache: str) -> dict:
+    from raddist.spec import parse
+    from raddist.sweep import run_sweep
+
+    spec = parse({**config, "storage": {"output": output, "cache": cache}})
+    t = time.perf_counter()
+    summary = run_sweep(spec, say=lambda line: None)
+    if summary["cells_failed"]:
+        raise RuntimeError(f"{summary['cells_failed']} cells failed: see {output}")
+    return {"wall_s": round(time.perf_counter() - t, 1), "cells": summary["cells_done"]}
+
+
+def stopped(output: str) -> dict:
+    counts = Counter()
+    for path in glob.glob(os.path.join(output, "cells", "*", "cell.json")):
+        with open(path) as f:
+            info = json.load(f)
+        counts[f"{info['protocol']}:{(info.get('selected') or {}).get('stopped', '?')}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def compare(shipped: str, raised_out: str) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    def table(output):
+        t = pd.read_parquet(os.path.join(output, "results.parquet"))
+        t["params"] = t["params"].map(lambda p: json.dumps({k: v for k, v in json.loads(p).items()
+                                                            if k not in ("epochs", "linear")}, sort_keys=True))
+        return t.set_index(["task", "backbone", "protocol", "params", "seed", "metric"])
+
+    a, b = table(shipped), table(raised_out)
+    joined = a[["value", "ci_low", "ci_high"]].join(b[["value"]].rename(columns={"value": "value_raised"}), how="inner")
+    joined = joined[np.isfinite(joined["value"]) & np.isfinite(joined["value_raised"])]
+    half = (joined["ci_high"] - joined["ci_low"]) / 2
+    change = (joined["value_raised"] - joined["value"]).abs()
+    ratio = (change / half.where(half > 0)).fillna(0.0)
+    over = joined[change > half]
+    worst = ratio.idxmax() if len(ratio) else None
+    return {
+        "results_compared": int(len(joined)), "results_only_in_one": int(len(a) + len(b) - 2 * len(joined)),
+        "exceed": int(len(over)), "unchanged": int((change == 0).sum()),
+        "max_change": round(float(change.max()), 6) if len(change) else None,
+        "max_change_over_ci": round(float(ratio.max()), 3) if len(ratio) else None,
+        "worst": None if worst is None else {"key": [str(k) for k in worst],
+                                             **{k: round(float(v), 6) for k, v in joined.loc[worst].items()}},
+        "exceeding": [[str(k) for k in key] for key in over.index[:20]],
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--factor", type=int, default=4, help="how many times the caps are raised")
+    p.add_argument("--protocols", nargs="+", default=list(HEADS), help="which of the demo's heads")
+    p.add_argument("--workdir", help="data, cache and outputs (default: a temporary dir, removed after)")
+    args = p.parse_args(argv)
+
+    from raddist.data.synthetic import write_synthetic
+    from raddist.data.synthetic_seg import write_synthetic_seg
+    from raddist.spec import load
+
+    started, info = time.perf_counter(), machine()
+    say(f"machine: {info}")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="raddist-convergence-")
+    data = os.path.join(workdir, "data")
+    if not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
+        write_synthetic(data)
+        write_synthetic_seg(data)
+    os.environ["RADDIST_DEMO_DATA"] = data
+    demo = load("demo").model_dump(exclude_none=True)  # ${RADDIST_DEMO_DATA} expanded
+    heads = [pr for pr in demo["protocols"] if pr["name"] in args.protocols]
+    cache = os.path.join(workdir, "cache")
+    load0 = load_avg()
+    try:
+        shipped_out, raised_out = os.path.join(workdir, "shipped"), os.path.join(workdir, "raised")
+        runs = {"shipped": run({**demo, "protocols": heads}, shipped_out, cache)}
+        say(f"shipped caps: {runs['shipped']}")
+        runs["raised"] = run({**demo, "protocols": [raised(pr, args.factor) for pr in heads]}, raised_out, cache)
+        say(f"caps x{args.factor}: {runs['raised']}")
+        out = {**compare(shipped_out, raised_out),
+               "stopped": {"shipped": stopped(shipped_out), "raised": stopped(raised_out)},
+               "runs": runs, "factor": args.factor, "protocols": args.protocols}
+    finally:
+        import ray
+
+        ray.shutdown()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out.update(machine=info, load=[load0, load_avg()], seconds=round(time.perf_counter() - started, 1))
+    emit(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
