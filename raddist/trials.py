@@ -19,6 +19,7 @@ Tune reruns a trial whose node was lost.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from typing import Dict, List, Optional
@@ -123,6 +124,9 @@ def run_cells(spec, pending: List[Cell], jobs: JobStates, ctx: CellContext, run_
     # each cell writes its own outputs: Tune's CSV, JSON and TensorBoard files per trial would only
     # add writes (uploads, on s3://) that nothing reads
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # ...so the ResultGrid that fit() returns finds no metrics files, and says so for every trial
+    # (nothing here reads it: the cells' outcomes are read back from the output)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
     from raddist.progress import CellProgress
 

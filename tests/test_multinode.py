@@ -160,7 +160,10 @@ def test_a_local_output_is_refused_before_any_cell(cluster, s3, config, tmp_path
 def test_s3_lost_mid_embedding_fails_cleanly_and_the_resubmit_equals_the_reference(
         cluster, s3, config, reference, moto_restartable):
     client = s3[1]
-    running = sweep(cluster, s3, config, "s3://runs/outage", cache="s3://runs/cache-outage", wait=False)
+    # the outage leaves its lease on the key behind (S3 is down when the run ends): a short TTL lets
+    # the resubmit take it over in seconds rather than the default two minutes
+    ttl = {"RADDIST_LEASE_TTL_S": "8"}
+    running = sweep(cluster, s3, config, "s3://runs/outage", cache="s3://runs/cache-outage", wait=False, **ttl)
     deadline = time.time() + 300
     while not any("/parts/" in k for k in keys(client, "cache-outage/features")) and time.time() < deadline:
         time.sleep(0.2)
@@ -171,7 +174,7 @@ def test_s3_lost_mid_embedding_fails_cleanly_and_the_resubmit_equals_the_referen
     assert "s3://runs/" in err + out and ("cannot connect" in err + out)
     assert not any(k.endswith("meta.json") for k in keys(client, "cache-outage/features"))  # nothing complete
 
-    again = sweep(cluster, s3, config, "s3://runs/outage", cache="s3://runs/cache-outage")
+    again = sweep(cluster, s3, config, "s3://runs/outage", cache="s3://runs/cache-outage", **ttl)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     np.testing.assert_array_equal(results(client, "outage").to_numpy(), results(client, "reference").to_numpy())
 
