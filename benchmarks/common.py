@@ -216,3 +216,94 @@ def subset_manifest(path: str, rows: int) -> str:
     out = path.replace(".parquet", f"-{rows}.parquet")
     pq.write_table(pq.read_table(path).slice(0, rows), out)
     return out
+
+
+# --------------------------------------------------------------------------- memory, Ray
+
+class PeakRss:
+    """This process's peak resident set size while the block runs, sampled by a thread every
+    `interval` seconds (psutil; /proc/self/status also gives the anonymous and shared-memory parts
+    where Linux has it).
+
+        with PeakRss() as rss:
+            work()
+        rss.base_mb, rss.peak_mb, rss.growth_mb, rss.peak_parts_mb
+
+    base: the reading when the block starts; growth: peak - base. RssShmem counts the pages of Ray's
+    object store (shared memory) that this process has mapped and touched: the blocks it ray.get-s.
+    """
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval = interval
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._loop, daemon=True)
+        self.samples = 0
+
+    @staticmethod
+    def _parts() -> dict:
+        out = {}
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                        name, value = line.split(":")
+                        out[name] = int(value.split()[0]) / 1024  # kB -> MB
+        except OSError:
+            pass
+        return out
+
+    def _read(self) -> float:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            rss = self._read()
+            self.samples += 1
+            if rss > self.peak_mb:
+                self.peak_mb, self.peak_parts_mb = rss, self._parts()
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        self.base_mb = self.peak_mb = self._read()
+        self.base_parts_mb = self.peak_parts_mb = self._parts()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        rss = self._read()
+        if rss > self.peak_mb:
+            self.peak_mb, self.peak_parts_mb = rss, self._parts()
+        self.end_mb = rss
+        self.growth_mb = self.peak_mb - self.base_mb
+
+    def summary(self) -> dict:
+        return {"base_mb": round(self.base_mb, 1), "peak_mb": round(self.peak_mb, 1),
+                "growth_mb": round(self.growth_mb, 1), "end_mb": round(self.end_mb, 1),
+                "base_parts_mb": {k: round(v, 1) for k, v in self.base_parts_mb.items()},
+                "peak_parts_mb": {k: round(v, 1) for k, v in self.peak_parts_mb.items()}, "samples": self.samples}
+
+
+def start_ray(cpus: int) -> None:
+    """A fresh local Ray cluster of `cpus` CPUs (never one a `ray start` left running), quiet."""
+    import logging
+
+    import ray
+
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.print_on_execution_start = False
+    for name in ("ray", "ray.data", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal").setLevel(logging.ERROR)
+
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
