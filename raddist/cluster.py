@@ -161,7 +161,10 @@ def check_nodes_reach(uris: List[str]) -> None:
             node["NodeID"], soft=False))
         probes[node["NodeManagerAddress"]] = task.remote(uris, f"{token}-{node['NodeID'][:8]}")
     for address, ref in probes.items():
-        failed = ray.get(ref)
+        try:
+            failed = ray.get(ref)
+        except (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError):
+            continue  # the node left before its probe ran (an autoscaler removing an idle node): nothing to check
         if failed:
             uri, cause = failed
             raise StorageError(uri, f"node {address} cannot write and read it: {cause}")
