@@ -229,8 +229,6 @@ def read_parquet(uri: str, columns=None):
     """One whole-object read, parsed in memory: every table raddist reads is small (a cell's outputs,
     a manifest), and pq.read_table on an S3 path makes 5 requests for each (3 HEADs, 2 ranged GETs),
     each paying S3's first-byte latency (benchmarks/gather.py)."""
-    import io
-
     import pyarrow.parquet as pq
 
     return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)

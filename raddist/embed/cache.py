@@ -49,12 +49,12 @@ def _part_name(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32] + ".parquet"
 
 
-def read_part_file(uri: str) -> pa.Table:
-    """One part, checked against the content hash its name carries."""
+def read_part_file(uri: str, columns: Optional[List[str]] = None) -> pa.Table:
+    """One part, checked against the content hash its name carries (FileNotFoundError if absent)."""
     data = storage.read_bytes(uri)
     if _part_name(data) != posixpath.basename(uri):
         raise CacheEntryError(f"cache part {uri} does not match its content hash")
-    return pq.read_table(io.BytesIO(data))
+    return pq.read_table(io.BytesIO(data), columns=columns)
 
 
 def write_part(entry_uri: str, table: pa.Table) -> dict:
@@ -137,9 +137,9 @@ class ContentCache:
         storage.delete_dir(storage.join(self.entry(key), "parts"))
         storage.delete_file(self.uri(key, "meta.json"))
 
-    def read(self, key: str, columns: Optional[List[str]] = None) -> pa.Table:
+    def read(self, key: str, columns: Optional[List[str]] = None, meta: Optional[dict] = None) -> pa.Table:
         """Every part of a complete entry as one table, each part checked against its name's sha256."""
-        meta = self.meta(key)
+        meta = meta or self.meta(key)
         with ThreadPoolExecutor(READ_THREADS) as pool:
             tables = list(pool.map(lambda p: self._read_part(key, p, columns), meta["parts"]))
         if not tables:
@@ -147,18 +147,13 @@ class ContentCache:
         return pa.concat_tables(tables, promote_options="default")
 
     def _read_part(self, key: str, part: dict, columns) -> pa.Table:
-        uri = self.uri(key, f"parts/{part['name']}")
         try:
-            data = storage.read_bytes(uri)
-        except FileNotFoundError:
+            return read_part_file(self.uri(key, f"parts/{part['name']}"), columns)
+        except (FileNotFoundError, CacheEntryError) as e:
             self.invalidate(key)
-            raise CacheEntryError(f"cache entry {self.entry(key)}: part {part['name']} is missing; "
+            what = "is missing" if isinstance(e, FileNotFoundError) else "does not match its content hash"
+            raise CacheEntryError(f"cache entry {self.entry(key)}: part {part['name']} {what}; "
                                   "the entry was invalidated and the next run recomputes it") from None
-        if _part_name(data) != part["name"]:
-            self.invalidate(key)
-            raise CacheEntryError(f"cache entry {self.entry(key)}: part {part['name']} does not match its "
-                                  "content hash; the entry was invalidated and the next run recomputes it")
-        return pq.read_table(io.BytesIO(data), columns=columns)
 
 
 class PixelCache(ContentCache):
@@ -189,7 +184,7 @@ class EmbeddingCache(ContentCache):
         if reason is not None:
             raise FileNotFoundError(f"embeddings {key} are not complete in the cache at {self.root} ({reason})")
         meta = self.meta(key)
-        table = self.read(key)
+        table = self.read(key, meta=meta)
         if table.num_rows:
             table = table.filter(pa.array(np.asarray(table["error"].to_pylist(), dtype=object) == ""))
             # manifest order, whatever blocks the parts came in: what trains on the rows in order (the
