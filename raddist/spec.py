@@ -5,6 +5,8 @@ Every model forbids unknown keys and names the allowed ones, so a typo fails bef
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -12,7 +14,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from raddist.errors import ConfigError
+from raddist.errors import ConfigError, StorageError
 
 TaskType = Literal["multilabel", "binary", "multiclass", "segmentation"]
 
@@ -42,7 +44,7 @@ class BackboneSpec(Strict):
         from raddist.backbones.registry import list_backbones
 
         if v not in list_backbones():
-            raise ValueError(f"unknown backbone '{v}'; allowed: {list_backbones()}")
+            raise ValueError(unknown_name("backbone", v, list_backbones()))
         return v
 
     @property
@@ -82,8 +84,8 @@ class TaskSpec(Strict):
 
         try:
             info = catalog.get(data["dataset"])
-        except catalog.CatalogError as e:
-            raise ValueError(str(e)) from None
+        except catalog.CatalogError:
+            raise ValueError(unknown_name("dataset", data["dataset"], [d["name"] for d in catalog.list_datasets()])) from None
         hints = {k: info.preprocessing[k] for k in ("window", "clip_percentiles") if k in info.preprocessing}
         defaults = {"type": info.task_type, "labels": list(info.labels), "preprocess": hints,
                     "classes": list(info.classes) if info.task_type in ("multiclass", "segmentation") else None}
@@ -135,8 +137,8 @@ class ProtocolSpec(Strict):
 
         try:
             record = protocols.get(self.name)
-        except KeyError as e:
-            raise ValueError(str(e.args[0])) from None
+        except KeyError:
+            raise ValueError(unknown_name("protocol", self.name, protocols.names())) from None
         try:
             record.parse(self.params)
         except ValidationError as e:
@@ -253,22 +255,39 @@ class SweepSpec(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> "SweepSpec":
-        for what, names in (
-            ("backbone", [b.label for b in self.backbones]),
-            ("task", [t.name for t in self.tasks]),
+        """A repeated backbone, task, seed or protocol entry would run the same cells twice and count
+        them as repeats (a fake "± 0.000 (n=2)"): refused, naming the field and the duplicate."""
+        for field, names, hint in (
+            ("backbones", [b.label for b in self.backbones], "; give each an 'alias'"),
+            ("tasks", [t.name for t in self.tasks], "; give each a unique name"),
+            ("seeds", list(self.seeds), ""),
+            ("protocols", [json.dumps([p.name, p.parsed_params().model_dump(), p.backbones, p.tasks], sort_keys=True, default=str)
+                           for p in self.protocols], ""),
         ):
-            dup = {n for n in names if names.count(n) > 1}
-            if dup:
-                raise ValueError(f"duplicate {what} name(s) {sorted(dup)}; give each an 'alias' or a unique name")
+            first: Dict[str, int] = {}
+            for i, n in enumerate(names):
+                if n in first:
+                    what = f"'{self.protocols[i].name}' with the same params" if field == "protocols" else repr(n)
+                    raise ValueError(f"{field}.{i}: duplicates {field}.{first[n]} ({what}){hint}")
+                first[n] = i
         return self
+
+
+def unknown_name(kind: str, name: str, allowed: List[str]) -> str:
+    """"unknown backbone 'vit_bse'; did you mean 'vit_base'?": the closest names, not all of them
+    (difflib); every name only when none is close."""
+    close = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=3, cutoff=0.6)
+    if close:
+        return f"unknown {kind} '{name}'; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    return f"unknown {kind} '{name}'; allowed: {sorted(allowed)}"
 
 
 def _format(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)  # top-level validators name their field themselves
     return "; ".join(parts)
 
 
@@ -285,12 +304,36 @@ SHIPPED_CONFIGS = ("demo", "paper", "paper-recommended", "smoke")  # raddist/con
 
 
 def config_uri(name_or_uri: str) -> str:
-    """A config's URI: a path or URI as given, or the name of a config shipped with raddist."""
+    """A config's URI: the name of a config shipped with raddist, or a path or URI as given. A path
+    wins over a shipped name only when it is a file: a folder `paper` (a manuscript) does not hide
+    the shipped `paper`."""
     from raddist import storage
 
-    if name_or_uri in SHIPPED_CONFIGS and not storage.exists(name_or_uri):
+    if name_or_uri in SHIPPED_CONFIGS and not storage.is_file(name_or_uri):
         return os.path.join(os.path.dirname(__file__), "configs", f"{name_or_uri}.yaml")
     return name_or_uri
+
+
+def _read_config(uri: str):
+    """The YAML document at uri; whatever goes wrong reading it is one line naming it."""
+    from raddist import storage
+
+    if not storage.exists(uri):
+        close = difflib.get_close_matches(os.path.basename(uri).removesuffix(".yaml"), SHIPPED_CONFIGS, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"a path, a URI, or one of {list(SHIPPED_CONFIGS)}"
+        raise ConfigError(f"config not found: {uri}; {hint}")
+    if not storage.is_file(uri):
+        raise ConfigError(f"{uri} is a directory, not a config file; a YAML file, or one of {list(SHIPPED_CONFIGS)}")
+    try:
+        return yaml.safe_load(storage.read_text(uri))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{uri}: not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{uri}: not a text file (not UTF-8), so not a YAML config") from None
+    except StorageError as e:
+        raise ConfigError(f"config {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{uri}: cannot be read: {e.strerror or type(e).__name__}") from None
 
 
 def load(uri: str, overrides: Optional[dict] = None) -> SweepSpec:
@@ -301,15 +344,8 @@ def load(uri: str, overrides: Optional[dict] = None) -> SweepSpec:
     set stays as written and is recorded in spec.unset_vars: planning reads no data and goes on,
     a run refuses it (require_vars) before any work.
     """
-    from raddist import storage
-
     uri = config_uri(uri)
-    if not storage.exists(uri):
-        raise ConfigError(f"config not found: {uri}; a path, a URI, or one of {list(SHIPPED_CONFIGS)}")
-    try:
-        data = yaml.safe_load(storage.read_text(uri))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{uri}: not valid YAML: {e}") from None
+    data = _read_config(uri)
     data = data if data is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{uri}: the top level must be a mapping of keys, got {type(data).__name__}")
