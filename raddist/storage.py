@@ -105,6 +105,12 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_file(uri: str) -> bool:
+    """True for a file (or object); False for a directory (or prefix) or nothing."""
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def read_bytes(uri: str) -> bytes:
     """Read a whole object: FileNotFoundError if it does not exist, StorageError if the store fails."""
     fs, path = filesystem(uri)
