@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from typing import Dict, Optional
 
 import torch
-import pyarrow.fs as pafs
 
 from raddist import storage
 from raddist.backbones.hf_adapter import HFViTAdapter
@@ -43,31 +42,11 @@ def build_model(config: BackboneConfig, weights: str = "random") -> torch.nn.Mod
     return model.eval()
 
 
-def weights_identity(weights: str, config: Optional[BackboneConfig] = None) -> str:
-    """A stable, cheap string naming the weights, for cache keys.
-
-    "random"; "hub:<model_id>" (needs ``config``); for a file: its normalised URI with size and
-    modification time from the filesystem (no full hash: checkpoints are gigabytes).
-    """
-    kind = _weights_kind(weights)
-    if kind == "random":
-        return "random"
-    if kind == "hub":
-        if config is None:
-            raise ValueError("weights_identity('hub') needs the backbone config to name the model id")
-        return f"hub:{config.model_id}"
-    fs, path = storage.filesystem(weights)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
-        raise FileNotFoundError(f"weights file not found: {weights}")
-    return f"file:{storage.normalize(weights)}|size={info.size}|mtime_ns={info.mtime_ns}"
-
-
 def check_loadable(weights: str) -> None:
     """Open a local weights file the way build_model will, without building anything: a safetensors
     header, or a pickle through torch's weights_only unpickler (which refuses any object that is not a
     tensor or a container of them, so a checkpoint carrying code is refused here, not in an actor).
-    Remote files are checked for existence only (weights_identity): fetching gigabytes to check is
+    Remote files are checked for existence only (raddist.keys.weights_identity): fetching gigabytes to check is
     the actors' job."""
     if _weights_kind(weights) != "file" or storage.is_remote(weights):
         return

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from raddist.backbones.registry import BackboneConfig, get_config
-from raddist.backbones.weights import build_model, weights_identity
+from raddist.backbones.weights import build_model
+from raddist.keys import weights_identity
 from raddist.errors import ConfigError
 
 from tests.backbones.test_embedder import TINY_MSN, _images, _manual_normalize
@@ -113,23 +114,6 @@ def test_bad_weights_strings():
         build_model(get_config("tiny_vit"), "imagenet")
     with pytest.raises(FileNotFoundError):
         build_model(get_config("tiny_vit"), "/nonexistent/weights.safetensors")
-
-
-def test_weights_identity(tmp_path):
-    config = get_config("dinov2_vitb14")
-    assert weights_identity("random") == "random"
-    assert weights_identity("hub", config) == "hub:vit_base_patch14_dinov2.lvd142m"
-    with pytest.raises(ValueError):
-        weights_identity("hub")
-    path = str(tmp_path / "w.pth")
-    torch.save({"a": torch.zeros(3)}, path)
-    first = weights_identity(path)
-    assert first == weights_identity(path) == weights_identity("file://" + path)
-    assert path in first and f"size={os.path.getsize(path)}" in first
-    torch.save({"a": torch.zeros(30)}, path)
-    assert weights_identity(path) != first
-    with pytest.raises(FileNotFoundError):
-        weights_identity(str(tmp_path / "missing.pth"))
 
 
 @pytest.fixture
