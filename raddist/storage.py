@@ -1,8 +1,9 @@
 """One way to open any URI: local paths, file://, s3://, gs:// (anything pyarrow or fsspec knows).
 
 Credentials come from the standard environment (AWS_* variables, ~/.aws); an S3 endpoint other
-than AWS is taken from AWS_ENDPOINT_URL, as boto3 and the AWS CLI do. No credential is ever
-formatted into a message.
+than AWS is taken from AWS_ENDPOINT_URL, as boto3 and the AWS CLI do. On AWS itself each bucket's
+region is resolved (once per bucket), so buckets in several regions work from one cluster. No
+credential is ever formatted into a message.
 
 Failures: an object that does not exist is a FileNotFoundError (the caller decides whether that is
 one bad row); anything else a remote store does wrong (no connection, access denied, throttling, a
@@ -63,7 +64,10 @@ def parent(uri: str) -> str:
     return os.path.dirname(normalize(uri))
 
 
-def _s3_options() -> dict:
+def _s3_options(bucket: str = "") -> dict:
+    """The S3 client options for a bucket: an endpoint override (AWS_ENDPOINT_URL[_S3], as boto3
+    reads them: MinIO, moto, a VPC endpoint) is used as given with AWS_REGION; otherwise the bucket's
+    own region is asked of S3 (once per bucket), so a bucket outside the cluster's region works."""
     opts = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -71,15 +75,31 @@ def _s3_options() -> dict:
         opts["endpoint_override"] = parsed.netloc or parsed.path
         opts["scheme"] = parsed.scheme or "https"
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if bucket and not endpoint:
+        region = bucket_region(bucket)
     if region:
         opts["region"] = region
     return opts
 
 
+resolve_region = pafs.resolve_s3_region  # S3's HeadBucket answer; a module attribute so tests can stand in for S3
+
+
+@lru_cache(maxsize=256)
+def bucket_region(bucket: str) -> str:
+    """The region an S3 bucket lives in, asked once per bucket and process."""
+    try:
+        return resolve_region(bucket)
+    except OSError as e:
+        raise StorageError(f"s3://{bucket}", f"cannot find the bucket's region: {describe(e)}; check the "
+                           "bucket's name, or set AWS_ENDPOINT_URL_S3 and AWS_REGION to its endpoint") from None
+
+
 @lru_cache(maxsize=8)
 def _filesystem(scheme: str, endpoint_key: str) -> pafs.FileSystem:
     if scheme == "s3":
-        return pafs.S3FileSystem(**_s3_options(), retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+        return pafs.S3FileSystem(**json.loads(endpoint_key),
+                                 retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
     if scheme in ("gs", "gcs"):
         return pafs.GcsFileSystem()
     if scheme == "":
@@ -93,7 +113,8 @@ def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for a URI or local path."""
     uri = str(uri)
     scheme = urlparse(uri).scheme if is_remote(uri) else ""
-    endpoint_key = json.dumps(_s3_options(), sort_keys=True) if scheme == "s3" else ""
+    bucket = uri.split("://", 1)[1].split("/", 1)[0] if scheme == "s3" else ""
+    endpoint_key = json.dumps(_s3_options(bucket), sort_keys=True) if scheme == "s3" else ""
     fs = _filesystem(scheme, endpoint_key)
     if scheme:
         return fs, uri.split("://", 1)[1]
