@@ -64,8 +64,26 @@ def cmd_demo(args) -> int:
     return 0 if summary["cells_failed"] == 0 else 1
 
 
+RUN_MARKERS = ("run.json", "progress.json", "summary.json", "report.md", "results.parquet", "predictions.parquet",
+               "cases.parquet", "cells")  # what a run writes into its output; any one makes it a run
+
+
+def run_output(path: str) -> str:
+    """The normalised output of a raddist run, or one line: "not a raddist run: PATH"."""
+    output = storage.normalize(path)
+    if any(storage.exists(storage.join(output, name)) for name in RUN_MARKERS):
+        return output
+    raise RaddistError(f"not a raddist run: {path}")
+
+
 def cmd_report(args) -> int:
-    print(storage.read_text(storage.join(storage.normalize(args.output), "report.md")))
+    """The finished run's report.md; for a run in flight (or one that stopped before its report), the
+    report of the cells finished so far, rendered from their files without writing anything."""
+    from raddist.report import in_flight
+
+    output = run_output(args.output)
+    text = in_flight(output)
+    print(text if text is not None else storage.read_text(storage.join(output, "report.md")))
     return 0
 
 
@@ -76,7 +94,7 @@ def cmd_status(args) -> int:
 
     import pyarrow.fs as pafs
 
-    output = storage.normalize(args.output)
+    output = run_output(args.output)
     fs, path = storage.filesystem(storage.join(output, "cells"))
     done = failed = 0
     for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
@@ -101,7 +119,7 @@ def cmd_errors(args) -> int:
     from the manifests, on a machine that holds the salt that wrote the run."""
     from raddist.privacy import deployment_salt, fingerprint
 
-    output = storage.normalize(args.output)
+    output = run_output(args.output)
     uri = storage.join(output, "errors.parquet")
     if not storage.exists(uri):
         print("no input errors")
@@ -125,7 +143,7 @@ def cmd_errors(args) -> int:
 def cmd_compare(args) -> int:
     from raddist.compare import compare_backbones
 
-    output = storage.normalize(args.output)
+    output = run_output(args.output)
     frames = {}
     for name in ("predictions", "cases"):
         uri = storage.join(output, f"{name}.parquet")
@@ -256,8 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug_everywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--debug after any subcommand too (raddist run X --debug), not only before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--debug" not in sub._option_string_actions:
+                    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="print tracebacks of errors, not one line")
+                _debug_everywhere(sub)
+    return parser
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _debug_everywhere(build_parser()).parse_args(argv)
     try:
         return args.fn(args)
     except RaddistError as e:

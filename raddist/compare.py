@@ -314,11 +314,14 @@ def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Opti
     frames; Holm's adjustment runs over both together, by ``family`` (a column; see the module docstring).
     Few-shot predictions may come as they are: whatever keys says, they are compared per params without "draw"
     (shots, probe and its settings) and seed, as the mean over the draws (see compare_predictions)."""
+    if a == b:
+        raise ValueError(f"--a and --b are both '{a}': a backbone against itself has nothing to compare")
     frames = [f for f in (preds, cases) if f is not None and len(f)]
     have = set().union(*(set(f["backbone"]) for f in frames)) if frames else set()
     missing = {a, b} - have
     if missing:
         raise ValueError(f"no predictions for backbone(s) {sorted(missing)}; have {sorted(have)}")
+    _require_common(frames, a, b, keys)
     parts = [pd.DataFrame(columns=list(keys) + ROW_COLUMNS + ["family"])]
     if preds is not None and len(preds):
         parts.append(_compare_rows(preds[preds["backbone"] == a], preds[preds["backbone"] == b], n_boot, seed, alpha,
@@ -328,3 +331,16 @@ def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Opti
                                    keys=keys))
     parts = [p for p in parts if len(p)] or parts[:1]
     return with_holm(pd.concat(parts, ignore_index=True), keys, n_boot=n_boot, alpha=alpha)
+
+
+def _require_common(frames: List[pd.DataFrame], a: str, b: str, keys: Sequence[str]) -> None:
+    """Refuse two backbones that share no comparison (no task x protocol x ... scored for both)."""
+    have: Dict[str, set] = {a: set(), b: set()}
+    for f in frames:
+        cols = [k for k in keys if k in f and k != "params"] or ["task"]
+        for name in (a, b):
+            have[name] |= set(map(tuple, f.loc[f["backbone"] == name, cols].astype(str).to_numpy()))
+    if not have[a] & have[b]:
+        def show(name):
+            return ", ".join("/".join(k) for k in sorted(have[name])[:4]) + (" ..." if len(have[name]) > 4 else "")
+        raise ValueError(f"'{a}' and '{b}' have nothing in common to compare: '{a}' has {show(a)}; '{b}' has {show(b)}")

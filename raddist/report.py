@@ -65,6 +65,10 @@ def fewshot_table(results: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _cell_text(row) -> str:
+    if row["n"] > 1 and not row["std"] > 1e-12 and pd.notna(row["ci_low"]):
+        # repeats that agree to the last digit (seeds of a deterministic protocol): the spread says
+        # nothing, the CI still does
+        return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] (n={row['n']}, identical)"
     if row["n"] > 1:
         return f"{row['value']:.3f} ± {row['std']:.3f} (n={row['n']})"
     if pd.notna(row["ci_low"]):
@@ -103,13 +107,15 @@ def leaderboard(results: pd.DataFrame, task_types: dict) -> pd.DataFrame:
 
 def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = None, output: Optional[str] = None) -> str:
     lines = ["# raddist report", ""]
-    lines.append(
-        f"{summary.get('cells_done', 0)}/{summary.get('cells_total', 0)} cells done, "
-        f"{summary.get('cells_failed', 0)} failed; {summary.get('images_embedded', 0)} images embedded "
-        f"({summary.get('embedding_jobs_computed', 0)} embedding jobs computed, "
-        f"{summary.get('embedding_jobs_cached', 0)} from cache); {summary.get('input_errors', 0)} input errors"
-        + (" (see errors.parquet)." if summary.get("input_errors") else ".")
-    )
+    counts = f"{summary.get('cells_done', 0)}/{summary.get('cells_total', 0)} cells done, {summary.get('cells_failed', 0)} failed"
+    if "images_embedded" not in summary:  # a run in flight: only its cells are known
+        lines.append(counts + ".")
+    else:
+        lines.append(
+            f"{counts}; {summary.get('images_embedded', 0)} images embedded "
+            f"({summary.get('embedding_jobs_computed', 0)} embedding jobs computed, "
+            f"{summary.get('embedding_jobs_cached', 0)} from cache); {summary.get('input_errors', 0)} input errors"
+            + (" (see errors.parquet)." if summary.get("input_errors") else "."))
     lines += ["", "Each entry: test value [95% bootstrap CI, resampling patients]; repeated seeds or draws: "
               "mean ± std (n). Model selection used validation only."]
     board = leaderboard(results, task_types or {})
@@ -143,7 +149,28 @@ def _summary_lines(sub: pd.DataFrame, heading: str, metric: str) -> list:
         return []
     table["text"] = table.apply(_cell_text, axis=1)
     wide = table.pivot(index="backbone", columns="column", values="text").fillna("—")
-    return ["", heading, "", _markdown(wide, "backbone")]
+    coverage = auroc_coverage(sub) if metric == "auroc" else None
+    if coverage:
+        heading += f" ({coverage[0]})"
+    return ["", heading, "", _markdown(wide, "backbone")] + (["", coverage[1]] if coverage else [])
+
+
+def auroc_coverage(sub: pd.DataFrame) -> Optional[tuple]:
+    """(heading note, sentence) when the macro AUROC of these cells leaves classes out: a class with no
+    test positives (or no negatives) has no AUROC (auroc/<class> is NaN) and is not in the mean."""
+    per_class = sub[sub["metric"].str.startswith("auroc/")]
+    if per_class.empty:
+        return None
+    names = list(dict.fromkeys(m.split("/", 1)[1] for m in per_class["metric"]))
+    missing = sorted({m.split("/", 1)[1] for m in per_class.loc[per_class["value"].isna(), "metric"]})
+    if not missing:
+        return None
+    covered = [n for n in names if n not in missing]
+    cells = per_class.loc[per_class["value"].isna(), "cell_id"].nunique() if "cell_id" in per_class else None
+    where = f" in {cells} of {per_class['cell_id'].nunique()} cells" if cells and cells < per_class["cell_id"].nunique() else ""
+    return (f"macro over {len(covered)} of {len(names)} classes",
+            f"Macro AUROC covers {', '.join(covered) or 'no class'}{where}: {', '.join(missing)} "
+            f"{'has' if len(missing) == 1 else 'have'} no test positives (or no negatives), so no AUROC.")
 
 
 def _headline(sub: pd.DataFrame, task_type: Optional[str]) -> str:
@@ -188,3 +215,28 @@ def write_report(output: str, gathered: dict, summary: dict) -> str:
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
     return uri
+
+
+def in_flight(output: str) -> Optional[str]:
+    """The report of a run that has not written its own (in flight, or stopped before its end): the cells
+    finished so far, read from their files; nothing is written. None when the run's report.md is current."""
+    import time
+
+    from raddist.results import cell_dir, listing
+
+    progress_uri = storage.join(output, "progress.json")
+    progress = storage.read_json(progress_uri) if storage.exists(progress_uri) else None
+    if storage.exists(storage.join(output, "report.md")) and (progress or {}).get("state") != "running":
+        return None
+    done = sorted(c for c, names in listing(output).items() if {"cell.json", "metrics.parquet"} <= names)
+    frames = [storage.read_parquet(storage.join(cell_dir(output, c), "metrics.parquet")).to_pandas() for c in done]
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "metric", "value"])
+    cells = (progress or {}).get("cells", {})
+    summary = {"cells_done": len(done), "cells_total": cells.get("total", "?"), "cells_failed": cells.get("failed_now", 0)}
+    if progress:
+        ago = time.time() - progress.get("updated", time.time())
+        note = f"Run in flight (progress.json: {progress.get('state')}, updated {ago:.0f} s ago): the cells finished so far."
+    else:
+        note = "This run stopped before writing its report: the cells it finished."
+    task_types = dict(zip(results["task"], results["task_type"])) if "task_type" in results else {}
+    return note + "\n\n" + render(results, summary, task_types, output=None)

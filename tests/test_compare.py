@@ -115,9 +115,23 @@ def test_compare_predictions_table():
     assert set(out.family) == {f"boot:{m}" for m in ("auroc", "accuracy", "balanced_accuracy", "f1_macro")} | {
         "delong:brain/knn#0", "delong:covid/knn#1", "delong:nih/knn#2"}
 
+    good = preds[preds.backbone == "good"]
     with pytest.warns(UserWarning, match="nothing can be significant"):  # 3 tests, 50 resamples
-        same = compare_backbones(preds, "good", "good", n_boot=50)
+        same = compare_predictions(good, good, n_boot=50)
     assert (same["diff"] == 0).all() and (same["p_value"] == 1).all() and "family" in same
+    with pytest.raises(ValueError, match="--a and --b are both 'good'"):  # a user's X against X: refused
+        compare_backbones(preds, "good", "good", n_boot=50)
+
+
+def test_compare_backbones_refuses_nothing_in_common():
+    preds = two_backbones()
+    apart = preds[~((preds.backbone == "weak") & (preds.task != "nih")) & ~((preds.backbone == "good") & (preds.task == "nih"))]
+    with pytest.raises(ValueError, match="'good' and 'weak' have nothing in common to compare: 'good' has brain/knn"):
+        compare_backbones(apart, "good", "weak", n_boot=50)
+    one_shared = preds[~((preds.backbone == "weak") & (preds.task == "nih"))]
+    with pytest.warns(UserWarning, match="only backbone A"):  # partial overlap: compared where both are
+        out = compare_backbones(one_shared, "good", "weak", n_boot=50)
+    assert set(out.task) == {"brain", "covid"}
 
 
 def test_compare_predictions_rejects_different_items():
@@ -229,7 +243,8 @@ def test_fewshot_is_compared_as_the_mean_over_draws_with_the_same_patients_for_e
     assert {"params", "seed", "variant"} <= set(default.columns)
     pd.testing.assert_frame_equal(default[default.protocol == "fewshot"].reset_index(drop=True)[list(few.columns)],
                                   few.reset_index(drop=True), check_dtype=False)
-    same = compare_backbones(preds, "good", "good", n_boot=n_boot)
+    good = preds[preds.backbone == "good"]
+    same = compare_predictions(good, good, n_boot=n_boot)
     assert (same["diff"] == 0).all() and (same["p_value"] == 1).all()
 
 
