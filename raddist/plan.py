@@ -1,23 +1,21 @@
 """Expand a sweep spec into evaluation cells and the embedding jobs they need.
 
-A cell is backbone × task × protocol variant × seed. Every cell and job id is a content hash of
-everything that determines its result, so a rerun knows what is already done.
+A cell is backbone × task × protocol variant × seed. Planning reads no data: the ids made here name a
+cell's place in the grid (its definition, the weights as written, the manifest's path). A run binds the
+plan to what its cells are computed from (raddist.provenance): the manifests' content, the weights'
+identity, the device; the bound cells' ids are content keys (raddist.keys), so a rerun knows what is
+done and what changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from raddist import protocols
+from raddist.keys import JobKeys, digest
 from raddist.spec import BackboneSpec, ProtocolSpec, SweepSpec, TaskSpec
-
-
-def content_hash(obj) -> str:
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,7 @@ class EmbeddingJob:
     task: TaskSpec
     contract: dict  # PreprocessContract as a dict
     features: dict  # FeatureSpec as a dict
+    keys: Optional[JobKeys] = None  # set when a run binds the plan (raddist.provenance)
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,8 @@ class Cell:
     seed: int
     embedding_job: Optional[str]  # the job whose features it reads; None for trainable protocols
     contract: dict = field(default_factory=dict)  # the preprocessing contract of its images
+    # what defines it beyond its inputs: task fields, protocol, params, seed, bootstrap (raddist.keys)
+    definition: dict = field(default_factory=dict, hash=False, compare=False)
 
     def describe(self) -> dict:
         return {
@@ -102,41 +103,34 @@ def make_plan(spec: SweepSpec) -> Plan:
     plan = Plan(spec=spec)
     for backbone in spec.backbones:
         for task in spec.tasks:
-            job = _embedding_job(spec, backbone, task)
+            job = embedding_job_for(spec, backbone, task)
             for proto in spec.protocols:
-                if not applies(proto, backbone, task):
-                    continue
-                record = protocols.get(proto.name)
-                needs = record.needs_embeddings
-                if needs:
-                    plan.jobs.setdefault(job.id, job)
-                for params in record.variants(proto.parsed_params()):
-                    for seed in spec.seeds:
-                        key = {
-                            "backbone": [backbone.name, backbone.weights],
-                            # dataset and image_size act through the fields and the contract hashed here
-                            "task": task.model_dump(exclude={"dataset", "image_size"}),
-                            "protocol": proto.name,
-                            "params": params,
-                            "seed": seed,
-                            "embedding_job": job.id if needs else None,
-                            "bootstrap": spec.bootstrap,
-                        }
-                        if not needs:  # a cell that trains reads the images: their contract is its input
-                            key["contract"] = job.contract
-                        plan.cells.append(
-                            Cell(
-                                id=content_hash(key),
-                                backbone=backbone,
-                                task=task,
-                                protocol=proto.name,
-                                params=params,
-                                seed=seed,
-                                embedding_job=job.id if needs else None,
-                                contract=job.contract,
-                            )
-                        )
+                if applies(proto, backbone, task):
+                    plan.cells.extend(_cells(spec, job, proto, plan))
     return plan
+
+
+def _cells(spec: SweepSpec, job: EmbeddingJob, proto: ProtocolSpec, plan: Plan) -> List[Cell]:
+    """The cells of one protocol entry on one backbone x task: a variant x seed each."""
+    record = protocols.get(proto.name)
+    needs = record.needs_embeddings
+    if needs:
+        plan.jobs.setdefault(job.id, job)
+    cells = []
+    for params in record.variants(proto.parsed_params()):
+        for seed in spec.seeds:
+            definition = {
+                "backbone": job.backbone.name,
+                # dataset, image_size and manifest act through the fields, the contract and the content
+                "task": job.task.model_dump(exclude={"dataset", "image_size", "manifest"}),
+                "protocol": proto.name, "params": params, "seed": seed, "bootstrap": spec.bootstrap,
+            }
+            where = {"weights": job.backbone.weights, "manifest": job.task.manifest, "job": job.id}
+            cells.append(Cell(id=digest({**definition, **where}), backbone=job.backbone, task=job.task,
+                              protocol=proto.name, params=params, seed=seed,
+                              embedding_job=job.id if needs else None, contract=job.contract,
+                              definition=definition))
+    return cells
 
 
 def applies(proto: ProtocolSpec, backbone: BackboneSpec, task: TaskSpec) -> bool:
@@ -153,17 +147,13 @@ def patch_token_blocks(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) 
     return max(wanted, default=0)
 
 
-def _embedding_job(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> EmbeddingJob:
+def embedding_job_for(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> EmbeddingJob:
+    """The embedding job of a backbone x task: what its cells read, or (trainable ones) train on."""
     contract = contract_for(spec, backbone, task)
     features = spec.features.model_dump()
     dense = patch_token_blocks(spec, backbone, task)
     if dense:  # only then, so that the keys of jobs without patch tokens stay as they were
         features["patch_tokens"] = dense
-    key = {
-        "backbone": backbone.name,
-        "weights": backbone.weights,
-        "contract": contract,
-        "features": features,
-        "manifest": task.manifest,
-    }
-    return EmbeddingJob(id=content_hash(key), backbone=backbone, task=task, contract=contract, features=features)
+    where = {"backbone": backbone.name, "weights": backbone.weights, "contract": contract, "features": features,
+             "manifest": task.manifest}
+    return EmbeddingJob(id=digest(where), backbone=backbone, task=task, contract=contract, features=features)

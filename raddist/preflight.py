@@ -32,12 +32,13 @@ def before_ray(spec: SweepSpec, output: str, cache: str) -> None:
 
 
 def _weights(spec: SweepSpec) -> None:
-    from raddist.backbones.registry import get_config
-    from raddist.backbones.weights import check_loadable, weights_identity
+    from raddist.backbones.weights import check_loadable
+    from raddist.keys import weights_identity
 
     for i, b in enumerate(spec.backbones):
         try:
-            weights_identity(b.weights, get_config(b.name))
+            if b.weights not in ("random", "hub"):  # a file: it exists (its identity is its size and mtime)
+                weights_identity(b.weights)
         except FileNotFoundError:
             raise ConfigError(f"backbones.{i}.weights: {b.weights} does not exist (or cannot be read with the "
                               "credentials at hand)") from None

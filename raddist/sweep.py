@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from raddist import cluster, preflight, results, storage
+from raddist import cluster, preflight, provenance, results, storage
 from raddist.cells.run import CellContext
 from raddist.embed.cache import EmbeddingCache
 from raddist.plan import make_plan
@@ -56,10 +56,15 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     if cluster.is_multi_node():
         cluster.check_nodes_reach([output, cache.root])
     device = cluster.resolve_device(spec.resources.device, say)
+    plan, sources = provenance.bind(plan, device, spec.resources.gpu_jpeg_decode)
     done = results.done_cells(output)
     pending = [c for c in plan.cells if c.id not in done]
     say(f"plan: {len(plan.cells)} cells, {len(plan.jobs)} embedding jobs → {output} (device: {device})")
     say(f"cells: {len(plan.cells) - len(pending)} already done, {len(pending)} to run")
+    changes = provenance.changes(output, sources, pending)
+    for change in changes:
+        say(provenance.describe(change))
+    provenance.write_record(output, sources)
 
     progress = RunProgress(output, len(plan.cells), len(plan.jobs))
     progress.update(lambda s: s["cells"].__setitem__("pending_at_start", len(pending)))
@@ -102,6 +107,7 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
         "cells_done": len(gathered["cells"]),
         "cells_failed": sum(not o["ok"] for o in outcomes),
         "cells_run_now": len(outcomes),
+        "changes": [{**c, "line": provenance.describe(c)} for c in changes],
         "embedding_jobs_computed": sum(r["computed"] for r in records),
         "embedding_jobs_cached": sum(r["source"] == "cached" for r in records),
         "embedding_jobs_failed": sum(r["source"] == "failed" for r in records),

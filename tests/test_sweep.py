@@ -8,6 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
+from raddist import provenance
 from raddist.errors import ConfigError
 from raddist.plan import make_plan
 from raddist.spec import load, parse
@@ -32,7 +33,7 @@ def test_a_rerun_runs_only_the_unfinished_cells_to_the_same_results(ray_local, s
     assert first["cells_total"] == first["cells_done"] == first["cells_run_now"] == 4 and first["cells_failed"] == 0
     assert any(line.startswith("plan: 4 cells, 1 embedding jobs") for line in lines)
     results = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
-    lost = make_plan(spec).cells[1]
+    lost = provenance.bind(make_plan(spec), "cpu")[0].cells[1]  # the run's cells: content ids
     shutil.rmtree(tmp_path / "out" / "cells" / lost.id)  # as if its node died before it finished
     again = run_sweep(spec, say=lines.append)
     assert again["cells_run_now"] == 1 and again["cells_done"] == 4 and again["embedding_jobs_computed"] == 0

@@ -15,7 +15,7 @@ An entry:
                           another content (sha256, checked on read) makes it incomplete again
   lease.json              held while a run computes the entry (embed.lease): one writer per key
 
-Keys hash everything the content depends on (embed.jobs) and nothing that names a patient: rows are
+Keys hash everything the content depends on (raddist.keys) and nothing that names a patient: rows are
 manifest positions, never ids, so neither the keys nor the files change with the deployment's salt.
 """
 
@@ -36,7 +36,6 @@ import pyarrow.parquet as pq
 from raddist import storage
 from raddist.errors import RaddistError
 
-EMBEDDER_VERSION = 3  # bump when the embedding code changes what it computes for the same inputs
 ROW_COLUMNS = ("mask", "shape", "affine")  # per-row extras of segmentation and volume rows
 READ_THREADS = 16
 

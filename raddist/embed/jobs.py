@@ -8,10 +8,8 @@ Backbone by backbone (a backbone's jobs share one Dataset and one actor pool: it
   4. finish each job: refuse it when too many rows failed to decode, else write meta.json.
 A job whose lease another live run holds is waited for, and taken over if that lease expires.
 
-Keys are one-way hashes of what the content depends on and nothing of the deployment: the manifest's
-raw content (its ids and uris, hashed, never stored), the contract, the decode version, the weights,
-the feature spec and the device kind (GPU runs decode JPEGs with nvjpeg and compute in bf16). The
-salt that makes pseudonyms is not in them, so the cache outlives a `ray down`.
+Keys are those the run bound its jobs to (raddist.provenance, raddist.keys): one-way hashes of what
+the content depends on and nothing of the deployment, so the cache outlives a `ray down`.
 
 Decode once: the uint8 squares of a (manifest, contract) are cached the first time a backbone decodes
 them, and every later backbone with that contract reads them, in this sweep or a later one. Two
@@ -30,13 +28,12 @@ from typing import Callable, Dict, List, Optional
 import pyarrow as pa
 
 from raddist.data import manifest as manifest_lib
-from raddist.data.device_decode import DECODER as DEVICE_DECODER
-from raddist.data.transforms import DECODE_VERSION
-from raddist.embed.cache import EMBEDDER_VERSION, EmbeddingCache, PixelCache
+from raddist.embed.cache import EmbeddingCache, PixelCache
 from raddist.embed.lease import Leases
 from raddist.embed.pipeline import GroupJob, embed_group, feature_names
 from raddist.errors import StorageError
-from raddist.plan import EmbeddingJob, content_hash
+from raddist.plan import EmbeddingJob
+from raddist.provenance import bind_jobs
 
 PIXEL_CACHE_MAX_SIZE = 512
 WAIT_POLL_S = 5.0
@@ -86,33 +83,6 @@ class _Job:
         return sum(p["errors"] for p in self.parts.values())
 
 
-def manifest_hash(table: pa.Table, masks: bool) -> str:
-    """A one-way hash of the raw manifest's content: its ids and uris in order (and mask uris)."""
-    digest = manifest_lib.content_hash(table)
-    return content_hash([digest, table["mask_uri"].to_pylist()]) if masks else digest
-
-
-def is_volume_manifest(table: pa.Table) -> bool:
-    """Rows are whole volumes (volume_id without slice_index): the pipeline embeds them slice by slice."""
-    return "volume_id" in table.column_names and "slice_index" not in table.column_names
-
-
-def features_key(job: EmbeddingJob, weights: str, manifest: str, volumes: bool, device: str, device_jpeg: bool) -> str:
-    parts = {"backbone": job.backbone.name, "weights": weights, "contract": job.contract, "features": job.features,
-             "manifest": manifest, "version": EMBEDDER_VERSION, "decode_version": DECODE_VERSION,
-             "device": device}
-    if volumes:
-        parts["slices"] = "axis2"
-    if device_jpeg:
-        parts["decoder"] = DEVICE_DECODER
-    return content_hash(parts)
-
-
-def pixels_key(manifest: str, contract: dict, masks: bool, volumes: bool) -> str:
-    return content_hash({"pixels": manifest, "contract": contract, "decode_version": DECODE_VERSION,
-                         "masks": masks, "slices": volumes})
-
-
 class EmbeddingRun:
     """Runs a sweep's embedding jobs against one cache. device: "gpu" | "cpu", decided once by the
     sweep from the spec (never from the cluster's state at start)."""
@@ -126,8 +96,10 @@ class EmbeddingRun:
 
     def run(self, jobs: List[EmbeddingJob], max_error_rate: float,
             on_outcome: Optional[Callable[[EmbeddingJob, JobOutcome], None]] = None) -> List[JobOutcome]:
-        """Every job's outcome, in the order given; each reported through on_outcome as it ends."""
+        """Every job's outcome, in the order given; each reported through on_outcome as it ends. Jobs
+        the run did not bind get their keys here (raddist.provenance)."""
         outcomes: Dict[str, JobOutcome] = {}
+        jobs = bind_jobs(jobs, self.device, self.resources.gpu_jpeg_decode)
 
         def done(job: EmbeddingJob, outcome: JobOutcome) -> None:
             outcomes[job.id] = outcome
@@ -165,16 +137,8 @@ class EmbeddingRun:
 
     def _prepare(self, job: EmbeddingJob):
         """The job's cached outcome; None when another run is computing it; else a _Job holding its lease."""
-        from raddist.backbones.registry import get_config
-        from raddist.backbones.weights import weights_identity
-
         start = time.time()
-        table = manifest_lib.load(job.task.manifest)  # raw: hashed for the key, rows sent to decode; never stored
-        masks, volumes = job.task.type == "segmentation", is_volume_manifest(table)
-        device_jpeg = self.device == "gpu" and self.resources.gpu_jpeg_decode and not (masks or volumes)
-        manifest = manifest_hash(table, masks)
-        key = features_key(job, weights_identity(job.backbone.weights, get_config(job.backbone.name)), manifest,
-                           volumes, self.device, device_jpeg)
+        keys, key = job.keys, job.keys.features
         reason = self.cache.check(key)
         if reason is None:
             meta = self.cache.meta(key)
@@ -184,16 +148,18 @@ class EmbeddingRun:
         if not self.leases.try_take(self.cache.uri(key, "lease.json")):
             return None
         self.cache.clear(key)
-        prepared = _Job(job, key, table.num_rows, masks, volumes, device_jpeg)
-        if not device_jpeg and job.contract["size"] <= PIXEL_CACHE_MAX_SIZE and self.resources.pixel_cache:
-            prepared.pixel_key = pixels_key(manifest, job.contract, masks, volumes)
+        table = manifest_lib.load(job.task.manifest)  # raw: rows sent to decode by position; never stored
+        prepared = _Job(job, key, table.num_rows, keys.masks, keys.volumes, keys.device_jpeg)
+        if not keys.device_jpeg and job.contract["size"] <= PIXEL_CACHE_MAX_SIZE and self.resources.pixel_cache:
+            prepared.pixel_key = keys.pixels
             if self.pixels.is_complete(prepared.pixel_key):
                 prepared.pixel_parts = self.pixels.part_uris(prepared.pixel_key, self.pixels.meta(prepared.pixel_key))
                 return prepared
             prepared.write_pixels = self.leases.try_take(self.pixels.uri(prepared.pixel_key, "lease.json"))
             if prepared.write_pixels:
                 self.pixels.clear(prepared.pixel_key)
-        wanted = [c for c in ("uri", "mask_uri", "modality") if c in table.column_names and (c != "mask_uri" or masks)]
+        wanted = [c for c in ("uri", "mask_uri", "modality")
+                  if c in table.column_names and (c != "mask_uri" or keys.masks)]
         prepared.rows = table.select(wanted).append_column("row", pa.array(range(table.num_rows), pa.int64()))
         return prepared
 

@@ -8,51 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raddist import spec as spec_lib
 from raddist.embed import cache as cache_lib
-from raddist.embed import jobs
 from raddist.embed.cache import CacheEntryError, EmbeddingCache, block_table, write_part
-from raddist.plan import make_plan
-
-
-def _job(size=None):
-    spec = spec_lib.parse({
-        "backbones": [{"name": "tiny_vit", "weights": "random"}],
-        "tasks": [{"name": "t", "manifest": "m.parquet", "type": "multilabel", "labels": ["a"]}],
-        "protocols": [{"name": "knn"}],
-        **({"image_size": size} if size else {}),
-    })
-    return next(iter(make_plan(spec).jobs.values()))
-
-
-def test_features_key_follows_what_the_features_depend_on(monkeypatch):
-    job = _job()
-    key = jobs.features_key(job, "random", "manifest-a", False, "cpu", False)
-    assert jobs.features_key(_job(), "random", "manifest-a", False, "cpu", False) == key  # deterministic
-    others = {
-        jobs.features_key(job, "random", "manifest-b", False, "cpu", False),
-        jobs.features_key(job, "sha256:abc", "manifest-a", False, "cpu", False),
-        jobs.features_key(_job(size=96), "random", "manifest-a", False, "cpu", False),
-        jobs.features_key(job, "random", "manifest-a", True, "cpu", False),  # volumes, slice by slice
-        jobs.features_key(job, "random", "manifest-a", False, "gpu", False),  # bf16 on a GPU
-        jobs.features_key(job, "random", "manifest-a", False, "gpu", True),  # JPEGs decoded by nvjpeg
-    }
-    monkeypatch.setattr(jobs, "DECODE_VERSION", jobs.DECODE_VERSION + 1)  # the decoded pixels change
-    others.add(jobs.features_key(job, "random", "manifest-a", False, "cpu", False))
-    monkeypatch.setattr(jobs, "EMBEDDER_VERSION", jobs.EMBEDDER_VERSION + 1)
-    others.add(jobs.features_key(job, "random", "manifest-a", False, "cpu", False))
-    assert key not in others and len(others) == 8
-
-
-def test_the_manifest_hash_is_of_the_raw_content_whatever_the_salt(synthetic_data):
-    from raddist.data import manifest as manifest_lib
-
-    uri = os.path.join(synthetic_data, "chest", "manifest.parquet")
-    raw = manifest_lib.load(uri)
-    assert jobs.manifest_hash(raw, masks=False) == jobs.manifest_hash(manifest_lib.load(uri), masks=False)
-    salted = [jobs.manifest_hash(manifest_lib.load(uri, salt), masks=False) for salt in ("s1", "s2")]
-    assert salted[0] != salted[1]  # which is why keys hash the raw manifest, loaded without a salt
-    assert jobs.pixels_key("m", {"size": 64}, False, False) != jobs.pixels_key("m", {"size": 96}, False, False)
 
 
 def _entry(tmp_path, n_parts=2):

@@ -1,0 +1,157 @@
+"""What a run's cells and embedding jobs are computed from, read once at its start, and what changed
+since the last run into the same output.
+
+`bind` reads each task's manifest (raw: no salt; Parquet only, never an image) and each backbone's
+weights identity once, and gives the plan's jobs their cache keys and its cells their content ids
+(raddist.keys). So a manifest relabelled in place reruns its cells and reuses its embeddings, an
+overwritten weights file recomputes its backbone's features and cells, and an unchanged rerun runs
+nothing. `changes` compares what this run reads with what the last run into the output read
+(OUTPUT/provenance.json) and says why cells rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from raddist import keys, storage
+from raddist.keys import JobKeys, ManifestDigest
+from raddist.plan import Cell, EmbeddingJob, Plan, embedding_job_for
+
+RECORD = "provenance.json"
+
+
+@dataclasses.dataclass
+class Sources:
+    """What a bound plan reads: each task's manifest digest, each backbone's weights identity."""
+
+    device: str
+    manifests: Dict[str, ManifestDigest] = dataclasses.field(default_factory=dict)  # task name ->
+    weights: Dict[str, str] = dataclasses.field(default_factory=dict)  # backbone label -> identity
+
+    def record(self) -> dict:
+        return {"device": self.device, "versions": {"embedder": keys.EMBEDDER_VERSION, "decode": keys.DECODE_VERSION},
+                "tasks": {t: dataclasses.asdict(d) for t, d in self.manifests.items()},
+                "backbones": {b: {"weights": w} for b, w in self.weights.items()}}
+
+
+class Binder:
+    """Reads each manifest and weights identity once, and keys jobs and cells from them."""
+
+    def __init__(self, device: str, gpu_jpeg_decode: bool = True):
+        self.device, self.gpu_jpeg_decode = device, gpu_jpeg_decode
+        self.sources = Sources(device)
+        self._tables: Dict[str, object] = {}
+        self._keys: Dict[Tuple[str, str], JobKeys] = {}
+
+    def job(self, job: EmbeddingJob) -> EmbeddingJob:
+        """The job with its keys."""
+        return dataclasses.replace(job, keys=self.job_keys(job))
+
+    def job_keys(self, job: EmbeddingJob) -> JobKeys:
+        memo = (job.id, job.task.name)
+        if memo not in self._keys:
+            table = self._table(job.task.manifest)
+            masks, volumes = job.task.type == "segmentation", keys.is_volume_manifest(table)
+            digest = self.sources.manifests.setdefault(job.task.name, ManifestDigest.of(table, masks, job.task.labels))
+            weights = self.weights(job.backbone)
+            device_jpeg = self.device == "gpu" and self.gpu_jpeg_decode and not (masks or volumes)
+            self._keys[memo] = keys.job_keys(job.backbone.name, weights, job.contract, job.features, digest, masks,
+                                             volumes, self.device, device_jpeg)
+        return self._keys[memo]
+
+    def cell(self, cell: Cell, job: EmbeddingJob) -> Cell:
+        job_keys = self.job_keys(job)
+        reads = job_keys.features if cell.embedding_job else job_keys.inputs
+        return dataclasses.replace(cell, id=keys.cell_key(cell.definition, reads,
+                                                          self.sources.manifests[cell.task.name].results))
+
+    def weights(self, backbone) -> str:
+        if backbone.label not in self.sources.weights:
+            self.sources.weights[backbone.label] = keys.weights_identity(backbone.weights, hub_repo(backbone.name))
+        return self.sources.weights[backbone.label]
+
+    def _table(self, uri: str):
+        from raddist.data import manifest as manifest_lib
+
+        if uri not in self._tables:
+            self._tables[uri] = manifest_lib.load(uri)  # raw: hashed, never stored
+        return self._tables[uri]
+
+
+def bind(plan: Plan, device: str, gpu_jpeg_decode: bool = True) -> Tuple[Plan, Sources]:
+    """The plan with content keys: its jobs carry their cache keys, its cells content ids."""
+    binder = Binder(device, gpu_jpeg_decode)
+    jobs = {job_id: binder.job(job) for job_id, job in plan.jobs.items()}
+    cells = []
+    for cell in plan.cells:
+        job = jobs.get(cell.embedding_job) or embedding_job_for(plan.spec, cell.backbone, cell.task)
+        cells.append(binder.cell(cell, job))
+    return Plan(spec=plan.spec, cells=cells, jobs=jobs), binder.sources
+
+
+def bind_jobs(jobs: List[EmbeddingJob], device: str, gpu_jpeg_decode: bool = True) -> List[EmbeddingJob]:
+    """Jobs with their keys (those that have them unchanged)."""
+    binder = Binder(device, gpu_jpeg_decode)
+    return [job if job.keys is not None else binder.job(job) for job in jobs]
+
+
+def hub_repo(backbone_name: str) -> Optional[str]:
+    """The hub repository a backbone's `weights: hub` load from (timm's published weights are under
+    timm/<model id>)."""
+    from raddist.backbones.registry import get_config
+
+    config = get_config(backbone_name)
+    if config.source == "timm":
+        return f"timm/{config.model_id}"
+    return config.model_id.removeprefix("hf-hub:")
+
+
+# --- what changed since the last run ---------------------------------------------------------------
+
+def changes(output: str, sources: Sources, pending: List[Cell]) -> List[dict]:
+    """Why pending cells rerun: what they read that differs from what the last run into this output
+    read. One entry per task or backbone that changed, with the number of its pending cells."""
+    uri = storage.join(output, RECORD)
+    if not storage.exists(uri):
+        return []
+    before, now = storage.read_json(uri), sources.record()
+    found: List[dict] = []
+    if before.get("device") != now["device"]:
+        found.append(_change("run", "all", f"device changed ({before.get('device')} -> {now['device']})", pending))
+    if before.get("versions") != now["versions"]:
+        found.append(_change("run", "all", "raddist's embedding or decode code changed", pending))
+    for task, digest in now["tasks"].items():
+        old = before.get("tasks", {}).get(task)
+        what = _manifest_change(old, digest)
+        if what:
+            found.append(_change("task", task, what, [c for c in pending if c.task.name == task]))
+    for label, entry in now["backbones"].items():
+        old = before.get("backbones", {}).get(label)
+        if old is not None and old != entry:
+            found.append(_change("backbone", label, "weights changed",
+                                 [c for c in pending if c.backbone.label == label]))
+    return [f for f in found if f["cells"]]
+
+
+def _manifest_change(old: Optional[dict], new: dict) -> Optional[str]:
+    if old is None or old == new:
+        return None
+    if old.get("images") != new["images"]:
+        return "manifest images changed"
+    if old.get("labels") != new["labels"]:
+        return "manifest labels changed"
+    return "manifest patients or splits changed"
+
+
+def _change(kind: str, name: str, what: str, cells: List[Cell]) -> dict:
+    return {"kind": kind, "name": name, "what": what, "cells": len(cells)}
+
+
+def describe(change: dict) -> str:
+    """One console line, e.g. `brain_mri: manifest labels changed since the last run; 12 cells rerun`."""
+    return f"{change['name']}: {change['what']} since the last run; {change['cells']} cells rerun"
+
+
+def write_record(output: str, sources: Sources) -> None:
+    storage.write_json(storage.join(output, RECORD), sources.record())
