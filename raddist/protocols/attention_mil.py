@@ -23,27 +23,22 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import _FEATURE_SETS, FeatureSet, column_range, label_matrix, num_classes
-from raddist.protocols.stopping import Plateau
+from raddist.protocols.stopping import ModuleGrid, Stopping, train_grid
 from raddist.protocols.registry import register_protocol
 from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 BATCH_ORDER_STREAM = 0xA11  # keeps the batch order's random stream apart from the seed's other uses
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(Stopping):
     lrs: List[PositiveFloat] = Field(default=[1e-4, 1e-3, 1e-2], min_length=1)
     features: FeatureSet = "cls_last"
     hidden: PositiveInt = 128
-    epochs: PositiveInt = 200  # the cap; a model stops earlier once its validation AUROC plateaus
-    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a model stops
     min_delta: float = Field(default=1e-4, ge=0)  # in validation macro AUROC
-    eval_every: PositiveInt = 1  # epochs between validation checks
     batch_size: PositiveInt = 16  # bags per step
     weight_decay: float = Field(default=1e-4, ge=0)
 
@@ -97,15 +92,12 @@ def build(width: int, hidden: int, n_out: int):
 
 def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multiclass: bool, seed: int,
         val: Optional[Tuple[list, np.ndarray]] = None, epochs: Optional[int] = None):
-    """One model per learning rate, all on the same mini-batches: (models, stats, training record).
+    """One model per learning rate, all on the same mini-batches (stopping.train_grid):
+    (models, stats, record).
 
     With val = (bags, targets): each model until its validation AUROC plateaus, at most params.epochs,
-    ending at its best epoch's weights. Without: exactly `epochs` (default params.epochs).
-    record: {'epochs_run', 'best_epoch' (arrays per model), 'stopped' (list)}."""
-    import copy
-
+    ending at its best epoch's weights. Without: exactly `epochs` (default params.epochs)."""
     import torch
-    import torch.nn.functional as F
 
     slices = np.concatenate(bag_list)
     stats = (slices.mean(0), np.where(slices.std(0) < 1e-6, 1.0, slices.std(0)).astype(np.float32))
@@ -113,41 +105,37 @@ def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multicl
         torch.manual_seed(seed)
         models = [build(slices.shape[1], params.hidden, targets.shape[1]) for _ in lrs]
     opts = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=params.weight_decay) for m, lr in zip(models, lrs)]
+    steps = params.cap(epochs) * max(1, -(-len(bag_list) // params.batch_size))
+    scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts]
+              if params.stopping == "fixed" else [])
     y = torch.from_numpy(targets.argmax(1) if multiclass else targets.astype(np.float32))
-    rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
-    cap = params.epochs if epochs is None else int(epochs)
-    plateau = Plateau(len(models), params.patience, params.min_delta) if val is not None else None
-    kept = [copy.deepcopy(m.state_dict()) for m in models]
-    epoch = 0
-    while epoch < cap and not (plateau is not None and plateau.done()):
-        order = rng.permutation(len(bag_list))
-        running = [k for k in range(len(models)) if plateau is None or plateau.active[k]]
-        for a in range(0, len(order), params.batch_size):
-            idx = order[a:a + params.batch_size]
-            x, mask = _padded(bag_list, idx, stats)
-            for k in running:
-                logits = models[k](x, mask)
-                loss = F.cross_entropy(logits, y[idx]) if multiclass else F.binary_cross_entropy_with_logits(logits, y[idx])
-                opts[k].zero_grad(set_to_none=True)
-                loss.backward()
-                opts[k].step()
-        epoch += 1
-        if plateau is not None and (epoch % params.eval_every == 0 or epoch == cap):
-            scores = [macro_auroc(val[1], predict(m, val[0], stats, multiclass)) if plateau.active[k] else np.nan
-                      for k, m in enumerate(models)]
-            for k in np.flatnonzero(plateau.update(epoch, scores)):
-                kept[k] = copy.deepcopy(models[k].state_dict())
-    if plateau is None:
-        record = {"epochs_run": np.full(len(models), epoch), "best_epoch": np.full(len(models), epoch),
-                  "stopped": ["cap"] * len(models)}
-    else:
-        trained, best_epoch, stopped = plateau.summary(epoch)
-        for k in np.flatnonzero(plateau.best_epoch > 0):  # else: the last weights
-            models[k].load_state_dict(kept[k])
-        record = {"epochs_run": trained, "best_epoch": best_epoch, "stopped": stopped}
+    score = None if val is None else (lambda m: macro_auroc(val[1], predict(m, val[0], stats, multiclass)))
+    grid = ModuleGrid(models, opts, _epoch_batches(bag_list, y, stats, params.batch_size, seed),
+                      _loss_of(multiclass), score, scheds)
+    record = train_grid(grid, params, validate=val is not None, epochs=epochs)
     for m in models:
         m.eval()
     return models, stats, record
+
+
+def _epoch_batches(bag_list, y, stats, batch_size: int, seed: int):
+    """A new epoch's (padded bags, mask, targets) mini-batches on each call, in a seeded order."""
+    rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
+
+    def epoch():
+        order = rng.permutation(len(bag_list))
+        for a in range(0, len(order), batch_size):
+            idx = order[a:a + batch_size]
+            yield (*_padded(bag_list, idx, stats), y[idx])
+
+    return epoch
+
+
+def _loss_of(multiclass: bool):
+    import torch.nn.functional as F
+
+    loss = F.cross_entropy if multiclass else F.binary_cross_entropy_with_logits
+    return lambda model, batch: loss(model(batch[0], batch[1]), batch[2])
 
 
 def predict(model, bag_list, stats, multiclass: bool, batch_size: int = 64) -> np.ndarray:
@@ -174,14 +162,14 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
                                 val=(val_bags, y_val))
     best, val_score, scores = select_best(
         list(range(len(lrs))), lambda i: macro_auroc(y_val, predict(models[i], val_bags, stats, multiclass)))
-    refit_epochs = int(record["best_epoch"][best])
+    refit_epochs = int(record.best_epoch[best])
     fit_set = train_plus_val(train, val)
     [model], stats, _ = fit(bags(inputs, fit_set, params.features), label_matrix(inputs, fit_set.labels), [lrs[best]],
                             params, multiclass, seed, epochs=refit_epochs)
     test = inputs.splits["test"]
     test_scores = predict(model, bags(inputs, test, params.features), stats, multiclass)
     selected = {"lr": lrs[best], "features": params.features, "val_auroc": [round(s, 4) for s in scores],
-                "max_epochs": params.epochs, "epochs_trained": int(record["epochs_run"][best]),
-                "best_epoch": refit_epochs, "refit_epochs": refit_epochs, "stopped": record["stopped"][best],
-                "best_epochs": [int(e) for e in record["best_epoch"]]}
+                "max_epochs": params.epochs, "epochs_trained": int(record.epochs_run[best]),
+                "best_epoch": refit_epochs, "refit_epochs": refit_epochs, "stopped": record.stopped[best],
+                "best_epochs": [int(e) for e in record.best_epoch]}
     return to_prediction(test, test_scores, selected, val_score)

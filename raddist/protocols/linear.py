@@ -13,7 +13,8 @@ Inputs are standardised with the mean and std of the set the head is fitted on (
 rates across backbones whose features differ in scale), or, with normalize='l2', scaled per sample
 to norm sqrt(D), which needs no statistics (few-shot sets are too small to estimate them).
 
-Stopping: every head trains until its VALIDATION macro AUROC plateaus. Every `eval_every` epochs
+Stopping (stopping.Plateau, run by stopping.train_grid as for every trained head): every head
+trains until its VALIDATION macro AUROC plateaus. Every `eval_every` epochs
 each head is scored on validation and keeps a copy of its weights whenever the score is its best so
 far (on a tie, the later epoch: the one trained longer, which matters on small validation sets
 whose AUROC takes few values); a head stops (its weights freeze) once its score has not risen by
@@ -51,28 +52,22 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import column_range, has_patch_mean, label_matrix, num_classes, stacked
 from raddist.protocols.registry import register_protocol
-from raddist.protocols.stopping import Plateau
+from raddist.protocols.stopping import Stopping, train_grid
 from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 Pool = Literal["cls", "cls_patch"]
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(Stopping):
     lrs: List[PositiveFloat] = Field(default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
     blocks: List[PositiveInt] = Field(default=[1, 4], min_length=1)  # clipped to the cached blocks
     pools: List[Pool] = Field(default=["cls", "cls_patch"], min_length=1)  # cls_patch needs patch_mean
-    epochs: PositiveInt = 200  # the cap; a head stops earlier once its validation AUROC plateaus
-    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a head stops
     min_delta: float = Field(default=1e-4, ge=0)  # in validation macro AUROC
-    eval_every: PositiveInt = 1  # epochs between validation checks
-    stopping: Literal["plateau", "fixed"] = "plateau"  # fixed: exactly `epochs`, cosine to zero
     batch_size: PositiveInt = 256
     momentum: float = Field(default=0.9, ge=0, lt=1)
     normalize: Literal["standard", "l2"] = "standard"
@@ -178,11 +173,85 @@ def _init_variants(inputs, split, configs, params, n_cls: int, seed: int, device
     return variants
 
 
+class _LinearGrid:
+    """The heads of one grid as a stopping.HeadGrid: momentum SGD by hand, one learning rate per head
+    (a stopped head's is 0), all variants on the same shuffled mini-batches."""
+
+    def __init__(self, variants: List[_Variant], x, y, params: Params, cap: int, seed: int):
+        import torch
+
+        self.variants, self.x, self.y, self.params = variants, x, y, params
+        self.n_heads = sum(len(v.heads) for v in variants)
+        self.multiclass = y.dtype == torch.long
+        self.momenta = {id(p): torch.zeros_like(p) for v in variants for p in (v.weight, v.bias)}
+        self.batch_order = torch.Generator().manual_seed(seed)
+        self.batch = min(params.batch_size, len(x))
+        self.step, self.total_steps = 0, cap * math.ceil(len(x) / self.batch)
+        self.history: List[np.ndarray] = []  # per epoch: each head's mean training loss (0 once stopped)
+        self.kept = [(v.weight.detach().clone(), v.bias.detach().clone()) for v in variants]
+        self.val = None  # (standardised x, targets) to score on
+
+    def train_epoch(self, active: np.ndarray) -> None:
+        import torch
+
+        device, n = self.x.device, len(self.x)
+        live = [(v, torch.from_numpy(active[v.heads].astype(np.float32)).to(device))
+                for v in self.variants if active[v.heads].any()]
+        epoch_loss = torch.zeros(self.n_heads, device=device)  # summed on the device: no sync per step
+        order = torch.randperm(n, generator=self.batch_order).to(device)
+        for start in range(0, n, self.batch):
+            rows = order[start : start + self.batch]
+            xb, yb, total = self.x[rows], self.y[rows], 0.0
+            for v, on in live:
+                losses = _loss(_logits(v, _prepare(xb, v.cols, self.params.normalize)), yb, self.multiclass)
+                total = total + (losses * on).sum()  # heads share no parameters: each gets its own gradient
+                epoch_loss[v.heads] += losses.detach() * on * len(rows) / n
+                v.weight.grad = v.bias.grad = None
+            total.backward()
+            self._sgd_step(live)
+        self.history.append(epoch_loss.cpu().numpy())
+
+    def _sgd_step(self, live) -> None:
+        """SGD with momentum, one learning rate per head, 0 once stopped; cosine-decayed if fixed."""
+        import torch
+
+        fixed = self.params.stopping == "fixed"
+        decay = 0.5 * (1 + math.cos(math.pi * self.step / self.total_steps)) if fixed else 1.0
+        with torch.no_grad():
+            for v, on in live:
+                for p, shape in ((v.weight, (1, -1, 1)), (v.bias, (-1, 1))):
+                    buf = self.momenta[id(p)].mul_(self.params.momentum).add_(p.grad)
+                    p.sub_((v.lr * on * decay).view(shape) * buf)
+        self.step += 1
+
+    def scores(self, active: np.ndarray) -> np.ndarray:
+        x_val, y_val = self.val
+        return auroc_per_head(y_val, _probs(self.variants, x_val, self.multiclass, self.params.normalize))
+
+    def _copy(self, heads: np.ndarray, to_kept: bool) -> None:
+        import torch
+
+        for v, (w, b) in zip(self.variants, self.kept):
+            sel = torch.from_numpy(np.isin(v.heads, heads)).to(w.device)
+            with torch.no_grad():
+                if to_kept:
+                    w[:, sel], b[sel] = v.weight[:, sel], v.bias[sel]
+                else:
+                    v.weight[:, sel], v.bias[sel] = w[:, sel], b[sel]
+
+    def keep(self, heads: np.ndarray) -> None:
+        self._copy(heads, to_kept=True)
+
+    def restore(self, heads: np.ndarray) -> None:
+        self._copy(heads, to_kept=False)
+
+
 def train_heads(
     inputs: FrozenInputs, split: SplitData, configs: List[HeadConfig], params: Params, seed: int,
     val: Optional[SplitData] = None, epochs: Optional[int] = None,
 ) -> Heads:
-    """Train every head of configs on split at once, from a seeded initialisation and batch order.
+    """Train every head of configs on split at once (stopping.train_grid), from a seeded
+    initialisation and batch order.
 
     With val: each head until its validation macro AUROC plateaus (module docstring), at most
     params.epochs, keeping its best epoch's weights. Without, or with stopping="fixed": exactly
@@ -200,62 +269,14 @@ def train_heads(
     y_np = split.labels.astype(np.int64) if multiclass else label_matrix(inputs, split.labels)
     y = torch.from_numpy(y_np).to(device, torch.long if multiclass else torch.float32)
     variants = _init_variants(inputs, split, configs, params, num_classes(inputs, split.labels), seed, device)
-    momenta = {id(p): torch.zeros_like(p) for v in variants for p in (v.weight, v.bias)}
-    cap = params.epochs if epochs is None else int(epochs)
-    fixed = params.stopping == "fixed"
-    plateau = Plateau(len(configs), params.patience, params.min_delta) if val is not None and not fixed else None
-    if plateau is not None:
-        x_val = _standardise(torch.from_numpy(stacked(val).astype(np.float32)).to(device), stats)
-        y_val = label_matrix(inputs, val.labels)
-        best = [(v.weight.detach().clone(), v.bias.detach().clone()) for v in variants]
-    running = [torch.ones(len(v.heads), device=device) for v in variants]  # 0 once a head stopped
-    live = list(zip(variants, running))  # the variants with a head still training
-
-    batch_order = torch.Generator().manual_seed(seed)
-    n, batch = len(x), min(params.batch_size, len(x))
-    history = np.zeros((len(configs), cap))
-    epoch, step, total_steps = 0, 0, cap * math.ceil(n / batch)
-    while epoch < cap and not (plateau is not None and plateau.done()):
-        epoch_loss = torch.zeros(len(configs), device=device)  # summed on the device: no sync per step
-        order = torch.randperm(n, generator=batch_order).to(device)
-        for start in range(0, n, batch):
-            rows = order[start : start + batch]
-            xb, yb, total = x[rows], y[rows], 0.0
-            for v, on in live:
-                losses = _loss(_logits(v, _prepare(xb, v.cols, params.normalize)), yb, multiclass)
-                total = total + (losses * on).sum()  # heads share no parameters: each gets its own gradient
-                epoch_loss[v.heads] += losses.detach() * on * len(rows) / n
-                v.weight.grad = v.bias.grad = None
-            total.backward()
-            decay = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if fixed else 1.0
-            with torch.no_grad():  # SGD with momentum, one learning rate per head, 0 once stopped
-                for v, on in live:
-                    for p, shape in ((v.weight, (1, -1, 1)), (v.bias, (-1, 1))):
-                        buf = momenta[id(p)].mul_(params.momentum).add_(p.grad)
-                        p.sub_((v.lr * on * decay).view(shape) * buf)
-            step += 1
-        history[:, epoch] = epoch_loss.cpu().numpy()
-        epoch += 1
-        if plateau is not None and (epoch % params.eval_every == 0 or epoch == cap):
-            val_probs = _probs(variants, x_val, multiclass, params.normalize)
-            improved = plateau.update(epoch, auroc_per_head(y_val, val_probs))
-            for v, (w, b), on in zip(variants, best, running):
-                keep = torch.from_numpy(improved[v.heads]).to(device)
-                with torch.no_grad():
-                    w[:, keep], b[keep] = v.weight[:, keep], v.bias[keep]
-                on.copy_(torch.from_numpy(plateau.active[v.heads].astype(np.float32)))
-            live = [(v, on) for v, on in zip(variants, running) if plateau.active[v.heads].any()]
-    if plateau is None:
-        trained = best_epoch = np.full(len(configs), epoch)
-        stopped = ["fixed" if fixed else "cap"] * len(configs)
-    else:
-        trained, best_epoch, stopped = plateau.summary(epoch)
-        for v, (w, b) in zip(variants, best):
-            kept = torch.from_numpy(plateau.best_epoch[v.heads] > 0).to(device)  # else: the last weights
-            with torch.no_grad():
-                v.weight[:, kept], v.bias[kept] = w[:, kept], b[kept]
-    return Heads(configs, variants, stats, multiclass, params.normalize, history[:, :epoch], trained, best_epoch,
-                 stopped)
+    grid = _LinearGrid(variants, x, y, params, params.cap(epochs), seed)
+    if val is not None:
+        grid.val = (_standardise(torch.from_numpy(stacked(val).astype(np.float32)).to(device), stats),
+                    label_matrix(inputs, val.labels))
+    record = train_grid(grid, params, validate=val is not None, epochs=epochs)
+    history = np.stack(grid.history, 1).astype(np.float64) if grid.history else np.zeros((len(configs), 0))
+    return Heads(configs, variants, stats, multiclass, params.normalize, history, record.epochs_run,
+                 record.best_epoch, record.stopped)
 
 
 def _probs(variants: List[_Variant], x, multiclass: bool, normalize: str, chunk: int = 8192):

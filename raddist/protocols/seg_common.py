@@ -10,7 +10,7 @@ epoch (the idea of dinov2's linear.py); the tokens are standardised per channel 
 split's statistics, so one learning-rate grid fits every backbone. AdamW at a CONSTANT learning
 rate, MONAI's DiceCELoss (softmax, one-hot targets) on the logits resized bilinearly to S x S.
 No augmentation: the backbone is frozen and never re-run. On a GPU when the cell holds one.
-Stopping (stopping.Plateau, the rule every trained head shares): every `eval_every` epochs each head's
+Stopping (stopping.Plateau, the rule every trained head shares, run by stopping.train_grid): every `eval_every` epochs each head's
 validation Dice is computed; a head keeps a copy of its weights whenever the Dice is its best so far
 (the later epoch on a tie), and stops once it has not risen by more than `min_delta` for `patience`
 epochs; `epochs` is the cap. Each head ends at its best epoch. The learning rate is constant, so
@@ -37,28 +37,23 @@ decayed by a cosine to zero over them, each head validated once, at the end.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Literal, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import SegCase, SegInputs, SegPrediction, SegSplit
-from raddist.protocols.stopping import Plateau
+from raddist.protocols.stopping import ModuleGrid, Record, Stopping, train_grid
 from raddist.protocols.selection import select_best, train_val_split
 
 TASK_TYPES = ("segmentation",)
 BATCH_ORDER_STREAM = 0x5E6  # keeps the batch order's random stream apart from the seed's other uses
 
 
-class SegParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SegParams(Stopping):
     lrs: List[PositiveFloat] = Field(default=[1e-3, 3e-3, 1e-2], min_length=1)
-    epochs: PositiveInt = 200  # the cap; a head stops earlier once its validation Dice plateaus
-    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a head stops
     min_delta: float = Field(default=1e-3, ge=0)  # in validation Dice
-    eval_every: PositiveInt = 1  # epochs between validation checks
-    stopping: Literal["plateau", "fixed"] = "plateau"  # fixed: exactly `epochs`, cosine to zero
     batch_size: PositiveInt = 16
     weight_decay: float = Field(default=1e-4, ge=0)
 
@@ -73,17 +68,17 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
     predict test once on its source grid."""
     train, val = train_val_split(inputs, seed)
     n_classes = len(inputs.class_names)
-    stats = token_stats(train, blocks)
+    data = TokenData(train, val, token_stats(train, blocks), n_classes)
     lrs = sorted(set(params.lrs))
-    heads, record = fit_heads(build, lrs, train, stats, n_classes, params, seed, val=val)
-    best, score, scores = select_best(list(range(len(heads))), lambda i: record["val_dice"][i])
-    cases = source_cases(inputs, inputs.splits["test"], heads[best], stats, params.batch_size)
+    heads, record = fit_heads(build, lrs, data, params, seed)
+    best, score, scores = select_best(list(range(len(heads))), lambda i: record.best_score[i])
+    cases = source_cases(inputs, inputs.splits["test"], heads[best], data.stats, params.batch_size)
     return SegPrediction(
         cases=cases, val_score=score,
         selected={"lr": lrs[best], "val_dice": dict(zip(map(str, lrs), [round(s, 4) for s in scores])),
-                  "max_epochs": params.epochs, "epochs_trained": int(record["epochs_run"][best]),
-                  "best_epoch": int(record["best_epoch"][best]), "stopped": record["stopped"][best],
-                  "best_epochs": dict(zip(map(str, lrs), map(int, record["best_epoch"])))},
+                  "max_epochs": params.epochs, "epochs_trained": int(record.epochs_run[best]),
+                  "best_epoch": int(record.best_epoch[best]), "stopped": record.stopped[best],
+                  "best_epochs": dict(zip(map(str, lrs), map(int, record.best_epoch)))},
     )
 
 
@@ -127,72 +122,73 @@ def _logits(head, x, size: int):
     return _resized(head(x), (size, size))
 
 
-def fit_heads(build: HeadBuilder, lrs: List[float], train: SegSplit, stats, n_classes: int,
-              params: SegParams, seed: int, val: Optional[SegSplit] = None,
-              epochs: Optional[int] = None) -> Tuple[list, Dict[str, object]]:
-    """One head per learning rate, all stepping on the same mini-batches: (heads in eval mode, record).
+@dataclass
+class TokenData:
+    """What a grid of segmentation heads fits on: the train and val token grids, the per-channel
+    statistics they are standardised with (the train split's), and the number of classes."""
 
-    With val: each head until its validation Dice plateaus (module docstring), at most params.epochs,
-    ending at its best epoch's weights. Without, or with stopping="fixed": exactly `epochs` (default
-    params.epochs), cosine-decayed if fixed, the last epoch's weights.
-    record: val_dice (each head's, at its kept epoch; NaN without val), epochs_run, best_epoch, stopped."""
+    train: SegSplit
+    val: SegSplit
+    stats: List[Tuple[np.ndarray, np.ndarray]]
+    n_classes: int
+
+
+def fit_heads(build: HeadBuilder, lrs: List[float], data: TokenData, params: SegParams,
+              seed: int) -> Tuple[list, Record]:
+    """One head per learning rate, all stepping on the same mini-batches (stopping.train_grid): each
+    until its validation Dice plateaus, at most params.epochs, ending at its best epoch's weights; or,
+    with stopping="fixed", exactly params.epochs, cosine-decayed, the last weights.
+    Returns (heads in eval mode, record); record.best_score is each head's validation Dice at its
+    kept epoch."""
     import torch
-    from monai.losses import DiceCELoss
 
     from raddist.device import torch_device
 
-    shapes = [tuple(int(n) for n in t.shape[1:]) for t in train.tokens[:len(stats)]]
-    size = train.masks.shape[-1]
+    shapes = [tuple(int(n) for n in t.shape[1:]) for t in data.train.tokens[:len(data.stats)]]
     device = torch_device()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        heads = [build(shapes, n_classes, size).to(device) for _ in lrs]
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        heads = [build(shapes, data.n_classes, data.train.masks.shape[-1]).to(device) for _ in lrs]
     opts = [torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=params.weight_decay) for h, lr in zip(heads, lrs)]
-    rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
-    cap = params.epochs if epochs is None else int(epochs)
-    fixed = params.stopping == "fixed"
-    plateau = Plateau(len(heads), params.patience, params.min_delta) if val is not None and not fixed else None
-    steps = cap * max(1, -(-len(train) // params.batch_size))
-    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts] if fixed else []
-    kept: List[Optional[dict]] = [None] * len(heads)
+    steps = params.epochs * max(1, -(-len(data.train) // params.batch_size))
+    scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts]
+              if params.stopping == "fixed" else [])
+    grid = ModuleGrid(heads, opts, _epoch_batches(data, params.batch_size, seed, device), _loss_of(data),
+                      lambda h: val_dice(h, data.val, data.stats, params.batch_size, data.n_classes), scheds)
     for h in heads:
         h.train()
-    epoch = 0
-    while epoch < cap and not (plateau is not None and plateau.done()):
-        order = rng.permutation(len(train))
-        running = [k for k in range(len(heads)) if plateau is None or plateau.active[k]]
-        for a in range(0, len(order), params.batch_size):
-            idx = np.sort(order[a:a + params.batch_size])
+    record = train_grid(grid, params, validate=True)
+    for h in heads:
+        h.eval()
+    if params.stopping == "fixed":  # validated once, at the end
+        record.best_score = np.array([grid.score(h) for h in heads], np.float64)
+    return heads, record
+
+
+def _epoch_batches(data: TokenData, batch_size: int, seed: int, device) -> Callable[[], Iterator]:
+    """A new epoch's (tokens, masks) mini-batches of data.train on each call, in a seeded order."""
+    import torch
+
+    rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
+
+    def epoch():
+        order = rng.permutation(len(data.train))
+        for a in range(0, len(order), batch_size):
+            idx = np.sort(order[a:a + batch_size])
             if len(idx) < 2 and len(order) > 1:  # a batch of one breaks BatchNorm; drop the remainder
                 continue
-            x = _batch(train, idx, stats, device)
-            y = torch.from_numpy(train.masks[idx].astype(np.int64))[:, None].to(device)
-            for k in running:
-                loss = loss_fn(_logits(heads[k], x, size), y)
-                opts[k].zero_grad(set_to_none=True)
-                loss.backward()
-                opts[k].step()
-            for sched in scheds:
-                sched.step()
-        epoch += 1
-        if plateau is not None and (epoch % params.eval_every == 0 or epoch == cap):
-            scores = [val_dice(h, val, stats, params.batch_size, n_classes) if plateau.active[k] else np.nan
-                      for k, h in enumerate(heads)]
-            for k in np.flatnonzero(plateau.update(epoch, scores)):
-                kept[k] = {name: t.detach().clone() for name, t in heads[k].state_dict().items()}
-    for k, h in enumerate(heads):
-        if kept[k] is not None:  # else: no finite validation Dice ever, the last weights
-            h.load_state_dict(kept[k])
-        h.eval()
-    if plateau is None:
-        n = len(heads)
-        scores = [val_dice(h, val, stats, params.batch_size, n_classes) if val is not None else np.nan for h in heads]
-        return heads, {"val_dice": np.asarray(scores, np.float64), "epochs_run": np.full(n, epoch),
-                       "best_epoch": np.full(n, epoch), "stopped": ["fixed" if fixed else "cap"] * n}
-    trained, best_epoch, stopped = plateau.summary(epoch)
-    return heads, {"val_dice": np.where(np.isfinite(plateau.best), plateau.best, np.nan),
-                   "epochs_run": trained, "best_epoch": best_epoch, "stopped": stopped}
+            y = torch.from_numpy(data.train.masks[idx].astype(np.int64))[:, None].to(device)
+            yield _batch(data.train, idx, data.stats, device), y
+
+    return epoch
+
+
+def _loss_of(data: TokenData) -> Callable:
+    """MONAI's DiceCELoss of a head's logits, resized to the mask size, on a batch."""
+    from monai.losses import DiceCELoss
+
+    loss_fn, size = DiceCELoss(to_onehot_y=True, softmax=True), data.train.masks.shape[-1]
+    return lambda head, batch: loss_fn(_logits(head, batch[0], size), batch[1])
 
 
 def val_dice(head, split: SegSplit, stats, batch_size: int, n_classes: int) -> float:

@@ -1,15 +1,42 @@
-"""When a trained head stops: on a validation plateau, with a cap, the rule every trained head shares
-(linear probes, few-shot linear probes, segmentation heads, attention MIL).
+"""How a trained head stops, and the one driver that trains a grid of heads to it (linear probes,
+few-shot linear probes, segmentation heads, attention MIL).
 
 A fixed, short budget favours backbones whose heads converge fast, and so biases every comparison;
 training each head until its validation score stops improving does not.
+
+Stopping: the fields every trained head's Params carries (its cap, patience, ...), one model.
+Plateau: the rule, per head, on its validation score.
+train_grid: the loop. A protocol supplies a HeadGrid (how its heads train one epoch, score on
+validation, keep and restore their best weights); train_grid runs the epochs, asks for scores every
+`eval_every` epochs, feeds them to Plateau, keeps each head's best weights, stops each head when
+Plateau says so, and restores the best weights at the end. ModuleGrid is the HeadGrid of heads that
+are torch modules with an optimizer each.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Literal, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class Stopping(BaseModel):
+    """The stopping parameters of a trained head; each protocol's Params extends it (and may change
+    a default, e.g. min_delta in its own score's units)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: PositiveInt = 200  # the cap; a head stops earlier once its validation score plateaus
+    patience: PositiveInt = 10  # epochs without an improvement > min_delta before a head stops
+    min_delta: float = Field(default=1e-4, ge=0)  # in the validation score's units
+    eval_every: PositiveInt = 1  # epochs between validation checks
+    stopping: Literal["plateau", "fixed"] = "plateau"  # fixed: exactly `epochs`, cosine to zero
+
+    def cap(self, epochs: Optional[int] = None) -> int:
+        """The epochs a pass may last: `epochs` where given (a refit's count), else the cap."""
+        return self.epochs if epochs is None else int(epochs)
 
 
 class Plateau:
@@ -54,3 +81,90 @@ class Plateau:
         trained = np.where(plateau, self.stopped_at, epochs_run)
         best = np.where(self.best_epoch > 0, self.best_epoch, trained)
         return trained, best, ["plateau" if p else "cap" for p in plateau]
+
+
+class HeadGrid(Protocol):
+    """What train_grid asks of a protocol's heads; `heads` arguments are index arrays."""
+
+    n_heads: int
+
+    def train_epoch(self, active: np.ndarray) -> None:
+        """One epoch for the heads where active (bool per head); the others do not change."""
+
+    def scores(self, active: np.ndarray) -> np.ndarray:
+        """Each head's validation score (higher is better); NaN where not active, or undefined."""
+
+    def keep(self, heads: np.ndarray) -> None:
+        """Copy these heads' current weights aside."""
+
+    def restore(self, heads: np.ndarray) -> None:
+        """Load the copies kept of these heads."""
+
+
+@dataclass
+class Record:
+    """How each head of a grid trained: epochs_run (epochs before it stopped), best_epoch (whose
+    weights it holds), stopped ('plateau' | 'cap' | 'fixed'), best_score (its validation score at
+    best_epoch; NaN where it had none, or was not validated)."""
+
+    epochs_run: np.ndarray
+    best_epoch: np.ndarray
+    stopped: List[str]
+    best_score: np.ndarray
+
+
+def train_grid(grid: HeadGrid, stop: Stopping, validate: bool, epochs: Optional[int] = None) -> Record:
+    """Train every head of grid: with validate (and stop.stopping='plateau'), each until Plateau stops
+    it or the cap, ending at its best check's weights; else exactly stop.cap(epochs) epochs, the
+    last weights (the grid applies the cosine schedule of stopping='fixed' itself)."""
+    cap, n = stop.cap(epochs), grid.n_heads
+    plateau = Plateau(n, stop.patience, stop.min_delta) if validate and stop.stopping == "plateau" else None
+    epoch = 0
+    while epoch < cap and not (plateau is not None and plateau.done()):
+        grid.train_epoch(np.ones(n, bool) if plateau is None else plateau.active.copy())
+        epoch += 1
+        if plateau is not None and (epoch % stop.eval_every == 0 or epoch == cap):
+            grid.keep(np.flatnonzero(plateau.update(epoch, grid.scores(plateau.active.copy()))))
+    if plateau is None:
+        stopped = "fixed" if stop.stopping == "fixed" else "cap"
+        return Record(np.full(n, epoch), np.full(n, epoch), [stopped] * n, np.full(n, np.nan))
+    grid.restore(np.flatnonzero(plateau.best_epoch > 0))  # the others never scored: their last weights
+    trained, best_epoch, stopped = plateau.summary(epoch)
+    return Record(trained, best_epoch, stopped, np.where(np.isfinite(plateau.best), plateau.best, np.nan))
+
+
+class ModuleGrid:
+    """A HeadGrid of torch modules, one optimizer each, all stepping on the same mini-batches.
+
+    batches(): one epoch's batches; loss(model, batch) -> scalar tensor; score(model) -> float;
+    schedulers: stepped after every batch (stopping='fixed': the cosine over the whole pass).
+    """
+
+    def __init__(self, models: Sequence, optimizers: Sequence, batches: Callable[[], Iterable],
+                 loss: Callable, score: Optional[Callable] = None, schedulers: Sequence = ()):
+        self.models, self.optimizers, self.schedulers = list(models), list(optimizers), list(schedulers)
+        self.batches, self.loss, self.score = batches, loss, score
+        self.n_heads = len(self.models)
+        self.kept: List[Optional[dict]] = [None] * self.n_heads
+
+    def train_epoch(self, active: np.ndarray) -> None:
+        running = np.flatnonzero(active)
+        for batch in self.batches():
+            for k in running:
+                loss = self.loss(self.models[k], batch)
+                self.optimizers[k].zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizers[k].step()
+            for sched in self.schedulers:
+                sched.step()
+
+    def scores(self, active: np.ndarray) -> np.ndarray:
+        return np.array([self.score(m) if on else np.nan for m, on in zip(self.models, active)], np.float64)
+
+    def keep(self, heads: np.ndarray) -> None:
+        for k in heads:
+            self.kept[k] = {name: t.detach().clone() for name, t in self.models[k].state_dict().items()}
+
+    def restore(self, heads: np.ndarray) -> None:
+        for k in heads:
+            self.models[k].load_state_dict(self.kept[k])

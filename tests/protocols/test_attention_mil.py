@@ -75,7 +75,7 @@ def test_models_train_until_validation_plateaus_and_the_refit_takes_the_best_epo
     assert sel["best_epochs"][params.lrs.index(sel["lr"])] == sel["best_epoch"] == sel["refit_epochs"]
     (selection, record), (refit, refit_record) = fits
     assert "val" in selection and refit == {"epochs": sel["refit_epochs"]}
-    assert list(refit_record["epochs_run"]) == [sel["refit_epochs"]]
+    assert list(refit_record.epochs_run) == [sel["refit_epochs"]]
     assert macro_auroc(inputs.splits["test"].labels, prediction.scores) > 0.9
     # a larger cap: the same epochs, the same scores
     again = attention_mil.run(inputs, params.model_copy(update={"epochs": 400}), seed=0)

@@ -150,16 +150,16 @@ def test_heads_train_until_validation_dice_plateaus_and_record_their_epochs():
 
 def test_the_cap_is_never_exceeded_and_each_head_keeps_its_best_epoch():
     from raddist.protocols import seg_linear
-    from raddist.protocols.seg_common import _batch, _logits, fit_heads, token_stats, val_dice
+    from raddist.protocols.seg_common import TokenData, _batch, _logits, fit_heads, token_stats, val_dice
 
     inputs = fake_inputs(volumetric=True)
     train, val = inputs.splits["train"], inputs.splits["val"]
     params = seg_linear.Params(lrs=[1e-3, 1e-1], epochs=4, patience=50)
     stats = token_stats(train, 1)
-    heads, record = fit_heads(seg_linear.build, params.lrs, train, stats, 3, params, seed=0, val=val)
-    assert list(record["epochs_run"]) == [4, 4] and record["stopped"] == ["cap", "cap"]
-    assert all(1 <= e <= 4 for e in record["best_epoch"])
-    for head, best in zip(heads, record["val_dice"]):  # the weights kept are those that scored the best
+    heads, record = fit_heads(seg_linear.build, params.lrs, TokenData(train, val, stats, 3), params, seed=0)
+    assert list(record.epochs_run) == [4, 4] and record.stopped == ["cap", "cap"]
+    assert all(1 <= e <= 4 for e in record.best_epoch)
+    for head, best in zip(heads, record.best_score):  # the weights kept are those that scored the best
         assert val_dice(head, val, stats, 8, 3) == pytest.approx(best)
         # validation Dice is seg_metrics' per-case Dice of the volumes on the output grid
         device = next(head.parameters()).device

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from raddist.protocols.stopping import Plateau
+from raddist.protocols.stopping import Plateau, Stopping, train_grid
 
 
 def test_plateau_keeps_the_best_and_stops_after_patience():
@@ -20,3 +20,43 @@ def test_plateau_keeps_the_best_and_stops_after_patience():
     for epoch in range(1, 6):
         never.update(epoch, [np.nan])  # no defined score: trains to the cap, keeps its last epoch
     assert never.active[0] and never.summary(5)[1][0] == 5
+
+
+class ScriptedGrid:
+    """A HeadGrid whose validation scores are scripted per epoch; it records what the driver asks."""
+
+    def __init__(self, scores_by_epoch):
+        self.script, self.n_heads = np.asarray(scores_by_epoch, np.float64), len(scores_by_epoch[0])
+        self.epoch, self.trained, self.kept, self.restored = 0, [], {}, None
+
+    def train_epoch(self, active):
+        self.trained.append(active.copy())
+        self.epoch += 1
+
+    def scores(self, active):
+        return np.where(active, self.script[self.epoch - 1], np.nan)
+
+    def keep(self, heads):
+        self.kept.update({int(k): self.epoch for k in heads})
+
+    def restore(self, heads):
+        self.restored = {int(k): self.kept[int(k)] for k in heads}
+
+
+def test_the_driver_stops_each_head_on_its_plateau_and_restores_its_best_check():
+    script = [[0.5, 0.1], [0.6, 0.2], [0.6, 0.3], [0.59, 0.4], [0.58, 0.5], [0.5, 0.6], [0.5, 0.7], [0.5, 0.8]]
+    grid = ScriptedGrid(script)
+    record = train_grid(grid, Stopping(epochs=8, patience=2, min_delta=0.01), validate=True)
+    # head 0 rose last at epoch 2 (0.6; 0.6 at 3 is a tie, kept, no rise): it stops at 4 and holds epoch 3
+    assert list(record.epochs_run) == [4, 8] and list(record.best_epoch) == [3, 8]
+    assert record.stopped == ["plateau", "cap"] and list(record.best_score) == [0.6, 0.8]
+    assert [list(a) for a in grid.trained[3:5]] == [[True, True], [False, True]]  # head 0 no longer trains
+    assert grid.restored == {0: 3, 1: 8}
+    checked = ScriptedGrid(script)  # checked every 3 epochs, and at the cap
+    record = train_grid(checked, Stopping(epochs=8, patience=2, min_delta=0.01, eval_every=3), validate=True)
+    assert list(record.best_epoch) == [3, 8] and list(record.epochs_run) == [6, 8]
+    fixed = ScriptedGrid(script)  # no validation: exactly the epochs asked for, nothing kept
+    record = train_grid(fixed, Stopping(epochs=8), validate=False, epochs=5)
+    assert list(record.epochs_run) == list(record.best_epoch) == [5, 5] and fixed.restored is None
+    assert record.stopped == ["cap", "cap"] and train_grid(ScriptedGrid(script), Stopping(
+        stopping="fixed", epochs=3), validate=True).stopped == ["fixed", "fixed"]
