@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from tests.helpers import SECRET  # noqa: F401  (tests/test_multinode.py still imports it from here)
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
@@ -30,7 +32,6 @@ def synthetic_data(tmp_path_factory):
     return str(out)
 
 
-SECRET = "raddist-test-secret-Zq8w"  # a credential that must never appear in any output or log
 
 
 @pytest.fixture(scope="module")

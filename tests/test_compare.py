@@ -10,17 +10,7 @@ from raddist.compare import compare_backbones, compare_predictions, holm, paired
 from raddist.delong import delong_test
 from raddist.metrics import (classification_metrics, group_codes, percentile_ci, resample_counts,
                              resampled_rows)
-
-
-def binary_data(n=400, seed=0, signal_a=1.0, signal_b=1.0, ties=False):
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < 0.3).astype(int)
-    noise = rng.normal(size=n)
-    a = signal_a * y + noise
-    b = signal_b * y + 0.6 * noise + 0.8 * rng.normal(size=n)
-    if ties:
-        a, b = np.round(a, 0), np.round(b, 1)
-    return y, a, b
+from tests.helpers import binary_data
 
 
 def test_holm_hand_example():

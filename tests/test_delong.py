@@ -7,7 +7,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from raddist.delong import delong_components, delong_test
-from tests.test_compare import binary_data
+from tests.helpers import binary_data
 
 
 def slow_delong(y, a, b):

@@ -15,7 +15,7 @@ import boto3
 import pyarrow.parquet as pq
 import yaml
 
-from tests.conftest import SECRET
+from tests.helpers import SECRET
 
 
 def _upload_dir(client, bucket, local: Path, prefix: str):

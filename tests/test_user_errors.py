@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import SECRET
+from tests.helpers import SECRET
 
 
 def base(synthetic_data, tmp_path):

@@ -7,24 +7,12 @@ import threading
 import time
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raddist import spec as spec_lib
-from raddist.data import manifest as manifest_lib
 from raddist.embed.cache import EmbeddingCache
 from raddist.embed.jobs import run_embedding_job
 from raddist.plan import make_plan
-
-
-def _big_manifest(synthetic_data, tmp_path, copies=48):  # large enough to outlast the kill
-    base = manifest_lib.load(os.path.join(synthetic_data, "brain_mri", "manifest.parquet"))
-    rows = []
-    for c in range(copies):
-        for r in base.select(["sample_id", "uri", "patient_id", "split", "label"]).to_pylist():
-            rows.append({**r, "sample_id": f"{r['sample_id']}-{c}", "patient_id": f"{r['patient_id']}-{c}"})
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
-    return str(tmp_path / "manifest.parquet"), len(rows)
+from tests.helpers import copied_manifest
 
 
 def _job(manifest_uri):
@@ -49,7 +37,7 @@ def _embed_actor_pid():
 
 
 def test_killed_embedding_actor_loses_and_duplicates_nothing(ray_local, synthetic_data, tmp_path):
-    manifest_uri, n = _big_manifest(synthetic_data, tmp_path)
+    manifest_uri, n = copied_manifest(synthetic_data, tmp_path)  # large enough to outlast the kill
     spec, job = _job(manifest_uri)
 
     reference = EmbeddingCache(str(tmp_path / "ref"))

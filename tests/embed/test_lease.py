@@ -78,9 +78,9 @@ def test_a_run_waits_for_the_holder_and_takes_over_when_it_is_killed(synthetic_d
     import yaml
 
     from raddist.embed.cache import EmbeddingCache
-    from tests.embed.test_faults import _big_manifest
+    from tests.helpers import copied_manifest
 
-    manifest, n = _big_manifest(synthetic_data, tmp_path, copies=24)
+    manifest, n = copied_manifest(synthetic_data, tmp_path, copies=24)
     cache = tmp_path / "cache"
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({

@@ -40,6 +40,32 @@ def write_json(path, obj):
     return write_text(path, json.dumps(obj))
 
 
+def write_montgomery(root, n=6):
+    """Montgomery's layout: n chest X-rays, each with a left and a right lung mask."""
+    base = root / "NLM-MontgomeryCXRSet" / "MontgomerySet"
+    left, right = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    left[:, 5:] = 255  # the patient's left lung is on the image's right
+    right[:, :3] = 255
+    for i in range(1, n + 1):
+        name = f"MCUCXR_{i:04d}_{i % 2}.png"
+        write_image(str(base / "CXR_png" / name), value=100)
+        write_image(str(base / "ManualMask" / "leftMask" / name), array=left)
+        write_image(str(base / "ManualMask" / "rightMask" / name), array=right)
+    return str(root)
+
+
+SARS_SLICES = ["1.png", "2.png", "10.png"]  # natural order: 1, 2, 10
+
+
+def write_sars(root, classes=("COVID", "non-COVID"), patients=4):
+    """SARS-CoV-2 CT's layout: class folders of patient folders of PNG slices (SARS_SLICES)."""
+    for cls in classes:
+        for p in range(1, patients + 1):
+            for k, name in enumerate(SARS_SLICES):
+                write_image(str(root / cls / f"Patient {p}" / name), value=k)
+    return str(root)
+
+
 def load(uri):
     """(rows as a pandas frame with uris resolved, metadata) of a prepared manifest."""
     return manifest.load(uri).to_pandas(), catalog.read_metadata(uri)

@@ -4,20 +4,7 @@ import pytest
 from PIL import Image
 
 from raddist.data import catalog
-from tests.data.catalog import check_manifest, write_image
-
-
-def write_montgomery(root, n=6):
-    base = root / "NLM-MontgomeryCXRSet" / "MontgomerySet"
-    left, right = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
-    left[:, 5:] = 255  # the patient's left lung is on the image's right
-    right[:, :3] = 255
-    for i in range(1, n + 1):
-        name = f"MCUCXR_{i:04d}_{i % 2}.png"
-        write_image(str(base / "CXR_png" / name), value=100)
-        write_image(str(base / "ManualMask" / "leftMask" / name), array=left)
-        write_image(str(base / "ManualMask" / "rightMask" / name), array=right)
-    return str(root)
+from tests.data.catalog import check_manifest, write_montgomery
 
 
 def test_prepare(tmp_path):

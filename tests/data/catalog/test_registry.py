@@ -8,9 +8,7 @@ import pytest
 
 from raddist import storage
 from raddist.data import catalog
-from tests.data.catalog import check_manifest
-from tests.data.catalog.test_montgomery import write_montgomery
-from tests.data.catalog.test_sarscov2_ct import write_sars
+from tests.data.catalog import check_manifest, write_montgomery, write_sars
 
 NAMES = {"nih_chestxray14", "chexpert", "brain_tumor_figshare", "sarscov2_ct", "montgomery", "shenzhen",
          "btcv", "amos", "msd_heart", "msd_hippocampus", "msd_spleen"}

@@ -2,17 +2,7 @@ import pytest
 
 from raddist.data import catalog
 from raddist.data.catalog import sarscov2_ct
-from tests.data.catalog import check_manifest, write_image
-
-SLICES = ["1.png", "2.png", "10.png"]  # natural order: 1, 2, 10
-
-
-def write_sars(root, classes=("COVID", "non-COVID"), patients=4):
-    for cls in classes:
-        for p in range(1, patients + 1):
-            for k, name in enumerate(SLICES):
-                write_image(str(root / cls / f"Patient {p}" / name), value=k)
-    return str(root)
+from tests.data.catalog import SARS_SLICES, check_manifest, write_image, write_sars
 
 
 def test_class_folders():
@@ -28,7 +18,7 @@ def test_prepare(tmp_path):
     assert len(frame) == 8 * 3 and meta["unit"] == "slice"
     vol = frame[frame.volume_id == "COVID/Patient 1"]
     assert vol["slice_index"].tolist() == [0, 1, 2]
-    assert [u.rsplit("/", 1)[-1] for u in vol["uri"]] == SLICES
+    assert [u.rsplit("/", 1)[-1] for u in vol["uri"]] == SARS_SLICES
     assert set(vol["label"]) == {1} and set(frame[frame.volume_id.str.startswith("non")]["label"]) == {0}
     assert (frame["patient_id"] == frame["volume_id"]).all()
     assert meta["patient_counts"] == {"train": 4, "val": 2, "test": 2}
