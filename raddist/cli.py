@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import tempfile
 from typing import List, Optional
 
 from raddist import storage
@@ -286,10 +289,57 @@ def _debug_everywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
+@contextlib.contextmanager
+def ray_output_to_logs():
+    """Ray's own notices stay out of the console: its token-auth warning (a Python logger) and the native
+    lines its core worker writes straight to file descriptor 2 (`core_worker.cc:...`; Ray also writes them
+    to its session's python-core-driver-*.log) go to <tmp>/ray/raddist-driver-<pid>.err; raddist's own
+    lines and errors, and Python's, stay on the console (sys.stderr keeps the console's descriptor).
+    Wraps a command that starts Ray; a no-op where sys.stderr is not the process's own (pytest's capsys)."""
+    log = os.path.join(tempfile.gettempdir(), "ray", f"raddist-driver-{os.getpid()}.err")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    token = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    token.addHandler(logging.FileHandler(log))
+    token.propagate = False
+    try:
+        if sys.stderr is not sys.__stderr__:
+            yield log
+        else:
+            with _fd2_to(log):
+                yield log
+    finally:
+        token.propagate = True
+        for handler in [h for h in token.handlers if isinstance(h, logging.FileHandler)]:
+            handler.close()
+            token.removeHandler(handler)
+        if os.path.exists(log) and not os.path.getsize(log):
+            os.remove(log)
+
+
+@contextlib.contextmanager
+def _fd2_to(log: str):
+    """File descriptor 2 (native writers) into log; Python's sys.stderr on the console's descriptor."""
+    sys.stderr.flush()
+    console = os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    sys.stderr = os.fdopen(os.dup(console), "w", buffering=1)
+    try:
+        yield log
+    finally:
+        sys.stderr.flush()
+        os.dup2(console, 2)
+        os.close(console)
+        sys.stderr.close()
+        sys.stderr = sys.__stderr__
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _debug_everywhere(build_parser()).parse_args(argv)
+    quiet = ray_output_to_logs() if args.fn in (cmd_run, cmd_demo) else contextlib.nullcontext()
     try:
-        return args.fn(args)
+        with quiet:
+            return args.fn(args)
     except RaddistError as e:
         if args.debug:
             raise

@@ -8,11 +8,15 @@ into an output that another salt wrote is refused, as its pseudonyms would not l
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import uuid
+from urllib.parse import urlparse
 
 from raddist import storage
 from raddist.data import manifest as manifest_lib
-from raddist.errors import ConfigError
+from raddist.errors import ConfigError, StorageError
 from raddist.spec import SweepSpec, require_vars
 
 RUN_RECORD = "run.json"  # in the output: what every run into it must agree on
@@ -21,6 +25,7 @@ RUN_RECORD = "run.json"  # in the output: what every run into it must agree on
 def before_ray(spec: SweepSpec, output: str, cache: str) -> None:
     require_vars(spec)
     _weights(spec)
+    _hub_weights(spec)
     for task in spec.tasks:
         table = manifest_lib.load(task.manifest)
         manifest_lib.validate(table, task.manifest, task.labels, task.type, len(task.classes) if task.classes else None)
@@ -28,7 +33,9 @@ def before_ray(spec: SweepSpec, output: str, cache: str) -> None:
     for field, uri in (("storage.output", output), ("storage.cache", cache)):
         writable(uri, field)
     if spec.tracking.mlflow:
-        _tracking(spec.tracking.mlflow, spec.tracking.experiment or spec.name)
+        _reachable(spec.tracking.mlflow, "tracking.mlflow")
+        with _mlflow_fails_fast():
+            _tracking(spec.tracking.mlflow, spec.tracking.experiment or spec.name)
 
 
 def _weights(spec: SweepSpec) -> None:
@@ -67,13 +74,17 @@ def _tracking(uri: str, experiment: str) -> None:
 
 def writable(uri: str, field: str) -> None:
     """Write, read back and delete a probe under uri; the store's own error says why not."""
+    if not storage.is_remote(uri) and storage.is_file(uri):
+        raise ConfigError(f"{field}: {uri} is a file; it must be a directory")
     probe = storage.join(uri, ".raddist-probe", uuid.uuid4().hex[:12])
     try:
         storage.write_text(probe, "probe")
         storage.read_text(probe)
         storage.delete_file(probe)
-    except PermissionError as e:
-        raise ConfigError(f"{field}: {uri} is not writable ({e.strerror})") from None
+    except OSError as e:  # permissions, a parent that is a file, a full or read-only disk
+        raise ConfigError(f"{field}: {uri} is not writable ({e.strerror or e})") from None
+    except StorageError as e:  # the same, as storage.write_bytes words it
+        raise ConfigError(f"{field}: {uri} is not writable ({e.cause})") from None
 
 
 def same_salt(spec: SweepSpec, output: str, fingerprint: str) -> None:
@@ -89,3 +100,78 @@ def same_salt(spec: SweepSpec, output: str, fingerprint: str) -> None:
             "(RADDIST_SALT_FILE or RADDIST_SALT, see the README), or another output")
     manifests = {**record.get("manifests", {}), **{t.name: t.manifest for t in spec.tasks}}
     storage.write_json(uri, {"salt_fingerprint": fingerprint, "manifests": manifests})
+
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CONNECT_TIMEOUT_S = 5.0  # a store or hub that does not answer in this long is down, not slow
+
+
+def _hub_weights(spec: SweepSpec) -> None:
+    """weights: hub needs the weights in the local hub cache, or a hub that answers (in seconds):
+    never a run that starts Ray and fails in every embedding actor."""
+    import huggingface_hub as hf
+
+    for i, b in enumerate(spec.backbones):
+        if b.weights != "hub":
+            continue
+        repo = _hub_repo(b.name)
+        if repo is None or any(isinstance(hf.try_to_load_from_cache(repo, f), str) for f in HUB_FILES):
+            continue
+        where = f"backbones.{i}.weights: hub weights of {b.name} ({repo}) are not in the local cache ({hf.constants.HF_HUB_CACHE})"
+        if hf.constants.HF_HUB_OFFLINE:
+            raise ConfigError(f"{where} and HF_HUB_OFFLINE is set; download them first, or give a weights file")
+        try:
+            hf.get_hf_file_metadata(hf.hf_hub_url(repo, "config.json"), timeout=CONNECT_TIMEOUT_S)
+        except hf.errors.EntryNotFoundError:
+            pass  # the hub answers; the weights file is found at load time
+        except Exception as e:  # noqa: BLE001 - unreachable, refused, unknown repository: one line
+            raise ConfigError(f"{where} and the hub cannot be reached ({_first_line(e)}); download them where "
+                              "there is a network, or give a weights file") from None
+
+
+def _hub_repo(name: str):
+    """The hub repository a registered backbone's hub weights come from (None: not from the HF hub)."""
+    from raddist.backbones.registry import get_config
+
+    config = get_config(name)
+    if config.source == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(config.model_id)
+        return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
+    return config.model_id.removeprefix("hf-hub:")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _reachable(uri: str, field: str) -> None:
+    """An http(s) store answers a TCP connect within CONNECT_TIMEOUT_S: said before, refused in one line,
+    instead of minutes of the client's retries."""
+    url = urlparse(uri)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    print(f"checking {field} {url.scheme}://{url.hostname}:{port} …", flush=True)
+    try:
+        socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(f"{field}: {uri} cannot be reached ({e.strerror or type(e).__name__}"
+                          f"{'' if e.strerror else f' after {CONNECT_TIMEOUT_S:.0f} s'})") from None
+
+
+@contextlib.contextmanager
+def _mlflow_fails_fast():
+    """MLflow's HTTP client retries for minutes by default; a preflight check asks once, briefly."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(CONNECT_TIMEOUT_S * 2)))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -194,11 +194,16 @@ def write_bytes(uri: str, data: bytes) -> None:
         except OSError as e:
             raise StorageError(uri, describe(e)) from None
         return
-    fs.create_dir(posixpath.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, permissions, a parent that is a file: the path and the OS's words
+        if os.path.exists(tmp):
+            os.remove(tmp)  # no .tmp part left behind
+        raise StorageError(uri, e.strerror or describe(e)) from None
 
 
 def read_text(uri: str) -> str:

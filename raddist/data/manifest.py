@@ -86,6 +86,7 @@ def validate(
     if bad:
         row, value = bad[0]
         raise ManifestError(f"manifest {uri}: row {row} has split '{value}'; allowed: {list(SPLITS)}")
+    _check_present(table, "patient_id", uri)
     check_patient_splits(table["patient_id"].to_pylist(), splits, uri)
     if task_type in ("multilabel", "binary"):
         for col in label_columns:
@@ -93,6 +94,14 @@ def validate(
     elif task_type == "multiclass" and label_columns:
         allowed = tuple(range(num_classes)) if num_classes else None
         _check_values(table, label_columns[0], uri, allowed=allowed)
+
+
+def _check_present(table: pa.Table, col: str, uri: str) -> None:
+    """Every row names its patient: splits, bootstrap resamples and paired tests are by patient."""
+    for row, v in enumerate(table[col].to_pylist()):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip():
+            raise ManifestError(f"manifest {uri}: row {row} has an empty {col}; every row needs one "
+                                "(splits and confidence intervals are by patient)")
 
 
 def _check_values(table: pa.Table, col: str, uri: str, allowed: Optional[Iterable[int]]) -> None:
