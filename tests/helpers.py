@@ -39,3 +39,21 @@ def copied_manifest(synthetic_data: str, tmp_path, copies=48):
             rows.append({**r, "sample_id": f"{r['sample_id']}-{c}", "patient_id": f"{r['patient_id']}-{c}"})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
     return str(tmp_path / "manifest.parquet"), len(rows)
+
+
+def package_modules(package) -> dict:
+    """{dotted name: file} of the modules directly in a package (its __init__ excluded), found on
+    disk, so that a registry test sees a module its package forgot to import."""
+    root = os.path.dirname(package.__file__)
+    return {f"{package.__name__}.{name[:-3]}": os.path.join(root, name)
+            for name in sorted(os.listdir(root)) if name.endswith(".py") and name != "__init__.py"}
+
+
+def calls_to(path: str, function: str) -> int:
+    """How many times the source at path calls `function` (as a name or an attribute), decorators included."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    return sum(isinstance(node, ast.Call) and function in (getattr(node.func, "id", None), getattr(node.func, "attr", None))
+               for node in ast.walk(tree))

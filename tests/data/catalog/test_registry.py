@@ -9,6 +9,7 @@ import pytest
 from raddist import storage
 from raddist.data import catalog
 from tests.data.catalog import check_manifest, write_montgomery, write_sars
+from tests.helpers import package_modules
 
 NAMES = {"nih_chestxray14", "chexpert", "brain_tumor_figshare", "sarscov2_ct", "montgomery", "shenzhen",
          "btcv", "amos", "msd_heart", "msd_hippocampus", "msd_spleen"}
@@ -23,6 +24,19 @@ def test_list_datasets():
         assert d["modality"] in ("DX", "CT", "MR") and d["unit"] in ("image", "slice", "volume")
         assert d["classes"] and d["source_url"].startswith("http") and d["license"] and d["reference_split"]
         assert (d["task_type"] == "segmentation") == (not d["labels"])
+
+
+@pytest.mark.parametrize("module", sorted(set(package_modules(catalog)) - {"raddist.data.catalog.common"}))
+def test_each_adapter_module_on_disk_is_registered(module):
+    import importlib
+
+    mod = importlib.import_module(module)
+    infos = [v for v in vars(mod).values() if isinstance(v, catalog.DatasetInfo)]
+    infos += [i for v in vars(mod).values() if isinstance(v, dict) for i in v.values() if isinstance(i, catalog.DatasetInfo)]
+    assert infos, f"{mod.__file__} defines no DatasetInfo (INFO, or INFOS for several)"
+    for info in infos:
+        assert info.name in NAMES and catalog.get(info.name) is info, (
+            f"{module}: {info.name} is not in raddist.data.catalog's registry")
 
 
 def test_unknown_dataset_and_option(tmp_path):
