@@ -29,6 +29,23 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """Every (backbone, image size) of the plan built and run once, trainable protocols one step: no Ray."""
+    from raddist.check import as_json, check
+    from raddist.plan import make_plan
+    from raddist.spec import load
+
+    plan = make_plan(load(args.config))
+    rows = check(plan, weights=args.weights, device=args.device, say=None if args.json else print)
+    if args.json:
+        print(json.dumps(as_json(rows)))
+    else:
+        failed = [r for r in rows if not r.ok]
+        print(f"{len(rows) - len(failed)}/{len(rows)} (backbone, image size) ok"
+              + (f"; failed: {', '.join(f'{r.backbone}@{r.image_size}' for r in failed)}" if failed else ""))
+    return 0 if all(r.ok for r in rows) else 1
+
+
 def cmd_run(args) -> int:
     from raddist.spec import load
     from raddist.sweep import run_sweep
@@ -231,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(fn=cmd_plan)
+
+    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once (no Ray)")
+    chk.add_argument("config")
+    chk.add_argument("--weights", default=None, help="'random': the real architectures at random init "
+                     "(default: each backbone's configured weights)")
+    chk.add_argument("--device", default=None, choices=["meta", "cpu", "cuda"],
+                     help="default: meta (shapes only) for random weights, else cuda if present, else cpu")
+    chk.add_argument("--json", action="store_true")
+    chk.set_defaults(fn=cmd_check)
 
     run = sub.add_parser("run", help="run a sweep; reruns do only what is missing")
     run.add_argument("config")

@@ -24,6 +24,7 @@ RUN_RECORD = "run.json"  # in the output: what every run into it must agree on
 
 def before_ray(spec: SweepSpec, output: str, cache: str) -> None:
     require_vars(spec)
+    backbones(spec)
     _weights(spec)
     _hub_weights(spec)
     for task in spec.tasks:
@@ -175,3 +176,25 @@ def _mlflow_fails_fast():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def backbones(spec: SweepSpec) -> None:
+    """Every backbone's libraries import, and every image size it is planned at is a multiple of its
+    patch size: one line naming the backbone and the package, or the task and the sizes that fit."""
+    import importlib
+
+    from raddist.backbones.registry import get_config, libraries, size_error
+    from raddist.plan import contract_for
+
+    for i, b in enumerate(spec.backbones):
+        config = get_config(b.name)
+        for module, package in libraries(config, b.weights):
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ConfigError(f"backbones.{i}: {b.name} needs the package {package} ({module} does not import: "
+                                  f"{str(e).strip()[:200]}); pip install {package}") from None
+        for task in spec.tasks:
+            error = size_error(config, contract_for(spec, b, task)["size"])
+            if error:
+                raise ConfigError(f"tasks.{task.name}: {error}")

@@ -43,6 +43,9 @@ class BackboneConfig:
     has_cls_token: bool = True
     # open_clip: the timm architecture of the vision trunk (used for random init and file weights).
     timm_arch: Optional[str] = None
+    # The square side the weights were trained at, where runs elsewhere are off their distribution
+    # (SAM: 1024); None when the model is as at home at any size the plans use.
+    trained_size: Optional[int] = None
     license: str = ""
     notes: str = ""
 
@@ -93,6 +96,42 @@ def list_backbones() -> List[str]:
     return sorted(_REGISTRY)
 
 
+# timm ViTs built with dynamic_img_size take any multiple of their patch size: the position embeddings
+# are interpolated to each input's grid in the forward (at the built size they are used as they are, so
+# the features there do not change). Without it a ViT with a class token refuses any other size.
+ANY_SIZE = {"dynamic_img_size": True}
+
+
+def size_error(config: BackboneConfig, size: int) -> Optional[str]:
+    """Why ``config`` cannot take square images of ``size`` (one line), or None if it can."""
+    if config.patch_size and size % config.patch_size:
+        return (f"image size {size} is not a multiple of {config.name}'s patch size {config.patch_size} "
+                f"(use {size // config.patch_size * config.patch_size} or {(size // config.patch_size + 1) * config.patch_size})")
+    return None
+
+
+# The library each source builds with: (module to import, the package that installs it). open_clip is
+# needed for hub weights only: random init and weight files build its timm trunk.
+LIBRARIES = {"timm": ("timm", "timm"), "open_clip": ("open_clip", "open_clip_torch"),
+             "transformers": ("transformers", "transformers")}
+
+
+def libraries(config: BackboneConfig, weights: str) -> List[Tuple[str, str]]:
+    """(module, package) of every library building ``config`` with ``weights`` takes."""
+    needed = [LIBRARIES["timm"]] if config.source != "transformers" else []
+    if config.source != "timm" and (config.source == "transformers" or weights == "hub"):
+        needed.append(LIBRARIES[config.source])
+    return needed
+
+
+def size_note(config: BackboneConfig, size: int) -> str:
+    """A line on a size the backbone runs at but was not trained at ('' when there is nothing to say)."""
+    if config.trained_size and size != config.trained_size:
+        return (f"{config.name} runs at {size}, its weights were trained at {config.trained_size} only "
+                "(position embeddings interpolated)")
+    return ""
+
+
 def _vit(name, model_id, input_size, mean, std, patch, dim, depth, **kw) -> BackboneConfig:
     return register(BackboneConfig(name, kw.pop("source", "timm"), model_id, input_size, mean, std,
                                    patch, dim, depth, "vit", **kw))
@@ -109,28 +148,32 @@ def _cnn(name, model_id, dims, indices, **kw) -> BackboneConfig:
 # google/vit-large-patch16-224 (IN-21k, IN-1k fine-tuned; here timm's augreg IN-21k), its ResNet-152
 # torchvision's V2 weights (here V1), its VGG-19 the 4096-d fc7 (here pooled conv stages), its
 # BiomedCLIP the 512-d projection (here the 768-d trunk), and it normalised every backbone with
-# ImageNet mean/std (here each its own). SAM runs at 1024, as there.
+# ImageNet mean/std (here each its own). SAM classifies at 1024, as there.
 
 # DINOv2 checkpoints are 518px; the study (and DINOv2's own linear evals) run them at 224.
 # timm resamples the position embedding when loading at img_size=224 (16x16 patch grid).
 for _size, _dim, _depth in (("small", 384, 12), ("base", 768, 12), ("large", 1024, 24), ("giant", 1536, 40)):
     _vit(f"dinov2_vit{_size[0]}14", f"vit_{_size}_patch14_dinov2.lvd142m", 224, IMAGENET_MEAN, IMAGENET_STD,
-         14, _dim, _depth, kwargs={"img_size": 224}, license="apache-2.0",
+         14, _dim, _depth, kwargs={"img_size": 224, **ANY_SIZE}, license="apache-2.0",
          notes="DINOv2 LVD-142M; 518px checkpoint run at 224 (pos-embed resampled).")
 
-_vit("vit_large_in21k", "vit_large_patch16_224.augreg_in21k", 224, HALF, HALF, 16, 1024, 24,
+_vit("vit_large_in21k", "vit_large_patch16_224.augreg_in21k", 224, HALF, HALF, 16, 1024, 24, kwargs=dict(ANY_SIZE),
      license="apache-2.0", notes="Supervised ViT-L/16, ImageNet-21k (AugReg).")
-_vit("mae_vitl16", "vit_large_patch16_224.mae", 224, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
+_vit("mae_vitl16", "vit_large_patch16_224.mae", 224, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24, kwargs=dict(ANY_SIZE),
      license="cc-by-nc-4.0", notes="MAE ViT-L/16 pretrained encoder (no fine-tuning).")
-_vit("clip_vitl14", "vit_large_patch14_clip_224.openai", 224, CLIP_MEAN, CLIP_STD, 14, 1024, 24,
+_vit("clip_vitl14", "vit_large_patch14_clip_224.openai", 224, CLIP_MEAN, CLIP_STD, 14, 1024, 24, kwargs=dict(ANY_SIZE),
      license="apache-2.0", notes="OpenAI CLIP ViT-L/14 image tower; the projection head is dropped.")
-_vit("openclip_vith14", "vit_huge_patch14_clip_224.laion2b", 224, CLIP_MEAN, CLIP_STD, 14, 1280, 32,
+_vit("openclip_vith14", "vit_huge_patch14_clip_224.laion2b", 224, CLIP_MEAN, CLIP_STD, 14, 1280, 32, kwargs=dict(ANY_SIZE),
      license="apache-2.0", notes="OpenCLIP ViT-H/14 LAION-2B image tower; the projection head is dropped.")
-# SAM's encoder was trained at 1024 only. Its windowed attention and rel-pos (interpolated on the
-# fly) also run at 224, 20x cheaper, but off-distribution. No class token: 'cls' = mean token,
-# taken from the raw block outputs (1024-d), not from the 256-d neck.
+# SAM's encoder was trained at 1024 only. Its windowed attention and position embeddings (absolute
+# and relative, both interpolated on the fly by timm) also run at other sizes, but off-distribution.
+# Classification runs it at 1024. Segmentation runs it at the task's size (448 in the shipped grids),
+# as every other backbone: one decoded pixel cache per task, and patch tokens 5x smaller than at
+# 1024 (64 x 64 x 1024 x 5 blocks in fp16 is 42 MB a slice). `raddist check` and the report say so
+# (size_note). No class token: 'cls' = mean token, taken from the raw block outputs (1024-d), not
+# from the 256-d neck.
 _vit("sam_vitl16", "samvit_large_patch16.sa1b", 1024, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
-     has_cls_token=False, license="apache-2.0",
+     has_cls_token=False, trained_size=1024, license="apache-2.0",
      notes="SAM ViT-L image encoder; no class token, 'cls' is the mean of each block's tokens.")
 # MSN is not in timm: transformers ViTMSNModel (config written here so random init is offline).
 _vit("msn_vitl16", "facebook/vit-msn-large", 224, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
@@ -140,7 +183,8 @@ _vit("msn_vitl16", "facebook/vit-msn-large", 224, IMAGENET_MEAN, IMAGENET_STD, 1
              "qkv_bias": True})
 # BiomedCLIP's vision tower is a timm vit_base_patch16_224 trunk inside open_clip.
 _vit("biomedclip_vitb16", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", 224,
-     CLIP_MEAN, CLIP_STD, 16, 768, 12, source="open_clip", timm_arch="vit_base_patch16_224", license="mit",
+     CLIP_MEAN, CLIP_STD, 16, 768, 12, source="open_clip", timm_arch="vit_base_patch16_224", kwargs=dict(ANY_SIZE),
+     license="mit",
      notes="BiomedCLIP (PMC-15M) image trunk; hub weights need open_clip_torch.")
 
 _cnn("resnet152", "resnet152.tv_in1k", (256, 512, 1024, 2048), (1, 2, 3, 4), license="bsd-3-clause",

@@ -147,7 +147,7 @@ def _build_open_clip(config: BackboneConfig, kind: str, path: Optional[str]) -> 
         trunk = getattr(model.visual, "trunk", None)
         if trunk is None:
             raise TypeError(f"{config.name}: open_clip vision tower has no timm trunk")
-        return trunk
+        return any_size(trunk) if config.kwargs.get("dynamic_img_size") else trunk
     # Random init and file weights need only the timm trunk, not open_clip.
     import timm
 
@@ -170,6 +170,18 @@ def _build_transformers(config: BackboneConfig, kind: str, path: Optional[str]) 
     if kind == "file":
         _load_file_into(model.model, path)  # accepts the adapter's keys ("model.") and raw HF ones
     return model
+
+
+def any_size(vit: torch.nn.Module) -> torch.nn.Module:
+    """A timm ViT built elsewhere (open_clip builds its trunk at one size) switched to what timm's
+    ``dynamic_img_size=True`` builds: the patch embedding leaves the grid unflattened and unchecked,
+    and the position embeddings are interpolated to each input's grid (unchanged at the built size)."""
+    from timm.layers import Format
+
+    embed = vit.patch_embed
+    vit.dynamic_img_size = True
+    embed.strict_img_size, embed.flatten, embed.output_fmt = False, False, Format.NHWC
+    return vit
 
 
 def _load_file_into(model: torch.nn.Module, path: str) -> None:

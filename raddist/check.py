@@ -1,0 +1,201 @@
+"""`raddist check CONFIG`: the dry run before paying for a cluster. No Ray, no data.
+
+For every backbone of the plan it builds the model (its configured weights, or with
+``weights="random"`` the real architecture at random init), one backbone at a time, and pushes one
+synthetic image at every image size the plan uses through the sweep's own embedding code
+(Embedder + embed.forward.BatchedForward, with the features the jobs cache). For the trainable
+protocols it builds the classifier as the protocol does (its own model_spec and build_classifier)
+and takes one training step (the training loop's accumulate_gradients, then AdamW).
+
+One row per (backbone, image size): ok or the error in one line, the patch size and grid, every
+feature's shape, the seconds it took, the device it ran on, and a note where the backbone runs off
+the size its weights were trained at. Device "meta" (the default for random weights: ViT-g at
+random init takes minutes and gigabytes on a CPU) runs the same code on shapes only, without
+memory or arithmetic; "cpu" or "cuda" runs it for real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from raddist.plan import Plan
+from raddist.spec import BackboneSpec
+
+BATCH = 2  # images per forward and per training step
+
+
+@dataclass
+class Probe:
+    """What the plan asks of one backbone at one image size: the union of its jobs' features, and
+    the trainable cells' protocols (name -> (cell params, task type, number of classes))."""
+
+    backbone: BackboneSpec
+    size: int
+    n_last_blocks: int = 1
+    patch_mean: bool = False
+    patch_tokens: int = 0
+    trainable: Dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    backbone: str
+    image_size: int
+    ok: bool
+    error: str
+    patch_size: Optional[int]
+    patch_grid: Optional[List[int]]
+    features: Dict[str, List[int]]
+    seconds: float
+    device: str
+    weights: str
+    trained: List[str] = field(default_factory=list)  # trainable protocols that took their step
+    note: str = ""
+
+
+def probes(plan: Plan) -> List[Probe]:
+    """Every (backbone, image size) the plan uses, in the plan's backbone order, sizes ascending."""
+    from raddist.protocols import get as protocol
+
+    found: Dict[tuple, Probe] = {}
+    for job in plan.jobs.values():
+        p = found.setdefault((job.backbone.label, job.contract["size"]), Probe(job.backbone, job.contract["size"]))
+        p.n_last_blocks = max(p.n_last_blocks, job.features["n_last_blocks"])
+        p.patch_mean = p.patch_mean or job.features["patch_mean"]
+        p.patch_tokens = max(p.patch_tokens, job.features.get("patch_tokens", 0))
+    for cell in plan.cells:
+        if protocol(cell.protocol).needs_embeddings:  # trainable: it reads images
+            continue
+        p = found.setdefault((cell.backbone.label, cell.contract["size"]), Probe(cell.backbone, cell.contract["size"]))
+        p.trainable.setdefault(cell.protocol, (cell.params, cell.task.type, len(cell.task.classes or cell.task.labels)))
+    order = {b.label: i for i, b in enumerate(plan.spec.backbones)}
+    return sorted(found.values(), key=lambda p: (order[p.backbone.label], p.size))
+
+
+def check(plan: Plan, weights: Optional[str] = None, device: Optional[str] = None, say=None) -> List[Row]:
+    """One row per probe. weights: None for each backbone's configured weights, or e.g. "random".
+    device: None = "meta" for random weights, else cuda when there is one, else cpu."""
+    rows: List[Row] = []
+    by_backbone: Dict[str, List[Probe]] = {}
+    for p in probes(plan):
+        by_backbone.setdefault(p.backbone.label, []).append(p)
+    for group in by_backbone.values():  # one backbone in memory at a time
+        w = weights or group[0].backbone.weights
+        dev = device or default_device(w)
+        for p in group:
+            rows.append(_check_one(p, w, dev))
+            if say:
+                say(format_row(rows[-1]))
+        gc.collect()
+    return rows
+
+
+def default_device(weights: str) -> str:
+    import torch
+
+    if weights == "random":
+        return "meta"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_one(p: Probe, weights: str, device: str) -> Row:
+    from raddist.backbones.registry import get_config, size_error, size_note
+
+    config = get_config(p.backbone.name)
+    row = Row(p.backbone.label, p.size, False, "", config.patch_size,
+              [p.size // config.patch_size] * 2 if config.patch_size else None, {}, 0.0, device, weights,
+              note=size_note(config, p.size))
+    start = time.perf_counter()
+    try:
+        error = size_error(config, p.size)
+        if error:
+            raise ValueError(error)
+        row.features = _embed(config, p, weights, device)
+        for name, (params, task_type, classes) in sorted(p.trainable.items()):
+            _train_step(name, params, p.backbone, weights, task_type, classes, p.size, device)
+            row.trained.append(name)
+        row.ok = True
+    except Exception as e:  # noqa: BLE001 - any failure is this row's, in one line
+        text = str(e).strip().splitlines()
+        row.error = f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+    row.seconds = round(time.perf_counter() - start, 2)
+    if row.ok and config.patch_size and "patch_tokens" in row.features:
+        row.patch_grid = list(row.features["patch_tokens"][-2:])  # what the model made, not the arithmetic
+    return row
+
+
+def _embed(config, p: Probe, weights: str, device: str) -> Dict[str, List[int]]:
+    """The features of one synthetic image batch through the actors' own code (Embedder, BatchedForward)."""
+    import numpy as np
+    import torch
+
+    from raddist.backbones.embedder import Embedder
+    from raddist.backbones.weights import build_model
+    from raddist.embed.forward import BatchedForward
+
+    with torch.device(device) if device == "meta" else contextlib.nullcontext():
+        model = build_model(config, weights)
+        embedder = Embedder(config, model, n_last_blocks=p.n_last_blocks, patch_mean=p.patch_mean,
+                            patch_tokens=p.patch_tokens)
+    embedder = embedder.to(device).eval()
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, p.size, p.size), dtype=np.uint8)
+    if device == "meta":  # BatchedForward casts to numpy, which meta tensors cannot: the Embedder alone
+        out = embedder(torch.from_numpy(images).to("meta"))
+        shapes = {k: list(v.shape) for k, v in out.items()}
+    else:
+        out = BatchedForward(embedder, device, p.size, batch=BATCH)(images)
+        bad = [k for k, v in out.items() if not np.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(f"non-finite features: {bad}")
+        shapes = {k: list(v.shape) for k, v in out.items()}
+    del embedder, model
+    return shapes
+
+
+def _train_step(protocol_name: str, params: dict, backbone: BackboneSpec, weights: str, task_type: str,
+                classes: int, size: int, device: str) -> None:
+    """The classifier the trainable protocol builds, and one optimiser step on BATCH synthetic images."""
+    import torch
+
+    from raddist.protocols import get as protocol
+    from raddist.protocols.base import TrainInputs
+    from raddist.protocols.trainable.model import build_classifier, classifier_of, trainable_parameters
+    from raddist.protocols.trainable.protocol import model_spec
+    from raddist.protocols.trainable.step import accumulate_gradients
+
+    parsed = protocol(protocol_name).parse(params)
+    names = [f"c{i}" for i in range(classes)]
+    inputs = TrainInputs(task_type, names, names, None, backbone.name, weights, {"size": size}, "")
+    with torch.random.fork_rng(devices=[]), (torch.device(device) if device == "meta" else contextlib.nullcontext()):
+        torch.manual_seed(0)
+        model = build_classifier(model_spec(parsed, inputs))
+    model = model.to(device)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-5)
+    images = torch.randint(0, 256, (BATCH, size, size), dtype=torch.uint8, device=device)
+    labels = (torch.zeros(BATCH, dtype=torch.long, device=device) if task_type == "multiclass"
+              else torch.ones(BATCH, 1 if task_type == "binary" else classes, device=device))
+    model.train()
+    loss = accumulate_gradients(model, classifier_of(model), images, labels, BATCH, task_type,
+                                augment=device != "meta")  # random crops read sizes from tensors
+    if device != "meta" and not torch.isfinite(loss):
+        raise FloatingPointError(f"{protocol_name}: the training step's loss is {float(loss)}")
+    optimizer.step()
+    del model, optimizer
+
+
+def format_row(r: Row) -> str:
+    grid = "x".join(map(str, r.patch_grid)) if r.patch_grid else "-"
+    feats = " ".join(f"{k}{tuple(v[1:])}" for k, v in r.features.items())
+    trained = f"  trained: {','.join(r.trained)}" if r.trained else ""
+    status = "ok" if r.ok else f"FAILED  {r.error}"
+    note = f"  note: {r.note}" if r.note else ""
+    return (f"{r.backbone:<20} {r.image_size:>5} {r.device:<5} grid {grid:<6} {r.seconds:>7.2f}s  "
+            f"{status}  {feats if r.ok else ''}{trained}{note}")
+
+
+def as_json(rows: List[Row]) -> dict:
+    return {"rows": [asdict(r) for r in rows]}
