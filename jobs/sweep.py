@@ -1,11 +1,16 @@
 """Entrypoint for `ray job submit`: run a sweep on the cluster the job runs in.
 
-    ray job submit --working-dir . -- python jobs/sweep.py paper --output s3://bucket/run
+    ray job submit --working-dir . --runtime-env-json \
+        '{"env_vars": {"RADDIST_SALT_FILE": "s3://bucket/private/raddist-salt"}}' -- \
+        python jobs/sweep.py paper --output s3://bucket/run
 
 CONFIG is a config file (a path or URI) or the name of one shipped with raddist (demo, paper, smoke).
 
-Rerunning the same command after a crash, `ray job stop` or a lost node runs only the cells that
-are not finished; the embedding cache and the finished cells are reused.
+Rerunning the same command after a crash, `ray job stop`, a lost node or a new head (`ray down` /
+`ray up`, the RayJob applied again) runs only the cells that are not finished; the embedding cache
+and the finished cells are reused. That needs the salt where every head finds it: RADDIST_SALT_FILE
+(object storage); on a cluster whose work runs on other nodes, a run without it is refused before
+any work.
 With --synthetic DIR, the synthetic dataset is written to DIR first (if absent) and the config's
 ${RADDIST_DEMO_DATA} points at it: that is how the smoke sweep runs anywhere.
 """
@@ -26,22 +31,27 @@ def main(argv=None) -> int:
 
     from raddist import storage
     from raddist.errors import RaddistError
+    from raddist.privacy import require_durable_salt
     from raddist.spec import load
-    from raddist.sweep import run_sweep
+    from raddist.sweep import ensure_ray, run_sweep
 
-    if args.synthetic:
-        from raddist.data.synthetic import write_synthetic
-
-        data = storage.normalize(args.synthetic)
-        if not storage.exists(storage.join(data, "chest", "manifest.parquet")):
-            write_synthetic(data)
-        os.environ["RADDIST_DEMO_DATA"] = data
     try:
+        ensure_ray()  # the cluster this job runs in
+        require_durable_salt()  # before any work: a salt that dies with the head cannot resume
+        if args.synthetic:
+            from raddist.data.synthetic import write_synthetic
+
+            data = storage.normalize(args.synthetic)
+            if not storage.exists(storage.join(data, "chest", "manifest.parquet")):
+                write_synthetic(data)
+            os.environ["RADDIST_DEMO_DATA"] = data
         overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
         summary = run_sweep(load(args.config, overrides))
     except RaddistError as e:
         print(f"raddist: error: {e}", file=sys.stderr)
         return 2
+    if summary.get("state") == "interrupted":
+        return summary["exit_code"]  # stopped by `ray job stop` (SIGTERM): said in one line; resumable
     print(json.dumps(summary, indent=2))
     return 0 if summary["cells_failed"] == 0 else 1
 

@@ -9,6 +9,9 @@ Where it comes from, first found:
   ~/.config/raddist/salt on the driver's machine, created likewise (lost with a cluster's head)
 The driver reads it once and hands it to the workers. A run records only its fingerprint, a one-way
 hash, so that a resubmission with another salt into the same output is refused (mixed pseudonyms).
+On a cluster whose work runs on other nodes, the local file is refused before any work
+(require_durable_salt): it would live on the head, and a new head (`ray down` / `ray up`, a RayJob
+applied again, a head pod rescheduled) would make another salt and be refused on resubmission.
 """
 
 from __future__ import annotations
@@ -19,8 +22,31 @@ import os
 import secrets
 
 from raddist import storage
+from raddist.errors import ConfigError
 
 LOCAL_SALT = "~/.config/raddist/salt"
+
+
+def salt_source() -> str:
+    """Where deployment_salt() takes the salt from: RADDIST_SALT, RADDIST_SALT_FILE or 'local'."""
+    for var in ("RADDIST_SALT", "RADDIST_SALT_FILE"):
+        if os.environ.get(var):
+            return var
+    return "local"
+
+
+def require_durable_salt() -> None:
+    """With Ray up: refuse the head's local salt file on a cluster whose work runs on other nodes,
+    before the salt is made or recorded in any output (raddist.cluster.is_multi_node)."""
+    if salt_source() != "local":
+        return
+    from raddist import cluster
+
+    if cluster.is_multi_node():
+        raise ConfigError(
+            f"RADDIST_SALT_FILE is not set: on a cluster the salt would be made in the head's {LOCAL_SALT} and "
+            "lost with the head, so resuming this run on a new head would be refused ('another salt'). Set "
+            "RADDIST_SALT_FILE to a URI the cluster's role can read and write, e.g. s3://bucket/private/raddist-salt")
 
 
 def deployment_salt() -> str:
