@@ -85,7 +85,14 @@ class Plan:
             f"{s['cells']} cells, {s['embedding_jobs']} embedding jobs, "
             f"{len(s['backbones'])} backbones × {len(s['tasks'])} tasks × {len(protos)} protocols"
         )
+        lines += [f"note: {n}" for n in self.size_notes()]
         return "\n".join(lines)
+
+    def size_notes(self) -> List[str]:
+        """A line for each backbone planned at a size its weights were not trained at (SAM off 1024)."""
+        from raddist.backbones.registry import get_config, size_note
+
+        return sorted({size_note(get_config(c.backbone.name), c.contract["size"]) for c in self.cells} - {""})
 
 
 def contract_for(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -> dict:

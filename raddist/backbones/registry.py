@@ -127,8 +127,9 @@ def libraries(config: BackboneConfig, weights: str) -> List[Tuple[str, str]]:
 def size_note(config: BackboneConfig, size: int) -> str:
     """A line on a size the backbone runs at but was not trained at ('' when there is nothing to say)."""
     if config.trained_size and size != config.trained_size:
-        return (f"{config.name} runs at {size}, its weights were trained at {config.trained_size} only "
-                "(position embeddings interpolated)")
+        return (f"{config.name} runs at {size} as every backbone at this task's size (the reference's too); its "
+                f"weights were trained at {config.trained_size} only (position embeddings interpolated; at "
+                f"{config.trained_size} its patch tokens would take {(config.trained_size / size) ** 2:.1f}x the cache)")
     return ""
 
 
@@ -168,9 +169,9 @@ _vit("openclip_vith14", "vit_huge_patch14_clip_224.laion2b", 224, CLIP_MEAN, CLI
 # SAM's encoder was trained at 1024 only. Its windowed attention and position embeddings (absolute
 # and relative, both interpolated on the fly by timm) also run at other sizes, but off-distribution.
 # Classification runs it at 1024. Segmentation runs it at the task's size (448 in the shipped grids),
-# as every other backbone: one decoded pixel cache per task, and patch tokens 5x smaller than at
-# 1024 (64 x 64 x 1024 x 5 blocks in fp16 is 42 MB a slice). `raddist check` and the report say so
-# (size_note). No class token: 'cls' = mean token, taken from the raw block outputs (1024-d), not
+# as every other backbone and as the reference's segmentation code (--image-size 448 for all): one
+# decoded pixel cache per task, and patch tokens 5x smaller than at 1024 (64 x 64 x 1024 x 5 blocks
+# in fp16 is 42 MB a slice). `raddist plan` and `raddist check` say so (size_note). No class token: 'cls' = mean token, taken from the raw block outputs (1024-d), not
 # from the 256-d neck.
 _vit("sam_vitl16", "samvit_large_patch16.sa1b", 1024, IMAGENET_MEAN, IMAGENET_STD, 16, 1024, 24,
      has_cls_token=False, trained_size=1024, license="apache-2.0",

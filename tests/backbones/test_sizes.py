@@ -82,8 +82,12 @@ def test_size_errors_name_the_sizes_that_fit():
 def test_sam_off_its_training_size_is_said():
     sam = get_config("sam_vitl16")
     assert size_note(sam, 1024) == ""
-    assert size_note(sam, 448) == ("sam_vitl16 runs at 448, its weights were trained at 1024 only "
-                                   "(position embeddings interpolated)")
+    assert size_note(sam, 448) == (
+        "sam_vitl16 runs at 448 as every backbone at this task's size (the reference's too); its weights were "
+        "trained at 1024 only (position embeddings interpolated; at 1024 its patch tokens would take 5.2x the cache)")
+    plan = make_plan(load("paper"))
+    assert plan.size_notes() == [size_note(sam, 448)]
+    assert plan.table().splitlines()[-1] == f"note: {size_note(sam, 448)}"
     assert size_note(get_config("dinov2_vitb14"), 448) == ""
 
 
