@@ -203,6 +203,19 @@ class ResourcesSpec(Strict):
     pixel_cache: bool = True
     # seconds between embedding progress lines (and progress.json updates)
     progress_interval_s: float = Field(30.0, gt=0)
+    # the large backbones (ViT-g, ViT-H): with large_gpu_resource set, their embedding actors and Ray
+    # Train workers also ask for one unit of that custom resource, which only the large-GPU node types
+    # advertise (cluster.yaml: gpu_a100x8's "large_gpu"), so they run there, while every other
+    # backbone's one-GPU request is met by the small GPU nodes. None: no such request (a laptop, a
+    # cluster of one GPU kind), as the request would then wait for a node that never comes
+    large_backbones: List[str] = ["dinov2_vitg14", "openclip_vith14"]
+    large_gpu_resource: Optional[str] = None
+
+    def custom_resources(self, backbone: str) -> Dict[str, float]:
+        """The custom resources a GPU actor or training worker of this backbone (registry name) asks for."""
+        if self.large_gpu_resource and backbone in self.large_backbones:
+            return {self.large_gpu_resource: 1.0}
+        return {}
 
 
 class TrackingSpec(Strict):

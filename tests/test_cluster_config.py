@@ -1,5 +1,7 @@
 """The cluster configs (cluster.yaml, jobs/kuberay/) pass Ray's own autoscaler validation, as `ray
-up` runs it, and give every node the same pinned Ray, CUDA and torch, disks, credentials by role."""
+up` runs it, and give every node the same pinned Ray, CUDA and torch, the tested versions of every
+other package (constraints.txt), a pinned AMI, disks, credentials by role, Ray's token
+authentication; the RayJob resumes on a new cluster and its head is kept from voluntary disruption."""
 
 import copy
 import importlib.metadata
@@ -15,6 +17,8 @@ CONFIG = ROOT / "cluster.yaml"
 KUBERAY = ROOT / "jobs" / "kuberay"
 RAYJOB = KUBERAY / "rayjob.yaml"
 DOCKERFILE = KUBERAY / "Dockerfile"
+CONSTRAINTS = ROOT / "constraints.txt"
+README = ROOT / "README.md"
 
 # rayproject/ray:<ray version>-py<python>-<cpu | cuXYZ>
 RAY_IMAGE = re.compile(r"^rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-(?P<py>py3\d+)-(?P<platform>cpu|cu\d+)$")
@@ -193,3 +197,92 @@ def test_validation_rejects_a_broken_config():
     config["available_node_types"]["gpu_a10g"]["max_workers"] = "many"
     with pytest.raises(Exception):
         _validate(config)
+
+
+def _constraints():
+    lines = [line.split("#")[0].strip() for line in CONSTRAINTS.read_text().splitlines()]
+    return _pins(" ".join(line for line in lines if line))
+
+
+def test_constraints_are_the_tested_versions_and_every_node_installs_with_them():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned = {canonicalize_name(k): v for k, v in _constraints().items()}
+    assert len(pinned) > 50 and "raddist" not in pinned
+    stale = {name: (version, importlib.metadata.version(name)) for name, version in pinned.items()
+             if importlib.metadata.version(name) != version}
+    assert not stale, f"constraints.txt is not this venv's (pinned, installed): {stale}; sh jobs/freeze_constraints.sh"
+    for req in map(Requirement, importlib.metadata.requires("raddist") or []):
+        if req.marker is None or req.marker.evaluate():
+            assert canonicalize_name(req.name) in pinned, f"{req.name} is a dependency but not in constraints.txt"
+            assert req.specifier.contains(pinned[canonicalize_name(req.name)], prereleases=True), req
+    # every node installs raddist under them, and the pins spelled out agree with them (CUDA tag aside)
+    config = _config()
+    assert any("-c /home/ray/raddist/constraints.txt" in c and c.rstrip().endswith("/home/ray/raddist")
+               for c in config["setup_commands"])
+    dockerfile = DOCKERFILE.read_text()
+    assert "-c /raddist/constraints.txt" in dockerfile and re.search(r"^COPY .*constraints\.txt /raddist/", dockerfile, re.M)
+    for name, version in _pins(" ".join(config["setup_commands"])).items():
+        assert pinned[canonicalize_name(name)] == version.split("+")[0], name
+    assert "constraints.txt" in README.read_text()
+
+
+def test_every_node_boots_one_pinned_ami():
+    config = _config()
+    images = {t["node_config"]["ImageId"] for t in config["available_node_types"].values()}
+    assert len(images) == 1 and re.fullmatch(r"ami-[0-9a-f]{17}", images.pop())
+    assert "aws ssm get-parameter" in CONFIG.read_text()  # how to refresh it
+
+
+def test_large_backbones_ask_for_a_resource_only_large_gpu_nodes_have():
+    from raddist.backbones.registry import list_backbones
+    from raddist.spec import ResourcesSpec
+
+    config = _config()
+    standard = {"CPU", "GPU", "memory", "object_store_memory"}
+    custom = {name: {t for t, spec in config["available_node_types"].items() if name in spec["resources"]}
+              for spec in config["available_node_types"].values() for name in spec["resources"] if name not in standard}
+    (name, holders), = custom.items()
+    for t in holders:  # the 8-GPU type, one unit per GPU; no one-GPU type has it
+        resources = config["available_node_types"][t]["resources"]
+        assert resources["GPU"] >= 8 and resources[name] == resources["GPU"]
+    assert {t for t, spec in _gpu_types(config).items() if spec["resources"]["GPU"] == 1} and not holders & {
+        t for t, spec in _gpu_types(config).items() if spec["resources"]["GPU"] == 1}
+
+    on_this_cluster = ResourcesSpec(large_gpu_resource=name)
+    assert set(on_this_cluster.large_backbones) == {"dinov2_vitg14", "openclip_vith14"} <= set(list_backbones())
+    for backbone in list_backbones():
+        wants = on_this_cluster.custom_resources(backbone)
+        assert wants == ({name: 1.0} if backbone in on_this_cluster.large_backbones else {}), backbone
+        assert ResourcesSpec().custom_resources(backbone) == {}  # a laptop: never a request nothing can meet
+
+
+def test_ray_token_authentication_is_on():
+    config = _config()
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command:
+            assert re.search(r"export RAY_AUTH_MODE=token;.*ray start", command), command
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    job, _ = _rayjob()
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    readme = README.read_text()
+    for step in ("ray get-auth-token --generate", "RAY_AUTH_MODE=token", "ray job submit", "--no-wait", "ray job logs"):
+        assert step in readme, step
+
+
+def test_the_rayjob_resumes_on_a_new_cluster_and_its_head_is_not_evicted():
+    job, docs = _rayjob()
+    spec = job["spec"]
+    env_vars = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    assert env_vars["RADDIST_SALT_FILE"].startswith("s3://")  # every new head reads the same salt
+    assert spec["backoffLimit"] >= 1  # a failed job is retried on a new cluster, and resumes
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]
+    assert head["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    (pdb,) = [d for d in docs if d.get("kind") == "PodDisruptionBudget"]
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 0
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    assert selector and selector.items() <= head["labels"].items()
+    for group in spec["rayClusterSpec"]["workerGroupSpecs"]:  # workers stay free to scale down
+        assert not selector.items() <= group["template"].get("metadata", {}).get("labels", {}).items()
+    assert "RADDIST_SALT_FILE" in README.read_text()
