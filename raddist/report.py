@@ -233,10 +233,11 @@ def in_flight(output: str) -> Optional[str]:
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["task", "metric", "value"])
     cells = (progress or {}).get("cells", {})
     summary = {"cells_done": len(done), "cells_total": cells.get("total", "?"), "cells_failed": cells.get("failed_now", 0)}
-    if progress:
+    if (progress or {}).get("state") == "running":
         ago = time.time() - progress.get("updated", time.time())
-        note = f"Run in flight (progress.json: {progress.get('state')}, updated {ago:.0f} s ago): the cells finished so far."
+        note = f"Run in flight (progress.json: running, updated {ago:.0f} s ago): the cells finished so far."
     else:
-        note = "This run stopped before writing its report: the cells it finished."
+        state = f" (progress.json: {progress.get('state')})" if progress else ""
+        note = f"This run stopped before writing its report{state}: the cells it finished."
     task_types = dict(zip(results["task"], results["task_type"])) if "task_type" in results else {}
     return note + "\n\n" + render(results, summary, task_types, output=None)
