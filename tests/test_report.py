@@ -46,3 +46,23 @@ def test_segmentation_gets_pooled_dice_and_hd95_tables_after_dice():
     assert [h.split(" — ")[1].split(" ")[0] for h in headings] == ["dice", "dice_pooled", "hd95"]
     assert "| vit | 0.910 [0.900, 0.920] |" in text and "| vit | 4.250 [4.240, 4.260] |" in text
     assert "0.840" not in text  # jaccard and per-class rows stay in results.parquet
+
+
+def test_macro_auroc_names_its_classes_and_identical_seeds_keep_their_ci():
+    """A class with no test positives has no AUROC: the table's heading and a line under it say which
+    classes the macro covers. Two seeds that agree exactly show the CI, not '± 0.000'."""
+    rows = []
+    for seed in (0, 1):
+        cell = f"c{seed}"
+        rows += [dict(cell_id=cell, task="brain", backbone="vit", protocol="knn", params="{}", seed=seed, metric=m,
+                      value=v, ci_low=lo, ci_high=hi)
+                 for m, v, lo, hi in (("auroc", 0.75, 0.6, 0.9), ("auroc/glioma", 0.7, 0.5, 0.9),
+                                      ("auroc/meningioma", 0.8, 0.6, 1.0), ("auroc/pituitary", float("nan"),
+                                                                            float("nan"), float("nan")))]
+    text = render(pd.DataFrame(rows), {"cells_done": 2, "cells_total": 2}, {"brain": "multiclass"})
+    assert "## brain — auroc (macro over 2 of 3 classes)" in text
+    assert "Macro AUROC covers glioma, meningioma: pituitary has no test positives (or no negatives)" in text
+    assert "| vit | 0.750 [0.600, 0.900] (n=2, identical) |" in text and "± 0.000" not in text
+    rows[3] = {**rows[3], "value": 0.9}  # seed 0 has pituitary: 1 of the 2 cells leaves it out
+    text = render(pd.DataFrame(rows), {"cells_done": 2, "cells_total": 2}, {"brain": "multiclass"})
+    assert "in 1 of 2 cells: pituitary" in text
