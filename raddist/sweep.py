@@ -55,7 +55,7 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
     cluster.require_shared_storage(spec, output, cache.root)
     if cluster.is_multi_node():
         cluster.check_nodes_reach([output, cache.root])
-    device = cluster.resolve_device(spec.resources.device, say)
+    device = cluster.resolve_device(spec.resources.device, say, spec.resources.gpu_wait_s)
     plan, sources = provenance.bind(plan, device, spec.resources.gpu_jpeg_decode)
     done = results.done_cells(output)
     pending = [c for c in plan.cells if c.id not in done]

@@ -10,17 +10,22 @@ more). What reaches the driver is a few numbers per block (its part's name, rows
 the driver's memory stays flat however many images a job has. The jobs of one backbone share the Dataset
 and the actor pool (embed.jobs groups them): its weights load once.
 
-Layout (resources requested, never sized from a snapshot on GPUs):
-  gpu  an actor pool of 1..embed_actors actors of one GPU each (initially as many as the cluster has
-       GPUs, at least one), so an autoscaler brings GPU nodes up for the pending actors; decode tasks
-       of one CPU each run on every CPU of the cluster;
+Layout (resources requested; bounds from the config and from what the cluster can hold, autoscaler
+included: raddist.cluster.capacity; never from what happens to be up when the run starts):
+  gpu  an actor pool of 1..embed_actors actors of one GPU each (default 8), no more than the cluster
+       can hold where its autoscaler reports that; it starts with as many actors as there are GPUs
+       up (at least one) and grows, so an autoscaler brings GPU nodes up for the pending actors.
+       Actors that get no GPU within resources.gpu_wait_s fail the group in one line. Decode tasks of
+       one CPU each run on every CPU of the cluster;
   cpu  one fused decode+embed actor per core for large jobs (one for small ones), each at the same
        fractional CPU as the decode step so that Ray Data fuses the two, and one torch thread; the
-       fractional share (half the cluster in all) leaves CPUs to Ray Data's own tasks.
+       fractional share (half the cluster in all) leaves CPUs to Ray Data's own tasks. The pool is
+       fixed in size: by the CPUs the cluster can hold, or, where that is unknown, the CPUs it has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -57,12 +62,18 @@ def layout(resources, device: str, rows: Optional[int] = None) -> dict:
     """How the embedding stage of `rows` rows (None: a large job) is laid out (see the module docstring)."""
     import ray
 
+    from raddist.cluster import capacity
+
+    most_held = capacity()  # what the cluster can hold, autoscaler included; None: unknown
     if device == "gpu":
         most = resources.embed_actors or DEFAULT_GPU_ACTORS
-        initial = min(most, max(1, int(ray.cluster_resources().get("GPU", 0))))
+        if (most_held or {}).get("GPU"):  # no more actors than GPUs the cluster can ever hold
+            most = max(1, min(most, int(most_held["GPU"])))
+        initial = min(most, max(1, int(ray.cluster_resources().get("GPU", 0))))  # a start: the pool grows to most
         return {"min": 1, "max": most, "initial": initial, "num_gpus": 1, "num_cpus": 1, "threads": 1,
                 "decode_cpus": 1}
-    cpus = float(ray.cluster_resources().get("CPU", 1))
+    # a CPU pool is fixed in size: by what the cluster can hold, or (unknown) by what it has
+    cpus = float((most_held or ray.cluster_resources()).get("CPU", 1))
     most = max(1, min(int(cpus), MAX_CPU_ACTORS))
     actors = resources.embed_actors or (most if rows is None else min(most, math.ceil(rows / ROWS_PER_CPU_ACTOR)))
     share = round(max(0.05, min(1.0, cpus / (2 * actors))), 3)
@@ -82,17 +93,28 @@ def embed_group(jobs: List[GroupJob], model: dict, kind: dict, resources, device
     """Run one group through the pipeline. model: backbone, weights, features, size; kind: masks,
     volumes, device_jpeg. on_block(job index, its feature part, the pixel parts the block wrote, the
     actor that wrote it: node and GPU ids) is called in the driver as each block is written."""
-    import ray
 
     total = sum(j.rows.num_rows if j.rows is not None else 0 for j in jobs)
     res = layout(resources, device, total * (SLICES_PER_VOLUME if kind["volumes"] else 1) or None)
+    # Ray Data copies the driver's DataContext when a Dataset is made: the wait is set before
+    with _actors_wait(resources.gpu_wait_s if res["num_gpus"] else 0):
+        ds = _dataset(jobs, model, kind, resources, res)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy") if ds is not None else []:
+            for j, part, pixels, worker in zip(batch["job"], batch["part"], batch["pixels"], batch["worker"]):
+                on_block(int(j), json.loads(part), json.loads(pixels), json.loads(worker))
+
+
+def _dataset(jobs: List[GroupJob], model: dict, kind: dict, resources, res: dict):
+    """The group's Dataset: sources, decode (CPU tasks), embed and write (the actor pool of res)."""
+    import ray
+
     ds = _sources(jobs, kind, ray.cluster_resources().get("CPU", 1))
     if ds is None:
-        return
+        return None
     specs = [{"contract": j.contract, "pixel_entry": j.pixel_entry} for j in jobs]
     ds = ds.map_batches(_decode_block, fn_kwargs={"specs": specs, "kind": kind}, batch_format="numpy",
                         batch_size=None, num_cpus=res["decode_cpus"])
-    ds = ds.map_batches(
+    return ds.map_batches(
         EmbedAndWrite,
         fn_constructor_kwargs={**model, "threads": res["threads"], "batch": resources.embed_batch_size,
                                "compile": resources.compile, "gpu": res["num_gpus"] > 0,
@@ -105,9 +127,28 @@ def embed_group(jobs: List[GroupJob], model: dict, kind: dict, resources, device
         batch_size=(resources.embed_batch_size or MAX_GPU_BATCH) if res["num_gpus"] else None,
         batch_format="numpy",
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for j, part, pixels, worker in zip(batch["job"], batch["part"], batch["pixels"], batch["worker"]):
-            on_block(int(j), json.loads(part), json.loads(pixels), json.loads(worker))
+
+
+@contextlib.contextmanager
+def _actors_wait(wait_s: float):
+    """GPU actors that get no GPU within wait_s (resources.gpu_wait_s) fail the group in one line,
+    through Ray Data's own wait for a pool's first actors; they never wait forever."""
+    import ray
+
+    if not wait_s:
+        yield
+        return
+    ctx = ray.data.DataContext.get_current()
+    before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, math.ceil(wait_s)
+    try:
+        yield
+    except ray.exceptions.GetTimeoutError as e:
+        from raddist.cluster import GpuUnavailable
+
+        raise GpuUnavailable(f"no embedding actor got a GPU within resources.gpu_wait_s={wait_s:g}s: the GPU nodes "
+                             f"are busy, or the autoscaler cannot add one") from e
+    finally:
+        ctx.wait_for_min_actors_s = before
 
 
 def _sources(jobs: List[GroupJob], kind: dict, cpus: float):

@@ -34,16 +34,21 @@ def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, num_wo
     fit.fit()
 
 
-def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float) -> int:
-    """How many fits the cluster holds at once (at least one)."""
-    import ray
+def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float, lrs: int = 1) -> int:
+    """How many of the lrs fits run at once (at least one): all of them, or as many as the cluster
+    can hold where that is known (its autoscaler included: raddist.cluster.capacity), never as many as
+    happen to fit what is up at the start (0 GPUs on a cluster that scales GPU nodes from zero)."""
+    from raddist.cluster import capacity
 
-    cluster = ray.cluster_resources()
+    wanted = max(1, lrs)
+    most = capacity()
+    if most is None:
+        return wanted
     per_fit = placement(num_workers, use_gpu, cell_cpus).worker
-    fits = (cluster.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
+    fits = (most.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
     if use_gpu:
-        fits = min(fits, cluster.get("GPU", 0) // num_workers)
-    return max(1, int(fits))
+        fits = min(fits, most.get("GPU", 0) // num_workers)
+    return max(1, min(wanted, int(fits)))
 
 
 def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, num_workers: int, use_gpu: bool,
@@ -74,7 +79,8 @@ def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, 
             trainable,
             param_space={"lr": tune.grid_search(sorted(set(lrs)))},
             tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha,
-                                        max_concurrent_trials=concurrent_fits(num_workers, use_gpu, cell_cpus)),
+                                        max_concurrent_trials=concurrent_fits(num_workers, use_gpu, cell_cpus,
+                                                                              len(set(lrs)))),
             run_config=tune.RunConfig(storage_path=storage, name=EXPERIMENT, verbose=0),
         )
     grid = tuner.fit()
