@@ -83,15 +83,42 @@ def check(plan: Plan, weights: Optional[str] = None, device: Optional[str] = Non
     by_backbone: Dict[str, List[Probe]] = {}
     for p in probes(plan):
         by_backbone.setdefault(p.backbone.label, []).append(p)
-    for group in by_backbone.values():  # one backbone in memory at a time
+    for group in by_backbone.values():  # one backbone in memory at a time, built once for all its sizes
         w = weights or group[0].backbone.weights
         dev = device or default_device(w)
-        for p in group:
-            rows.append(_check_one(p, w, dev))
+        built = _build(group[0].backbone.name, w, dev)
+        for i, p in enumerate(group):
+            rows.append(_check_one(p, built, w, dev, first=i == 0))
             if say:
                 say(format_row(rows[-1]))
+        del built
         gc.collect()
     return rows
+
+
+def _build(name: str, weights: str, device: str) -> dict:
+    """{'model', 'error', 'seconds'}: the backbone as the actors build it (build_model), on ``device``."""
+    import torch
+
+    from raddist.backbones.registry import get_config
+    from raddist.backbones.weights import build_model
+
+    start = time.perf_counter()
+    try:
+        with torch.device(device) if device == "meta" else contextlib.nullcontext():
+            model = build_model(get_config(name), weights)
+        return {"model": model.to(device), "error": "", "seconds": time.perf_counter() - start}
+    except Exception as e:  # noqa: BLE001 - every row of this backbone fails with it
+        return {"model": None, "error": one_line(e), "seconds": time.perf_counter() - start}
+
+
+class Refused(Exception):
+    """A row that cannot run, its reason already one line (the build's error, or a size the patch refuses)."""
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
 def default_device(weights: str) -> str:
@@ -102,7 +129,8 @@ def default_device(weights: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_one(p: Probe, weights: str, device: str) -> Row:
+def _check_one(p: Probe, built: dict, weights: str, device: str, first: bool) -> Row:
+    """The row of one (backbone, image size); the first row of a backbone counts its build's seconds."""
     from raddist.backbones.registry import get_config, size_error, size_note
 
     config = get_config(p.backbone.name)
@@ -111,37 +139,32 @@ def _check_one(p: Probe, weights: str, device: str) -> Row:
               note=size_note(config, p.size))
     start = time.perf_counter()
     try:
-        error = size_error(config, p.size)
+        error = built["error"] or size_error(config, p.size)
         if error:
-            raise ValueError(error)
-        row.features = _embed(config, p, weights, device)
+            raise Refused(error)
+        row.features = _embed(config, p, built["model"], device)
         for name, (params, task_type, classes) in sorted(p.trainable.items()):
             _train_step(name, params, p.backbone, weights, task_type, classes, p.size, device)
             row.trained.append(name)
         row.ok = True
     except Exception as e:  # noqa: BLE001 - any failure is this row's, in one line
-        text = str(e).strip().splitlines()
-        row.error = f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
-    row.seconds = round(time.perf_counter() - start, 2)
+        row.error = str(e) if isinstance(e, Refused) else one_line(e)
+    row.seconds = round(time.perf_counter() - start + (built["seconds"] if first else 0.0), 2)
     if row.ok and config.patch_size and "patch_tokens" in row.features:
         row.patch_grid = list(row.features["patch_tokens"][-2:])  # what the model made, not the arithmetic
     return row
 
 
-def _embed(config, p: Probe, weights: str, device: str) -> Dict[str, List[int]]:
+def _embed(config, p: Probe, model, device: str) -> Dict[str, List[int]]:
     """The features of one synthetic image batch through the actors' own code (Embedder, BatchedForward)."""
     import numpy as np
     import torch
 
     from raddist.backbones.embedder import Embedder
-    from raddist.backbones.weights import build_model
     from raddist.embed.forward import BatchedForward
 
-    with torch.device(device) if device == "meta" else contextlib.nullcontext():
-        model = build_model(config, weights)
-        embedder = Embedder(config, model, n_last_blocks=p.n_last_blocks, patch_mean=p.patch_mean,
-                            patch_tokens=p.patch_tokens)
-    embedder = embedder.to(device).eval()
+    embedder = Embedder(config, model, n_last_blocks=p.n_last_blocks, patch_mean=p.patch_mean,
+                        patch_tokens=p.patch_tokens).to(device).eval()
     images = np.random.default_rng(0).integers(0, 256, (BATCH, p.size, p.size), dtype=np.uint8)
     if device == "meta":  # BatchedForward casts to numpy, which meta tensors cannot: the Embedder alone
         out = embedder(torch.from_numpy(images).to("meta"))
@@ -152,7 +175,7 @@ def _embed(config, p: Probe, weights: str, device: str) -> Dict[str, List[int]]:
         if bad:
             raise FloatingPointError(f"non-finite features: {bad}")
         shapes = {k: list(v.shape) for k, v in out.items()}
-    del embedder, model
+    del embedder
     return shapes
 
 

@@ -63,3 +63,19 @@ def _demo_path():
     import raddist
 
     return Path(raddist.__file__).parent / "configs" / "demo.yaml"
+
+
+def test_a_backbone_that_cannot_be_built_fails_each_of_its_rows_in_one_line(tmp_path, capsys):
+    """Configured weights (no --weights): a missing file fails the backbone's rows; the others still run."""
+    config = yaml.safe_load(_demo_path().read_text())
+    missing = str(tmp_path / "absent.safetensors")
+    config["backbones"] = [{"name": "tiny_vit", "weights": missing}, {"name": "tiny_cnn", "weights": "random"}]
+    config["protocols"] = [p for p in config["protocols"] if p["name"] in ("knn", "linear")]
+    path = tmp_path / "missing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    rc = main(["check", str(path), "--device", "cpu", "--json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rc == 1
+    assert [(r["backbone"], r["ok"]) for r in rows] == [("tiny_vit", False), ("tiny_cnn", True)]
+    assert rows[0]["error"] == f"FileNotFoundError: weights file not found: {missing}"
+    assert rows[0]["features"] == {} and rows[0]["weights"] == missing
