@@ -15,7 +15,7 @@ Output of ``Embedder.forward`` (float32 tensors), as ``raddist.protocols.base.Sp
 
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 
@@ -75,19 +75,27 @@ class Embedder(torch.nn.Module):
         x = self.normalize(images)
         on_cuda = x.device.type == "cuda"
         with torch.autocast(device_type="cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=on_cuda):
-            if self.config.family == "cnn":
-                pooled, grids = self._cnn(x)
-                out = {}
-            elif self.config.has_cls_token:
-                pooled, grids = self._vit(x)
-                out = {"patch_mean": grids[-1].mean(dim=(2, 3))} if self.patch_mean else {}
-            else:
-                pooled, grids = self._vit_without_cls(x)
-                out = {}
+            pooled, grids = self.block_features(x)
+            out = {"patch_mean": grids[-1].mean(dim=(2, 3))} if self.patch_mean else {}
         out["cls"] = torch.cat(pooled[-self.n_last_blocks:], dim=1)
         for name, k in zip(dense_names(self.patch_tokens), range(1, self.patch_tokens + 1)):
             out[name] = grids[-k]
         return {k: v.float() for k, v in out.items()}
+
+    def block_features(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(pooled (B, D_b) per block, patch-token grids (B, D_b, h, w) per block) of the last blocks, earliest
+        first, from normalised float images (``normalize``). Autograd records it unless the caller is in
+        no_grad/inference mode: training reads the same features the frozen protocols cache."""
+        if self.config.family == "cnn":
+            return self._cnn(x)
+        if self.config.has_cls_token:
+            return self._vit(x)
+        return self._vit_without_cls(x)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) the last block's 'cls' feature of normalised float images, with gradients when enabled."""
+        pooled, _ = self.block_features(x)
+        return pooled[-1]
 
     @property
     def _depth(self) -> int:

@@ -8,7 +8,7 @@ are imported inside the functions that compute, so planning runs without them.
 """
 
 from raddist.protocols import (  # noqa: F401  (each module registers its protocol on import)
-    attention_mil, bitfit, fewshot, finetune, knn, linear, logreg, lora, mlknn, seg_linear, seg_unet,
+    attention_mil, bitfit, dora, fewshot, finetune, knn, linear, logreg, lora, mlknn, seg_linear, seg_unet,
 )
 from raddist.protocols.registry import ProtocolRecord, get, names, records, register_protocol
 

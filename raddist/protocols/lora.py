@@ -8,14 +8,30 @@ adapters and the head only (peft get_peft_model_state_dict). Backbones without t
 
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass
+from typing import ClassVar, List
 
 from pydantic import Field, PositiveInt
 
 from raddist.protocols.base import Prediction, TrainInputs
 from raddist.protocols.registry import register_protocol
+from raddist.protocols.trainable.method import PeftMethod
 from raddist.protocols.trainable.protocol import TASK_TYPES, TrainParams
 from raddist.protocols.trainable.protocol import run as run_trainable
+
+
+@dataclass(frozen=True)
+class LoRA(PeftMethod):
+    name: ClassVar[str] = "lora"
+    r: int = 48
+    alpha: int = 16
+    dropout: float = 0.1
+
+    def peft_config(self):
+        import peft
+
+        return peft.LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                               target_modules=list(self.target_modules), modules_to_save=["head"], bias="none")
 
 
 class Params(TrainParams):
@@ -24,9 +40,10 @@ class Params(TrainParams):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     target_modules: List[str] = Field(default=["qkv", "fc1", "fc2"], min_length=1)
 
+    def method(self) -> LoRA:
+        return LoRA(target_modules=tuple(self.target_modules), r=self.r, alpha=self.alpha, dropout=self.dropout)
+
 
 @register_protocol("lora", task_types=TASK_TYPES, params=Params, reads="images")
 def run(inputs: TrainInputs, params: Params, seed: int) -> Prediction:
-    adapters = {"r": params.r, "alpha": params.alpha, "dropout": params.dropout,
-                "target_modules": list(params.target_modules)}
-    return run_trainable("lora", inputs, params, seed, lora=adapters)
+    return run_trainable(inputs, params, seed)

@@ -16,9 +16,10 @@ checkpoint within one fit.
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,37 +41,62 @@ class RunBest:
     val_auroc: float
     selection: float
     checkpoint: str  # URI of the checkpoint directory
+    memory: Dict = field(default_factory=dict)  # micro_batch, accumulation_steps, grad_checkpointing, strategy
 
 
-def placement(num_workers: int, use_gpu: bool, cell_cpus: float) -> Placement:
+MEMORY_KEYS = ("micro_batch", "accumulation_steps", "grad_checkpointing", "strategy")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How each learning rate's fit runs: its workers, where they land, how often it may restart."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cell_cpus: float = 0.5
+    max_failures: int = 1
+    node_resources: Tuple[Tuple[str, float], ...] = ()  # per worker: the node type the estimate chose
+
+    @classmethod
+    def of(cls, inputs, params, estimate=None) -> "FitSettings":
+        node = estimate.node.resources if estimate is not None and estimate.node is not None else ()
+        return cls(inputs.num_workers, inputs.use_gpu, inputs.cell_cpus, params.max_failures, tuple(node))
+
+
+def placement(num_workers: int, use_gpu: bool, cell_cpus: float,
+              node_resources: Tuple[Tuple[str, float], ...] = ()) -> Placement:
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     share = min(1.0, max(MIN_WORKER_CPUS, (cpus - cell_cpus) / (num_workers + 1)))
     share = float(np.floor(share * 100) / 100)  # Ray rounds resources to 1e-4; keep round numbers
-    worker = {"CPU": share, **({"GPU": 1.0} if use_gpu else {})}
+    worker = {"CPU": share, **({"GPU": 1.0} if use_gpu else {}), **dict(node_resources)}
     return Placement(worker, max(1, int(share)))
 
 
-def trainer(datasets: dict, config: dict, storage: str, name: str, num_workers: int, use_gpu: bool,
-            cell_cpus: float, max_failures: int = 1, callbacks: Sequence = ()):
-    """A TorchTrainer for one learning rate: 'train' sharded to the workers, 'val' whole to each."""
+def trainer(datasets: dict, config: dict, storage: str, name: str, settings: FitSettings, callbacks: Sequence = (),
+            on_epoch: Optional[Callable[[int], None]] = None):
+    """A TorchTrainer for one learning rate: 'train' sharded to the workers, 'val' whole to each.
+    on_epoch: called on every worker at the start of each epoch (tests inject faults with it)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raddist import storage as storage_lib
     from raddist.protocols.trainable.loop import train_loop_per_worker
 
-    where = placement(num_workers, use_gpu, cell_cpus)
+    use_gpu = settings.use_gpu
+    where = placement(settings.num_workers, use_gpu, settings.cell_cpus, settings.node_resources)
+    loop = train_loop_per_worker if on_epoch is None else functools.partial(train_loop_per_worker, on_epoch=on_epoch)
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={**config, "threads": where.threads, "use_gpu": use_gpu},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=where.worker),
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=where.worker),
         torch_config=_torch_config(use_gpu),
         run_config=RunConfig(
             storage_path=storage_lib.normalize(storage),
             name=name,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selection",
                                                checkpoint_score_order="max"),
             callbacks=list(callbacks),
@@ -121,7 +147,7 @@ def best_of_run(storage: str, lr: float) -> Optional[RunBest]:
     selection, checkpoint, metrics = max(scored, key=lambda t: t[0])
     val_auroc = metrics["val_auroc"]  # NaN comes back from the run's JSON state as None
     return RunBest(lr, int(metrics["epoch"]), float("nan") if val_auroc is None else float(val_auroc),
-                   float(selection), _uri(checkpoint, storage))
+                   float(selection), _uri(checkpoint, storage), {k: metrics[k] for k in MEMORY_KEYS if k in metrics})
 
 
 def _uri(checkpoint, storage: str) -> str:
@@ -133,21 +159,21 @@ def _uri(checkpoint, storage: str) -> str:
     return checkpoint.path
 
 
-def load_checkpoint(spec: dict, checkpoint: str):
+def load_checkpoint(spec, checkpoint: str):
     """The classifier of spec with a checkpoint's trainable state (the base from its own weights)."""
     import torch
     from ray.train import Checkpoint
 
     from raddist.protocols.trainable.loop import MODEL_FILE
-    from raddist.protocols.trainable.model import build_classifier, load_trainable_state
+    from raddist.protocols.trainable.model import build_classifier
 
     model = build_classifier(spec)
     with Checkpoint(checkpoint).as_directory() as d:
-        load_trainable_state(model, spec["method"], torch.load(os.path.join(d, MODEL_FILE)))
+        spec.method.load(model, torch.load(os.path.join(d, MODEL_FILE)))
     return model.eval()
 
 
-def score(spec: dict, checkpoint: str, dataset, num_workers: int, use_gpu: bool, cell_cpus: float,
+def score(spec, checkpoint: str, dataset, num_workers: int, use_gpu: bool, cell_cpus: float,
           batch_size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
     """(row index, probabilities) of every row of dataset under a checkpoint, in one Ray task."""
     import ray
@@ -160,7 +186,7 @@ def score(spec: dict, checkpoint: str, dataset, num_workers: int, use_gpu: bool,
     return ray.get(task.remote(spec, checkpoint, dataset, batch_size, where.threads))
 
 
-def _score(spec: dict, checkpoint: str, dataset, batch_size: int, threads: int):
+def _score(spec, checkpoint: str, dataset, batch_size: int, threads: int):
     import torch
 
     from raddist.device import torch_device
@@ -172,4 +198,4 @@ def _score(spec: dict, checkpoint: str, dataset, batch_size: int, threads: int):
     # Iterate the materialised blocks as they are: any Ray Data op here (select_columns, map) would
     # need a task, and so a CPU that the other cells' decoders, fits and scorers may all be holding.
     batches = dataset.iter_torch_batches(batch_size=batch_size)
-    return predict(model, batches, spec["task_type"], device)
+    return predict(model, batches, spec.task_type, device)

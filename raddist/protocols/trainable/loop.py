@@ -1,13 +1,16 @@
 """The Ray Train loop every trainable protocol runs on each worker.
 
-Per epoch: train on this worker's shard of 'train' (augmented, bf16 autocast on GPU, DDP through
-ray.train.torch.prepare_model), then rank 0 scores the whole 'val' set, writes a checkpoint
-(the method's trainable state, the optimiser and schedule, the val predictions) and every rank
-reports. A restarted worker group resumes from ray.train.get_checkpoint(): the epoch after the
-last one reported, with the optimiser and schedule where they were.
+Per epoch: train on this worker's shard of 'train' (augmented, bf16 autocast on GPU, DDP or FSDP
+through ray.train.torch.prepare_model), each optimiser step one batch of batch_size images run in
+micro-batches (step.py), then rank 0 scores the whole 'val' set, writes a checkpoint (the method's
+trainable state, the optimiser and schedule, the val predictions) and every rank reports. Under
+FSDP every rank takes part in scoring and in gathering the state. A restarted worker group resumes
+from ray.train.get_checkpoint(): the epoch after the last one reported, with the optimiser and
+schedule where they were.
 
-config keys: model (ModelSpec dict), lr, epochs, batch_size, weight_decay, seed, train_rows,
-threads, and for tests crash_at_epoch + crash_marker (the worker dies once at that epoch).
+config keys: model (ModelSpec), lr, epochs, batch_size, weight_decay, seed, train_rows, threads,
+use_gpu, image_size, and memory ({micro_batch (None: sized on the card), grad_checkpointing,
+strategy}: memory.Estimate.training_config). Tests inject hooks with ``on_epoch``, not the config.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -37,90 +41,129 @@ def selection_key(val_auroc: float, epoch: int) -> float:
     return float(score - 1e-9 * epoch)
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict, on_epoch: Optional[Callable[[int], None]] = None) -> None:
     import ray.train
-    import ray.train.torch
     import torch
 
     from raddist.device import torch_device
-    from raddist.protocols.trainable.model import (build_classifier, freeze_norm_statistics, load_trainable_state,
-                                     loss_fn, trainable_parameters)
+    from raddist.protocols.trainable import step
+    from raddist.protocols.trainable.model import build_classifier, set_grad_checkpointing, trainable_parameters
 
     torch.set_num_threads(int(config.get("threads", 1)))  # more threads than the CPU share stalls small boxes
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    spec, task_type = config["model"], config["model"]["task_type"]
+    spec, memory = config["model"], config.get("memory") or {}
     torch.manual_seed(config["seed"])  # the same head and adapter init on every worker and every retry
     device = torch_device(expect_gpu=config.get("use_gpu", False))
     model = build_classifier(spec).to(device)  # before the optimiser, so resumed state lands on the device
+    if memory.get("grad_checkpointing"):
+        set_grad_checkpointing(model)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config["lr"], weight_decay=config["weight_decay"])
     steps = config["epochs"] * max(1, math.ceil(config["train_rows"] // world / config["batch_size"]))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))  # cosine, per step
-
-    start, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            load_trainable_state(model, spec["method"], torch.load(os.path.join(d, MODEL_FILE)))
-            state = torch.load(os.path.join(d, TRAIN_STATE_FILE))
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start, history = state["epoch"] + 1, state["history"]
-
-    ddp = ray.train.torch.prepare_model(model, move_to_device=False)  # DDP when world > 1; already on its device
-    train = ray.train.get_dataset_shard("train")
-    val = ray.train.get_dataset_shard("val")
-    on_gpu = device.type == "cuda"
+    start, history = _resume(model, spec, optimizer, schedule)
+    micro = _micro_batch(model, config, device)
+    strategy = memory.get("strategy", "ddp")
+    wrapped = step.parallel(model, model, strategy)  # a single worker: the model itself
+    train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(start, config["epochs"]):
-        _maybe_crash(config, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch)
         torch.manual_seed(augmentation_seed(config["seed"], epoch, rank))  # this epoch's crops and flips
-        ddp.train()
-        freeze_norm_statistics(model, spec["method"])
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
-        batches = train.iter_torch_batches(batch_size=config["batch_size"], device=device,
-                                           local_shuffle_buffer_size=4 * config["batch_size"],
-                                           local_shuffle_seed=config["seed"] + epoch)
-        for batch in batches:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                logits = ddp(batch["image"], augment=True)
-            loss = loss_fn(logits.float(), batch["label"], task_type)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total[0] += loss.detach().double() * len(logits)
-            total[1] += len(logits)
+        wrapped.train()
+        spec.method.freeze_norm_statistics(model)
+        total = _train_epoch(wrapped, model, train, optimizer, schedule, config, micro, epoch, device)
         if world > 1:
             torch.distributed.all_reduce(total)
         metrics = {"epoch": epoch, "start_epoch": start, "lr": config["lr"],
-                   "train_loss": float(total[0] / total[1].clamp(min=1))}
-        if rank == 0:
-            _report_with_checkpoint(model, val, config, metrics, history, optimizer, schedule, device)
+                   "train_loss": float(total[0] / total[1].clamp(min=1)), "micro_batch": micro,
+                   "accumulation_steps": step.accumulation_steps(config["batch_size"], micro),
+                   "grad_checkpointing": bool(memory.get("grad_checkpointing")), "strategy": strategy}
+        if rank == 0 or strategy == "fsdp":
+            _report_with_checkpoint(wrapped, model, val, config, metrics, history, optimizer, schedule, device, rank)
         else:
             ray.train.report(metrics)
 
 
-def _report_with_checkpoint(model, val, config, metrics, history, optimizer, schedule, device) -> None:
+def _train_epoch(wrapped, model, train, optimizer, schedule, config, micro, epoch, device):
+    import torch
+
+    from raddist.protocols.trainable.step import accumulate_gradients
+
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+    batches = train.iter_torch_batches(batch_size=config["batch_size"], device=device,
+                                       local_shuffle_buffer_size=4 * config["batch_size"],
+                                       local_shuffle_seed=config["seed"] + epoch)
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        total[0] += accumulate_gradients(wrapped, model, batch["image"], batch["label"], micro,
+                                         config["model"].task_type)
+        optimizer.step()
+        schedule.step()
+        total[1] += len(batch["image"])
+    return total
+
+
+def _micro_batch(model, config, device) -> int:
+    from raddist.protocols.trainable.step import sized_micro_batch
+
+    batch = config["batch_size"]
+    chosen = (config.get("memory") or {}).get("micro_batch")
+    if chosen:
+        return min(int(chosen), batch)
+    if device.type != "cuda":
+        return batch
+    spec = config["model"]
+    return sized_micro_batch(model, model, batch, config["image_size"], spec.num_classes, spec.task_type, device)
+
+
+def _resume(model, spec, optimizer, schedule):
+    """(first epoch, history) from the run's latest checkpoint, its state loaded; (0, []) when fresh."""
+    import ray.train
+    import torch
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as d:
+        spec.method.load(model, torch.load(os.path.join(d, MODEL_FILE)))
+        state = torch.load(os.path.join(d, TRAIN_STATE_FILE))
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    return state["epoch"] + 1, state["history"]
+
+
+def _report_with_checkpoint(wrapped, model, val, config, metrics, history, optimizer, schedule, device,
+                            rank) -> None:
     import json
 
     import ray.train
     import torch
 
     from raddist.protocols.selection import macro_auroc
-    from raddist.protocols.trainable.model import trainable_state
+    from raddist.protocols.trainable.step import full_state
 
-    task_type = config["model"]["task_type"]
-    index, probs, labels = _score_val(model, val, task_type, device, config["batch_size"])
+    task_type, strategy = config["model"].task_type, metrics["strategy"]
+    index, probs, labels = _score_val(wrapped if strategy == "fsdp" else model, val, task_type, device,
+                                      config["batch_size"])
+    with full_state(wrapped, strategy) as state_dict:
+        state = config["model"].method.state(model, state_dict)
+    if rank != 0:
+        ray.train.report(metrics)
+        return
     targets = np.eye(probs.shape[1], dtype=np.int64)[labels] if task_type == "multiclass" else labels
     val_auroc = macro_auroc(targets, probs)
     epoch = metrics["epoch"]
     metrics.update(val_auroc=val_auroc, selection=selection_key(val_auroc, epoch))
     history.append(dict(metrics))
     with tempfile.TemporaryDirectory() as d:
-        torch.save(trainable_state(model, config["model"]["method"]), os.path.join(d, MODEL_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "epoch": epoch,
-                    "history": history}, os.path.join(d, TRAIN_STATE_FILE))
+        torch.save(state, os.path.join(d, MODEL_FILE))
+        # FSDP shards the optimiser over the ranks: a resumed FSDP run restarts its moments from zero
+        optimiser = {} if strategy == "fsdp" else {"optimizer": optimizer.state_dict()}
+        torch.save({**optimiser, "schedule": schedule.state_dict(), "epoch": epoch, "history": history},
+                   os.path.join(d, TRAIN_STATE_FILE))
         with open(os.path.join(d, HISTORY_FILE), "w") as f:
             json.dump(history, f, indent=1)
         np.savez(os.path.join(d, VAL_PREDICTIONS_FILE), index=index, probs=probs)
@@ -129,7 +172,7 @@ def _report_with_checkpoint(model, val, config, metrics, history, optimizer, sch
 
 
 def _score_val(model, val, task_type, device, batch_size):
-    """Rank 0 scores all of val (unsplit): (row index, probabilities, labels)."""
+    """All of val (unsplit): (row index, probabilities, labels)."""
     from raddist.protocols.trainable.model import predict
 
     labels = []
@@ -141,18 +184,3 @@ def _score_val(model, val, task_type, device, batch_size):
 
     index, probs = predict(model, batches(), task_type, device)
     return index, probs, np.concatenate(labels).astype(np.int64)
-
-
-def _maybe_crash(config: dict, epoch: int) -> None:
-    """Test hook: die like a lost worker at crash_at_epoch; with a crash_marker file, only once."""
-    if config.get("crash_at_epoch") != epoch:
-        return
-    marker = config.get("crash_marker")
-    if marker:
-        if os.path.exists(marker):
-            return
-        open(marker, "w").close()
-    import ray.train
-
-    ray.train.get_all_reported_checkpoints()  # let the controller register the last checkpoint first
-    os._exit(1)

@@ -1,10 +1,13 @@
-"""What the trainable protocols (finetune, lora, bitfit) share: their parameters and their run.
+"""What the trainable protocols (finetune, lora, bitfit, dora) share: their parameters and their run.
 
-run(): decode the task's images once (val carved from train by patient when the manifest has
-none), fit every learning rate with Ray Train under Ray Tune, choose the (learning rate, epoch)
-with the best validation macro AUROC, and score the test split ONCE with that checkpoint.
-Probabilities as the frozen protocols give them: sigmoid for multilabel and binary (C = 1),
-softmax for multiclass.
+run(): estimate the memory (memory.py: the node type, micro-batch, checkpointing, DDP or FSDP;
+a cell that nothing holds fails here, in one line), decode the task's images once (val carved from
+train by patient when the manifest has none), fit every learning rate with Ray Train under Ray
+Tune, choose the (learning rate, epoch) with the best validation macro AUROC, and score the test
+split ONCE with that checkpoint. Probabilities as the frozen protocols give them: sigmoid for
+multilabel and binary (C = 1), softmax for multiclass.
+
+Each protocol's Params says which training method it is (Params.method(): a method.Method).
 """
 
 from __future__ import annotations
@@ -26,25 +29,32 @@ class TrainParams(BaseModel):
 
     lrs: List[PositiveFloat] = Field(default=[1e-4, 1e-3], min_length=1)  # the searched grid
     epochs: PositiveInt = 10
-    batch_size: PositiveInt = 32  # per worker
+    # images per optimiser step on each worker: a training setting. Memory decides only the micro-batch
+    batch_size: PositiveInt = 32
+    micro_batch: Optional[PositiveInt] = None  # images per forward and backward; default: sized to the card
+    fsdp: bool = False  # shard weights, gradients and optimiser states over the workers, even if they fit one
     weight_decay: NonNegativeFloat = 0.05
     scheduler: Literal["grid", "asha"] = "grid"  # asha: stop poor learning rates early
     asha_grace_epochs: PositiveInt = 1
     max_failures: NonNegativeInt = 1  # worker-group restarts (from the last checkpoint) per fit
+
+    def method(self):
+        """The training method (a raddist.protocols.trainable.method.Method) these params describe."""
+        raise NotImplementedError(f"{type(self).__name__} names no training method")
 
 
 def num_classes(task_type: str, class_names: List[str]) -> int:
     return 1 if task_type == "binary" else len(class_names)
 
 
-def model_spec(method: str, inputs: TrainInputs, lora: Optional[dict] = None) -> dict:
+def model_spec(params: TrainParams, inputs: TrainInputs):
     from raddist.protocols.trainable.model import ModelSpec
 
     return ModelSpec(inputs.backbone, inputs.weights, num_classes(inputs.task_type, inputs.class_names),
-                     inputs.task_type, method, lora).to_dict()
+                     inputs.task_type, params.method())
 
 
-def check_model(spec: dict) -> None:
+def check_model(spec) -> None:
     """Fail in the cell, before any worker starts, on a model that cannot be built (e.g. LoRA on a CNN).
     On the meta device with random init: no weights are read and no memory is taken."""
     import torch
@@ -52,27 +62,43 @@ def check_model(spec: dict) -> None:
     from raddist.protocols.trainable.model import build_classifier
 
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        build_classifier({**spec, "weights": "random"})
+        build_classifier(spec.randomly_initialised())
 
 
-def run(method: str, inputs: TrainInputs, params: TrainParams, seed: int, lora: Optional[dict] = None) -> Prediction:
-    """lora: the adapters' settings (r, alpha, dropout, target_modules) for method 'lora'."""
+def memory_plan(params: TrainParams, inputs: TrainInputs):
+    """(the training loop's memory settings, the estimate or None): on a GPU, from memory.estimate; it
+    raises, in one line, when no node type holds the cell. On a CPU: the whole batch at once."""
+    from raddist.backbones.registry import get_config
+    from raddist.protocols.trainable import memory
+
+    if not inputs.use_gpu:
+        return {"micro_batch": params.micro_batch, "grad_checkpointing": False, "strategy": "ddp"}, None
+    est = memory.estimate(get_config(inputs.backbone), params, inputs.contract["size"], inputs.num_workers)
+    if est.node is None:
+        raise ValueError(est.describe())
+    # the worker measures its own card unless the spec fixed the micro-batch
+    return {**est.training_config(), "micro_batch": params.micro_batch}, est
+
+
+def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
     from raddist.protocols.trainable import data, fit, search
 
+    method = params.method().name
     if inputs.task_type not in TASK_TYPES:
         raise ValueError(f"{method} applies to {TASK_TYPES}, not {inputs.task_type!r}")
     if "volume_id" in inputs.manifest.column_names:  # it would train and score slices, not volumes
         raise ValueError(f"{method} does not yet score volume tasks per volume; use the frozen protocols "
                          "(which pool slice features per volume) or attention_mil")
-    spec = model_spec(method, inputs, lora)
+    spec = model_spec(params, inputs)
     check_model(spec)
+    memory, estimate = memory_plan(params, inputs)
     table = data.assign_splits(inputs.manifest, seed)
     datasets, rows, dropped = data.decode_splits(table, inputs.task_type, inputs.label_columns, inputs.contract)
     config = {"model": spec, "epochs": params.epochs, "batch_size": params.batch_size,
-              "weight_decay": params.weight_decay, "seed": seed, "train_rows": datasets["train"].count()}
-    runs = search.search_lr(datasets, config, params.lrs, inputs.checkpoint_dir, inputs.num_workers,
-                            inputs.use_gpu, inputs.cell_cpus, params.max_failures, params.scheduler,
-                            params.asha_grace_epochs)
+              "weight_decay": params.weight_decay, "seed": seed, "train_rows": datasets["train"].count(),
+              "image_size": inputs.contract["size"], "memory": memory}
+    runs = search.search_lr(datasets, config, params.lrs, inputs.checkpoint_dir, fit.FitSettings.of(inputs, params, estimate),
+                            params.scheduler, params.asha_grace_epochs)
     done = [r for r in runs if r is not None]
     if not done:
         raise RuntimeError(f"{method}: no learning rate reported a validated checkpoint")
@@ -83,7 +109,8 @@ def run(method: str, inputs: TrainInputs, params: TrainParams, seed: int, lora: 
     carved = "val" not in set(inputs.manifest["split"].to_pylist())
     selected = {"method": method, "lr": best.lr, "epoch": best.epoch, "epochs": params.epochs,
                 "checkpoint": best.checkpoint, "val_auroc_by_lr": {f"{r.lr:g}": r.val_auroc for r in done},
-                "dropped_rows": dropped, "val_carved_from_train": carved}
+                "dropped_rows": dropped, "val_carved_from_train": carved, **best.memory,
+                **({"memory_estimate": estimate.describe()} if estimate is not None else {})}
     return Prediction(
         sample_ids=np.asarray(test["sample_id"].to_pylist(), dtype=object),
         patient_ids=np.asarray(test["patient_id"].to_pylist(), dtype=object),

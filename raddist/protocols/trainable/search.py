@@ -18,51 +18,40 @@ from __future__ import annotations
 import hashlib
 from typing import List, Optional, Sequence
 
-from raddist.protocols.trainable.fit import RunBest, best_of_run, placement, run_name, trainer
+from raddist.protocols.trainable.fit import FitSettings, RunBest, best_of_run, placement, run_name, trainer
 
 TRIAL_CPUS = 0.01
 EXPERIMENT = "tune"
 
 
-def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, num_workers: int, use_gpu: bool,
-           cell_cpus: float, max_failures: int) -> None:
+def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, settings: FitSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     lr = tune_config["lr"]
-    fit = trainer(datasets, {**config, "lr": lr}, storage, run_name(lr), num_workers, use_gpu, cell_cpus,
-                  max_failures, callbacks=[TuneReportCallback()])
-    fit.fit()
+    trainer(datasets, {**config, "lr": lr}, storage, run_name(lr), settings, callbacks=[TuneReportCallback()]).fit()
 
 
-def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float, lrs: int = 1) -> int:
-    """How many of the lrs fits run at once (at least one): all of them, or as many as the cluster
-    can hold where that is known (its autoscaler included: raddist.cluster.capacity), never as many as
-    happen to fit what is up at the start (0 GPUs on a cluster that scales GPU nodes from zero)."""
-    from raddist.cluster import capacity
+def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float) -> int:
+    """How many fits the cluster holds at once (at least one)."""
+    import ray
 
-    wanted = max(1, lrs)
-    most = capacity()
-    if most is None:
-        return wanted
+    cluster = ray.cluster_resources()
     per_fit = placement(num_workers, use_gpu, cell_cpus).worker
-    fits = (most.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
+    fits = (cluster.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
     if use_gpu:
-        fits = min(fits, most.get("GPU", 0) // num_workers)
-    return max(1, min(wanted, int(fits)))
+        fits = min(fits, cluster.get("GPU", 0) // num_workers)
+    return max(1, int(fits))
 
 
-def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, num_workers: int, use_gpu: bool,
-              cell_cpus: float, max_failures: int = 1, scheduler: str = "grid",
-              grace_epochs: int = 1) -> List[Optional[RunBest]]:
+def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, settings: FitSettings,
+              scheduler: str = "grid", grace_epochs: int = 1) -> List[Optional[RunBest]]:
     """Fit every learning rate (or let ASHA stop the poor ones); each one's best epoch, in lrs order."""
     from ray import tune
 
     from raddist import storage as storage_lib
 
     storage = storage_lib.normalize(storage)
-    trial = tune.with_parameters(_trial, datasets=datasets, config=config, storage=storage,
-                                 num_workers=num_workers, use_gpu=use_gpu, cell_cpus=cell_cpus,
-                                 max_failures=max_failures)
+    trial = tune.with_parameters(_trial, datasets=datasets, config=config, storage=storage, settings=settings)
     # Tune registers trainables by name, per Ray job: cells searching at the same time in one sweep
     # must not share a name, or one cell's trials run with another's data and config.
     trial.__name__ = "lr_search_" + hashlib.sha1(storage.encode()).hexdigest()[:12]
@@ -79,8 +68,8 @@ def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, 
             trainable,
             param_space={"lr": tune.grid_search(sorted(set(lrs)))},
             tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha,
-                                        max_concurrent_trials=concurrent_fits(num_workers, use_gpu, cell_cpus,
-                                                                              len(set(lrs)))),
+                                        max_concurrent_trials=concurrent_fits(settings.num_workers, settings.use_gpu,
+                                                                              settings.cell_cpus)),
             run_config=tune.RunConfig(storage_path=storage, name=EXPERIMENT, verbose=0),
         )
     grid = tuner.fit()

@@ -42,3 +42,23 @@ def write_halves(out_dir: str, n_patients: int = 24, per_patient: int = 2, seed:
                          ("split", str(patient_split[p])), ("top", top)):
                 rows[k].append(v)
     return pa.table(rows)
+
+
+class CrashAt:
+    """A training-loop hook (fit.trainer's on_epoch): the worker dies like a lost node at `epoch`;
+    with a marker file, only the first time (the restarted worker group finds the marker and goes on)."""
+
+    def __init__(self, epoch: int, marker: str = ""):
+        self.epoch, self.marker = epoch, marker
+
+    def __call__(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        if self.marker:
+            if os.path.exists(self.marker):
+                return
+            open(self.marker, "w").close()
+        import ray.train
+
+        ray.train.get_all_reported_checkpoints()  # let the controller register the last checkpoint first
+        os._exit(1)

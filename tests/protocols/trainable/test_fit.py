@@ -5,17 +5,25 @@ import json
 import os
 import time
 
+import cloudpickle
 import numpy as np
 import pytest
 
+import tests.protocols.trainable as helpers
+from raddist.protocols.lora import LoRA
 from raddist.protocols.trainable import data, fit
 from raddist.protocols.trainable.loop import HISTORY_FILE, VAL_PREDICTIONS_FILE
-from tests.protocols.trainable import write_halves
+from raddist.protocols.trainable.model import ModelSpec
+from tests.protocols.trainable import CrashAt, write_halves
 
+cloudpickle.register_pickle_by_value(helpers)  # the crash hook travels to the workers by value
 WORKERS = 2
-SPEC = {"backbone": "tiny_vit", "weights": "random", "num_classes": 1, "task_type": "binary",
-        "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["qkv", "fc1", "fc2"]}}
+SPEC = ModelSpec("tiny_vit", "random", 1, "binary", LoRA(target_modules=("qkv", "fc1", "fc2"), r=8, alpha=16))
 CELL_CPUS = 0.5
+
+
+def settings(max_failures):
+    return fit.FitSettings(WORKERS, False, CELL_CPUS, max_failures)
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +46,16 @@ def history(checkpoint):
 
 def test_loss_falls_and_the_best_checkpoint_reproduces_its_val_predictions(decoded, tmp_path):
     storage = str(tmp_path / "ckpt")
-    result = fit.trainer(decoded, config(decoded, epochs=4), storage, fit.run_name(3e-3), WORKERS, False, CELL_CPUS,
-                         max_failures=0).fit()
+    result = fit.trainer(decoded, config(decoded, epochs=4), storage, fit.run_name(3e-3), settings(0)).fit()
     epochs = history(result.checkpoint)
     assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    assert epochs[0]["micro_batch"] == 4 and epochs[0]["accumulation_steps"] == 1  # a CPU: the whole batch
     loss = [e["train_loss"] for e in epochs]
     assert np.mean(loss[2:]) < loss[0], loss
     assert all(np.isfinite(e["val_auroc"]) for e in epochs)
 
     best = fit.best_of_run(storage, 3e-3)
+    assert best.memory == {"micro_batch": 4, "accumulation_steps": 1, "grad_checkpointing": False, "strategy": "ddp"}
     assert best.val_auroc == max(e["val_auroc"] for e in epochs)
     saved = np.load(os.path.join(best.checkpoint, VAL_PREDICTIONS_FILE))
     index, probs = fit.score(SPEC, best.checkpoint, decoded["val"], WORKERS, False, CELL_CPUS)  # a fresh process, rebuilt model
@@ -62,8 +71,8 @@ def test_loss_falls_and_the_best_checkpoint_reproduces_its_val_predictions(decod
 
 def test_a_killed_worker_resumes_from_its_last_checkpoint(decoded, tmp_path):
     marker = str(tmp_path / "crashed")
-    cfg = config(decoded, crash_at_epoch=2, crash_marker=marker)  # os._exit in epoch 2, first attempt only
-    result = fit.trainer(decoded, cfg, str(tmp_path / "ckpt"), "resume", WORKERS, False, CELL_CPUS, max_failures=1).fit()
+    crash = CrashAt(2, marker)  # os._exit in epoch 2, first attempt only
+    result = fit.trainer(decoded, config(decoded), str(tmp_path / "ckpt"), "resume", settings(1), on_epoch=crash).fit()
     assert os.path.exists(marker)
     assert result.metrics["epoch"] == 2 and result.metrics["start_epoch"] == 2  # not 0: resumed
     assert [(e["epoch"], e["start_epoch"]) for e in history(result.checkpoint)] == [(0, 0), (1, 0), (2, 2)]
@@ -71,9 +80,8 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(decoded, tmp_path):
 
 def test_a_failed_fit_gives_its_cpus_back(ray_local, decoded, tmp_path):
     total = ray_local.cluster_resources()["CPU"]
-    cfg = config(decoded, crash_at_epoch=0)  # every attempt dies
-    with pytest.raises(Exception):
-        fit.trainer(decoded, cfg, str(tmp_path / "ckpt"), "fails", WORKERS, False, CELL_CPUS, max_failures=0).fit()
+    with pytest.raises(Exception):  # every attempt dies
+        fit.trainer(decoded, config(decoded), str(tmp_path / "ckpt"), "fails", settings(0), on_epoch=CrashAt(0)).fit()
     deadline = time.time() + 20
     while ray_local.available_resources().get("CPU", 0) < total and time.time() < deadline:
         time.sleep(0.5)

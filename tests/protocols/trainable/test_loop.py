@@ -1,4 +1,4 @@
-"""The Ray Train loop's own rules: checkpoint ranking, augmentation streams, the crash hook.
+"""The Ray Train loop's own rules: checkpoint ranking, augmentation streams; the tests' crash hook.
 (The loop running on workers, with resume, is tested through fit: test_fit.py.)"""
 
 import itertools
@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from raddist.protocols.trainable.loop import _maybe_crash, augmentation_seed, selection_key
+from raddist.protocols.trainable.loop import augmentation_seed, selection_key
+from tests.protocols.trainable import CrashAt
 
 
 def test_checkpoints_rank_by_val_auroc_then_the_earlier_epoch_and_nan_last():
@@ -27,9 +28,9 @@ def test_the_crash_hook_fires_once_per_marker(tmp_path, monkeypatch):
     monkeypatch.setattr("os._exit", exits.append)
     monkeypatch.setattr("ray.train.get_all_reported_checkpoints", lambda: [], raising=False)
     marker = str(tmp_path / "crashed")
-    config = {"crash_at_epoch": 1, "crash_marker": marker}
-    _maybe_crash(config, 0)
+    crash = CrashAt(1, marker)
+    crash(0)
     assert exits == []
-    _maybe_crash(config, 1)
-    _maybe_crash(config, 1)  # the restarted worker finds the marker and goes on
+    crash(1)
+    crash(1)  # the restarted worker finds the marker and goes on
     assert exits == [1]
