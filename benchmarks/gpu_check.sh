@@ -24,3 +24,10 @@ run() {  # name, then embed_throughput arguments
 run png_vitb14 --backbones dinov2_vitb14
 run png_vitg14 --backbones dinov2_vitg14
 run jpeg_vitb14 --backbones dinov2_vitb14 --jpeg
+# Issue 28: one fine-tuning step of ViT-L/14 and ViT-g/14 at batch 128, planned for each GPU node type of
+# cluster.yaml (micro-batch, accumulation, checkpointing), run here: peak memory against the estimate.
+timeout 300 python3 benchmarks/train_memory.py --backbones dinov2_vitl14 dinov2_vitg14 --batch-size 128 \
+  > "$out/train_memory.log" 2>&1
+tail -1 "$out/train_memory.log" > "$out/train_memory.json"; grep -E "measured peak|Error" "$out/train_memory.log" | tail -6
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/protocols/trainable/test_memory.py -k measured \
+  > "$out/train_memory_test.log" 2>&1; tail -3 "$out/train_memory_test.log"
