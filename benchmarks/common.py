@@ -57,6 +57,20 @@ def emit(result: dict) -> None:
     print(json.dumps(result, sort_keys=True), flush=True)
 
 
+def parse_args(parser, argv, smoke: dict):
+    """parser's arguments, with --smoke added: with it, the sizes in `smoke` replace those of the
+    command line, whose other options (--gpu, --backbones, ...) still hold, so that any command line
+    of a benchmark, --smoke added, runs tiny. Every benchmark has this mode; CI runs each in it
+    (tests/benchmarks), and `gpu_check.sh --smoke` runs its steps in it. It measures nothing."""
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"tiny sizes ({', '.join(f'{k}={v}' for k, v in smoke.items())}), to check that "
+                             "the script runs (CI); its numbers mean nothing")
+    args = parser.parse_args(argv)
+    for key, value in smoke.items() if args.smoke else ():
+        setattr(args, key, value)
+    return args
+
+
 class TreeCpu:
     """CPU seconds used by this process and all its descendants while the block runs.
 

@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 
-from common import TreeCpu, cpu_count, emit, load_avg, machine, say, start_ray, subset_manifest, write_png_dataset
+from common import TreeCpu, cpu_count, emit, load_avg, machine, parse_args, say, start_ray, subset_manifest, write_png_dataset
 
 BACKBONES = ("tiny_vit", "tiny_cnn", "tiny_vit_file")
 
@@ -119,7 +119,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64, help="resources.embed_batch_size")
     p.add_argument("--cpus", type=int, default=cpu_count(), help="CPUs of the local Ray cluster")
     p.add_argument("--workdir", help="where data and caches go (default: a temporary dir, removed after)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, {"rows": 40, "distinct": 4, "png_size": 128, "warmup_rows": 0,
+                                "cpus": min(2, cpu_count())})
 
     import ray
 

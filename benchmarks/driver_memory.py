@@ -17,8 +17,8 @@ cluster of --cpus CPUs), so neither inherits the other's heap or object-store ma
   workers_write  raddist.embed.jobs.run_embedding_jobs as it is: decode -> EmbedAndWrite actors that
                  write each block's part to the cache; the driver gets a few numbers per block;
   today          the same run_embedding_jobs, with embed_group replaced by a copy that builds the same
-                 Ray Dataset (pipeline._sources, pipeline._decode_block, pipeline.layout) but ends with
-                 the plain EmbedBatch actor (raddist.embed.actor), iterates the full feature batches in
+                 Ray Dataset from public parts (pipeline.layout and rows_per_block, DecodeBatch) but ends
+                 with the plain EmbedBatch actor (raddist.embed.actor), iterates the full feature batches in
                  the driver and writes each one there with raddist.embed.cache.write_part. Everything
                  else (manifest, keys, leases, meta.json) is the same code.
 In each driver: one untimed warm-up job of --warmup-rows rows the same way (imports, Ray Data's
@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 
-from common import PeakRss, cpu_count, emit, load_avg, machine, say, start_ray, subset_manifest, write_png_dataset
+from common import PeakRss, cpu_count, emit, load_avg, machine, parse_args, say, start_ray, subset_manifest, write_png_dataset
 
 FEATURES = {"n_last_blocks": 4, "patch_mean": True, "patch_tokens": 4}
 WAYS = ("today", "workers_write")
@@ -66,37 +66,48 @@ def make_job(manifest: str, batch_size: int, image_size: int):
 
 
 def embed_group_driver_writes(jobs, model, kind, resources, device, on_block):
-    """raddist.embed.pipeline.embed_group as it was before the workers wrote: the same Dataset, the
-    plain EmbedBatch actor, and every embedded batch written by the driver."""
-    import inspect
+    """raddist.embed.pipeline.embed_group as it was before the workers wrote, from the product's public
+    parts: the rows in blocks of pipeline.rows_per_block, decoded by DecodeBatch at the pipeline's
+    layout, the plain EmbedBatch actor, and every embedded batch written by the driver."""
+    import math
 
     import numpy as np
     import ray
 
+    from raddist.data.decode import DecodeBatch
     from raddist.embed import pipeline
     from raddist.embed.actor import EmbedBatch
     from raddist.embed.cache import block_table, write_part
 
-    total = sum(j.rows.num_rows if j.rows is not None else 0 for j in jobs)
-    res = pipeline.layout(resources, device, total or None)
-    ds = pipeline._sources(jobs, kind, ray.cluster_resources().get("CPU", 1))
-    specs = [{"contract": j.contract, "pixel_entry": j.pixel_entry} for j in jobs]
-    ds = ds.map_batches(pipeline._decode_block, fn_kwargs={"specs": specs, "kind": kind}, batch_format="numpy",
-                        batch_size=None, num_cpus=res["decode_cpus"])
+    rows = [{"job": j, "row": r["row"], "uri": r["uri"], "mask_uri": r.get("mask_uri") or "",
+             "modality": r.get("modality") or ""} for j, job in enumerate(jobs) for r in job.rows.to_pylist()]
+    res = pipeline.layout(resources, device, len(rows) or None)
+    per_block = pipeline.rows_per_block(len(rows), ray.cluster_resources().get("CPU", 1))
+    ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_block))
+    contracts = [j.contract for j in jobs]  # what the decode tasks carry (not the jobs' row tables)
+
+    def decode(batch: dict) -> dict:  # pixel cache off (make_job): no pixel parts to read or write
+        outs = []
+        for j in np.unique(batch["job"]):
+            mine = batch["job"] == j
+            decoder = DecodeBatch(contracts[j], kind["masks"], kind["volumes"], kind["device_jpeg"])
+            out = decoder({k: batch[k][mine] for k in ("row", "uri", "mask_uri", "modality")})
+            outs.append({**out, "job": np.full(len(out["row"]), j, np.int32)})
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    ds = ds.map_batches(decode, batch_format="numpy", batch_size=None, num_cpus=res["decode_cpus"])
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={**model, "threads": res["threads"], "batch": resources.embed_batch_size,
                                "compile": resources.compile, "gpu": res["num_gpus"] > 0},
         compute=ray.data.ActorPoolStrategy(min_size=res["min"], max_size=res["max"], initial_size=res["initial"]),
         num_gpus=res["num_gpus"], num_cpus=res["num_cpus"], batch_size=None, batch_format="numpy")
-    # on_block(job, part, pixel parts[, where it was embedded]): the last argument came with a later change
-    where = [{"node": ray.get_runtime_context().get_node_id(), "gpus": []}] \
-        if len(inspect.signature(on_block).parameters) > 3 else []
+    where = {"node": ray.get_runtime_context().get_node_id(), "gpus": []}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for j in np.unique(batch["job"]):
             mine = batch["job"] == j
-            columns = {k: v[mine] for k, v in batch.items() if k not in ("job", *pipeline.PIXEL_META)}
-            on_block(int(j), write_part(jobs[j].entry, block_table(columns)), [], *where)
+            columns = {k: v[mine] for k, v in batch.items() if k != "job"}
+            on_block(int(j), write_part(jobs[j].entry, block_table(columns)), [], where)
 
 
 def feature_bytes(size: int) -> int:
@@ -163,7 +174,7 @@ def main(argv=None) -> dict:
     p.add_argument("--workdir", help="where data and caches go (default: a temporary dir, removed after)")
     p.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
     p.add_argument("--manifest", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, {"rows": 120, "warmup_rows": 0, "image_size": 64, "cpus": min(2, cpu_count())})
     if args.child:
         out = child(args)
         emit(out)

@@ -27,7 +27,7 @@ The ceiling excludes model build and one warm-up batch.
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import re
 import shutil
@@ -36,45 +36,34 @@ import time
 
 import numpy as np
 
-from common import (DecodedImages, TreeCpu, build_embedder, cpu_count, emit, machine, say, subset_manifest,
-                    write_png_dataset)
+from common import (DecodedImages, TreeCpu, build_embedder, cpu_count, emit, machine, parse_args, say,
+                    start_ray, subset_manifest, write_png_dataset)
 
 
-def run_pipeline(job, resources, threads, workdir: str, actor_cpus=None, stats: bool = False) -> dict:
-    """One run_embedding_job into a fresh cache. threads / actor_cpus: override the actor's (None: keep)."""
+def run_pipeline(job, resources, device: str, threads, workdir: str, actor_cpus=None, stats: bool = False) -> dict:
+    """One embedding job through the product's EmbeddingRun into a fresh cache. threads / actor_cpus:
+    override the actor's (None: keep); device: "cpu" | "gpu", as the sweep decides it."""
     from raddist.embed import pipeline
     from raddist.embed.cache import EmbeddingCache
+    from raddist.embed.jobs import EmbeddingRun
 
-    seen = {"first": None}
-    orig_write, orig_resources = pipeline._write_features, pipeline.actor_resources
+    seen = {"first": None, "ds": None}
+    orig_layout = pipeline.layout
 
-    class Timed:  # the Ray Dataset, with the arrival of the first batch of features timed
-        def __init__(self, ds):
-            self.ds = ds
-
-        def iter_batches(self, **kwargs):
-            for batch in self.ds.iter_batches(**kwargs):
-                seen["first"] = seen["first"] or time.perf_counter()
-                yield batch
-
-    def write(ds, cache, keys):
-        seen["ds"] = ds
-        return orig_write(Timed(ds), cache, keys)
-
-    def resources_override(res, rows=None):
-        out = orig_resources(res, rows)
+    def layout_override(res, dev, rows=None):
+        out = orig_layout(res, dev, rows)
         out.update({k: v for k, v in (("threads", threads), ("num_cpus", actor_cpus)) if v is not None})
         return out
 
     cache = EmbeddingCache(tempfile.mkdtemp(prefix="cache-", dir=workdir))
-    pipeline._write_features, pipeline.actor_resources = write, resources_override
+    pipeline.layout = layout_override
     try:
-        with TreeCpu() as cpu:  # this process and the whole local Ray cluster under it
+        with TreeCpu() as cpu, first_batch(seen):  # this process and the whole local Ray cluster under it
             start = time.perf_counter()
-            outcome = pipeline.run_embedding_job(job, cache, resources)
+            outcome = EmbeddingRun(cache, resources, device, say=lambda line: None).run([job], 1.0)[0]
             wall = time.perf_counter() - start
     finally:
-        pipeline._write_features, pipeline.actor_resources = orig_write, orig_resources
+        pipeline.layout = orig_layout
         shutil.rmtree(cache.root, ignore_errors=True)
     assert outcome.computed and outcome.errors == 0, outcome
     text = seen["ds"].stats()
@@ -84,13 +73,34 @@ def run_pipeline(job, resources, threads, workdir: str, actor_cpus=None, stats: 
             **operator_use(text)}
 
 
+@contextlib.contextmanager
+def first_batch(seen: dict):
+    """Records the Ray Dataset the pipeline iterates (seen["ds"], for its stats) and when its first
+    batch reaches the driver (seen["first"]): Ray's own iter_batches, wrapped for the run."""
+    import ray
+
+    orig = ray.data.Dataset.iter_batches
+
+    def iter_batches(ds, *args, **kwargs):
+        seen["ds"] = ds
+        for batch in orig(ds, *args, **kwargs):
+            seen["first"] = seen["first"] or time.perf_counter()
+            yield batch
+
+    ray.data.Dataset.iter_batches = iter_batches
+    try:
+        yield seen
+    finally:
+        ray.data.Dataset.iter_batches = orig
+
+
 def operator_use(stats: str) -> dict:
     """From Ray Data's stats: decode tasks in flight on average, and the CPU share they got
     (cpu / wall time of the tasks: below 1 means they waited for a core)."""
     def seconds(value, unit):
         return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
 
-    m = re.search(r"MapBatches\(_decode\):.*? in ([\d.]+)s\n\* Remote wall time: .*?([\d.]+)(us|ms|s) total\n"
+    m = re.search(r"MapBatches\(_decode_block\):.*? in ([\d.]+)s\n\* Remote wall time: .*?([\d.]+)(us|ms|s) total\n"
                   r"\* Remote cpu time: .*?([\d.]+)(us|ms|s) total", stats)
     if not m:
         return {}
@@ -157,7 +167,7 @@ def at_scale(small: dict, large: dict) -> dict:
 def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: str) -> dict:
     import pyarrow.parquet as pq
 
-    from raddist.embed.pipeline import actor_resources
+    from raddist.embed.pipeline import layout
 
     jobs = {}
     for size, path in manifests.items():
@@ -169,12 +179,13 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
     def run(path, size, t, stats=False):
         if path == "naive":
             return run_naive(jobs[size], uris[size], args.batch_size, args.workers, t, device)
-        return run_pipeline(jobs[size], spec.resources, None if device == "cuda" else t, workdir,
-                            args.actor_cpus, stats)
+        return run_pipeline(jobs[size], spec.resources, "gpu" if device == "cuda" else "cpu",
+                            None if device == "cuda" else t, workdir, args.actor_cpus, stats)
 
-    say("warm-up (untimed): one pipeline run and one naive run on the small set")
-    run("pipeline", "small", args.threads[0])
-    run("naive", "small", args.threads[0])
+    if not args.smoke:
+        say("warm-up (untimed): one pipeline run and one naive run on the small set")
+        run("pipeline", "small", args.threads[0])
+        run("naive", "small", args.threads[0])
     runs = {}
     for rep in range(args.repeats):
         for t in args.threads:
@@ -219,7 +230,7 @@ def bench_backbone(args, backbone: str, manifests: dict, workdir: str, device: s
     def best(key, fn=max):
         return fn(r[key] for r in rows)
 
-    actor = actor_resources(spec.resources, len(uris["large"]))
+    actor = layout(spec.resources, "gpu" if device == "cuda" else "cpu", len(uris["large"]))
     if args.actor_cpus is not None:
         actor["num_cpus"] = args.actor_cpus
     p_row = max(rows, key=lambda r: r["pipeline_img_s"])
@@ -279,7 +290,8 @@ def main(argv=None) -> dict:
     p.add_argument("--jpeg", action="store_true",
                    help="JPEG files (quality 90) instead of PNG: on a GPU the pipeline decodes them on the device")
     p.add_argument("--workdir", help="where data and caches go (default: a temporary dir, removed after)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, dict(rows=32, small_rows=16, distinct=4, png_size=64, batch_size=16, threads=[1],
+                                    cpus=min(2, cpu_count())))
     gpu = args.gpu
     defaults = dict(backbones=["dinov2_vitb14", "dinov2_vitg14"], rows=12288, small_rows=4096, distinct=1024,
                     png_size=1024, batch_size=256, threads=[1]) if gpu else \
@@ -303,10 +315,7 @@ def main(argv=None) -> dict:
                                              jpeg=args.jpeg)}
     manifests["small"] = subset_manifest(manifests["large"], args.small_rows)
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.WARNING)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    start_ray(args.cpus)
     try:
         results = [bench_backbone(args, b, manifests, workdir, device) for b in args.backbones]
     finally:

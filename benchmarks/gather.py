@@ -45,7 +45,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import emit, load_avg, machine, say
+from common import emit, load_avg, machine, parse_args, say
 
 PER_CELL_TABLES = ("predictions.parquet", "cases.parquet")
 
@@ -54,8 +54,10 @@ PER_CELL_TABLES = ("predictions.parquet", "cases.parquet")
 
 def gather_sequential(output: str, cells) -> dict:
     """raddist.results.gather before the rewrite: every cell's files, one request at a time."""
+    import pyarrow as pa
+
     from raddist import storage
-    from raddist.results import _concat, cell_dir, is_done
+    from raddist.results import cell_dir, is_done
 
     metrics, infos, tables = [], [], {name: [] for name in PER_CELL_TABLES}
     for cell in cells:
@@ -69,7 +71,7 @@ def gather_sequential(output: str, cells) -> dict:
         infos.append(storage.read_json(storage.join(d, "cell.json")))
     gathered = {"cells": infos}
     for name, parts in [("results.parquet", metrics)] + list(tables.items()):
-        table = _concat(parts)
+        table = pa.concat_tables(parts, promote_options="default") if parts else None
         if table is not None:
             storage.write_parquet(storage.join(output, name), table)
         gathered[name.removesuffix(".parquet")] = table
@@ -323,7 +325,8 @@ def main(argv=None) -> dict:
                    help="cells the sequential gather reads at that latency")
     p.add_argument("--count-cells", type=int, default=8, help="cells whose requests are counted, per way")
     p.add_argument("--moto-in-process", action="store_true", help="moto in this process, as the tests run it")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, {"cells": 24, "test_rows": 10, "sequential_cells": 8, "ranged_cells": 8,
+                                "count_cells": 2, "latency_ms": 2.0, "latency_cells": 8, "latency_sequential_cells": 4})
 
     started, info = time.perf_counter(), machine()
     say(f"machine: {info}")

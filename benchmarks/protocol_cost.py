@@ -27,24 +27,24 @@ measured once (raddist side) and used for both. The reference's re-embedding is 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
 
-from common import emit, machine, say
+from common import emit, machine, parse_args, say, start_ray
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SALT = "raddist-benchmark"  # ids are pseudonymised with it, as the sweep does with the deployment's salt
 
 
-def reembed(job, batch_size: int) -> float:
+def reembed(job, volumes: bool, batch_size: int) -> float:
     """Seconds to run the backbone over a task's images once, the reference's way: in-process, no cache.
 
     Decoding is the pipeline's own DecodeBatch (so volumes become slices and masks are read, as in
     the pipeline), one manifest row at a time; the model runs on batches of batch_size images.
+    volumes: rows are whole volumes, as the pipeline recorded in the job's cache entry.
     """
     import numpy as np
     import torch
@@ -52,18 +52,18 @@ def reembed(job, batch_size: int) -> float:
     from common import build_embedder
     from raddist.data import manifest as manifest_lib
     from raddist.data.decode import DecodeBatch
-    from raddist.embed.pipeline import is_volume_manifest
 
     start = time.perf_counter()
     table = manifest_lib.load(job.task.manifest)
-    wanted = ["sample_id", "uri", "mask_uri", "volume_id", "slice_index", "modality"]
     masks = job.task.type == "segmentation"
-    columns = [c for c in wanted if c in table.column_names and (c != "mask_uri" or masks)]
-    decoder = DecodeBatch(job.contract, masks, is_volume_manifest(table))
+    columns = [c for c in ("uri", "mask_uri", "modality") if c in table.column_names and (c != "mask_uri" or masks)]
+    decoder = DecodeBatch(job.contract, masks, volumes)
     embedder = build_embedder(job, "cpu")
-    rows = {c: np.asarray(table[c].to_pylist(), dtype=object) for c in columns}
-    one_row = ({c: v[i : i + 1] for c, v in rows.items()} for i in range(table.num_rows))
-    images = np.concatenate([decoder(row)["image"] for row in one_row])
+    rows = {"row": np.arange(table.num_rows), **{c: np.asarray(table[c].to_pylist(), dtype=object) for c in columns}}
+    decoded = [decoder({c: v[i : i + 1] for c, v in rows.items()}) for i in range(table.num_rows)]
+    errors = [e for d in decoded for e in d["error"] if e]
+    assert not errors, f"{len(errors)} rows of {job.task.name} failed to decode, e.g. {errors[0]}"
+    images = np.concatenate([d["image"] for d in decoded])
     feats = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
@@ -79,7 +79,10 @@ def main(argv=None) -> dict:
                         help="cells per embedding job whose re-embedding is measured (the rest extrapolated)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process (both sides)")
     parser.add_argument("--data", help="synthetic dataset dir (default: written to a temporary dir)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, {"config": "smoke", "reference_cells": 1})
+    # smoke: the smoke config with one backbone and seed, on tiny data
+    overrides = {"backbones": [{"name": "tiny_vit", "weights": "random"}], "seeds": [0], "bootstrap": 10} \
+        if args.smoke else {}
 
     import ray
     import torch
@@ -89,7 +92,7 @@ def main(argv=None) -> dict:
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
     from raddist.embed.cache import EmbeddingCache
-    from raddist.embed.pipeline import run_embedding_jobs
+    from raddist.embed.jobs import run_embedding_jobs
     from raddist.plan import make_plan
 
     torch.set_num_threads(args.threads)
@@ -97,14 +100,17 @@ def main(argv=None) -> dict:
     say(f"machine: {info}")
     workdir = tempfile.mkdtemp(prefix="raddist-protocost-")
     data = args.data or os.path.join(workdir, "data")
-    if not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
+    if not os.path.exists(os.path.join(data, "chest" if args.smoke else "volcls", "manifest.parquet")):
         t0 = time.perf_counter()
-        write_synthetic(data)  # the demo's datasets, as `raddist demo` writes them
-        write_synthetic_seg(data)
+        if args.smoke:
+            write_synthetic(data, n_patients=20, size=64)
+        else:  # the demo's datasets, as `raddist demo` writes them
+            write_synthetic(data)
+            write_synthetic_seg(data)
         say(f"synthetic datasets written in {time.perf_counter() - t0:.1f}s")
     os.environ["RADDIST_DEMO_DATA"] = data
     cache_dir, output = os.path.join(workdir, "cache"), os.path.join(workdir, "output")
-    spec = spec_lib.load(args.config, {"storage.cache": cache_dir})
+    spec = spec_lib.load(args.config, {"storage.cache": cache_dir, **overrides})
     plan = make_plan(spec)
     cells = [c for c in plan.cells if c.embedding_job is not None]  # the frozen-protocol grid
     per_job = defaultdict(list)
@@ -112,14 +118,12 @@ def main(argv=None) -> dict:
         per_job[c.embedding_job].append(c)
     say(f"{len(cells)} frozen cells (of {len(plan.cells)}) over {len(per_job)} embedding jobs")
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    start_ray(os.cpu_count())
     embed_s, cell_s, keys, images = {}, {}, {}, {}
     cache = EmbeddingCache(cache_dir)
     try:
         t0 = time.perf_counter()  # as the sweep embeds: every job at once, one actor pool per backbone
-        outcomes = run_embedding_jobs([plan.jobs[j] for j in per_job], cache, spec.resources, SALT)
+        outcomes = run_embedding_jobs([plan.jobs[j] for j in per_job], cache, spec.resources, "cpu")
         scale = (time.perf_counter() - t0) / max(sum(o.seconds for o in outcomes), 1e-9)  # manifest loads too
         for job_id, outcome in zip(per_job, outcomes):
             job = plan.jobs[job_id]
@@ -144,7 +148,8 @@ def main(argv=None) -> dict:
     for job_id, job_cells in per_job.items():
         job = plan.jobs[job_id]
         k = min(args.reference_cells, len(job_cells))
-        reembed_s[job_id] = sum(reembed(job, spec.resources.embed_batch_size or 64) for _ in range(k)) / k
+        volumes = bool(cache.meta(keys[job_id]).get("volumes"))
+        reembed_s[job_id] = sum(reembed(job, volumes, spec.resources.embed_batch_size or 64) for _ in range(k)) / k
         measured += k
         say(f"  reference re-embed {job.backbone.name} x {job.task.name}: {reembed_s[job_id]:.2f}s per cell "
             f"(mean of {k} measured, x {len(job_cells)} cells)")

@@ -40,7 +40,7 @@ import shutil
 import tempfile
 import time
 
-from common import cpu_count, emit, load_avg, machine, say, start_ray
+from common import cpu_count, emit, load_avg, machine, parse_args, say, start_ray
 
 SALT = "raddist-benchmark"
 KEY = "sweepoverheadbench0001"
@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
     p.add_argument("--what-if", action="store_true", help="the recommended fixes, patched in (see above)")
     p.add_argument("--profile", type=int, help="run this count under cProfile (driver) and print the top functions")
     p.add_argument("--workdir", help="where data and outputs go (default: a temporary dir, removed after)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, {"counts": [8, 16], "warmup": 0, "cells_per_trial": 4, "cpus": min(2, cpu_count())})
 
     import ray
 
