@@ -101,6 +101,40 @@ def test_every_benchmark_runs_in_smoke_mode(name):
     CHECKS.get(name, lambda out: None)(out)
 
 
+def private_uses(path: str) -> list:
+    """`name` of every private raddist name a script imports or reaches through a raddist module."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raddist"):
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            modules |= {a.asname or a.name for a in node.names}  # modules or not: attributes of either count
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name.startswith("raddist")}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n in os.listdir(BENCHMARKS) if n.endswith(".py")])
+def test_benchmarks_use_only_public_names_of_raddist(name):
+    assert not private_uses(os.path.join(BENCHMARKS, name)), (
+        f"benchmarks/{name} uses raddist's private names {private_uses(os.path.join(BENCHMARKS, name))}: "
+        "call a public function (or ask for one)")
+
+
+def test_the_private_name_check_sees_imports_and_attributes(tmp_path):
+    script = tmp_path / "b.py"
+    script.write_text("from raddist.results import _concat, gather\nfrom raddist.embed import pipeline\n"
+                      "def f():\n    import raddist.storage as st\n    return pipeline._sources, st._fs, pipeline.layout\n")
+    assert private_uses(str(script)) == ["raddist.results._concat", "pipeline._sources", "st._fs"]
+
+
 def test_linear_heads_heads_agree(capsys):
     import linear_heads
 
