@@ -12,7 +12,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 WITHOUT_TEST_MODULE = {
     "backbones/hf_adapter.py", "data/contract.py",
-    "embed/jobs.py", "errors.py", "preflight.py", "privacy.py",
+    "embed/jobs.py", "preflight.py", "privacy.py",
     "protocols/bitfit.py", "protocols/dora.py", "protocols/finetune.py", "protocols/lora.py",
     "protocols/seg_linear.py", "protocols/seg_unet.py", "protocols/trainable/method.py", "results.py",
 }
