@@ -41,14 +41,14 @@ class NodeType:
 
     name: str
     gpu_memory_gib: float
-    resources: Tuple[Tuple[str, float], ...] = ()  # extra per-worker resources, e.g. accelerator_type
+    large: bool = False  # a large-GPU type: its workers ask for resources.large_gpu_resource (spec.py)
+    resources: Tuple[Tuple[str, float], ...] = ()  # extra per-worker resources, only ones the autoscaler knows
 
 
-# cluster.yaml's GPU node types, smallest card first. Ray labels every GPU node with
-# accelerator_type:<type>; asking a sliver of it lands a worker on that type.
+# cluster.yaml's GPU node types, smallest card first
 NODE_TYPES: Tuple[NodeType, ...] = (
-    NodeType("gpu_a10g", 22.5, (("accelerator_type:A10G", 0.001),)),  # 23,028 MiB as nvidia-smi reports it
-    NodeType("gpu_a100x8", 40.0, (("accelerator_type:A100", 0.001),)),  # A100-SXM4-40GB
+    NodeType("gpu_a10g", 22.5),  # 23,028 MiB as nvidia-smi reports it
+    NodeType("gpu_a100x8", 40.0, large=True),  # A100-SXM4-40GB; advertises "large_gpu" (cluster.yaml)
 )
 
 

@@ -12,7 +12,7 @@ Each protocol's Params says which training method it is (Params.method(): a meth
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -65,15 +65,17 @@ def check_model(spec) -> None:
         build_classifier(spec.randomly_initialised())
 
 
-def memory_plan(params: TrainParams, inputs: TrainInputs):
-    """(the training loop's memory settings, the estimate or None): on a GPU, from memory.estimate; it
-    raises, in one line, when no node type holds the cell. On a CPU: the whole batch at once."""
+def memory_plan(params: TrainParams, inputs: TrainInputs, node_types: Optional[Sequence] = None):
+    """(the training loop's memory settings, the estimate or None): on a GPU, from memory.estimate over
+    node_types (default memory.NODE_TYPES); it raises, in one line, when none holds the cell. On a CPU:
+    the whole batch at once."""
     from raddist.backbones.registry import get_config
     from raddist.protocols.trainable import memory
 
     if not inputs.use_gpu:
         return {"micro_batch": params.micro_batch, "grad_checkpointing": False, "strategy": "ddp"}, None
-    est = memory.estimate(get_config(inputs.backbone), params, inputs.contract["size"], inputs.num_workers)
+    est = memory.estimate(get_config(inputs.backbone), params, inputs.contract["size"], inputs.num_workers,
+                          memory.NODE_TYPES if node_types is None else node_types)
     if est.node is None:
         raise ValueError(est.describe())
     # the worker measures its own card unless the spec fixed the micro-batch

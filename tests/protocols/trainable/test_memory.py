@@ -86,3 +86,19 @@ def test_the_estimate_bounds_the_measured_peak_of_one_step(monkeypatch):
     result = measure_step("dinov2_vits14", "finetune", batch_size=32, image_size=224)
     assert result["peak_bytes"] <= result["estimated_peak_bytes"] * 1.1
     assert result["peak_bytes"] >= result["estimated_peak_bytes"] * 0.3
+
+
+def test_a_gpu_cell_nothing_holds_fails_in_one_line_before_any_worker_starts():
+    from raddist.protocols.base import TrainInputs
+    from raddist.protocols.trainable.protocol import memory_plan
+
+    inputs = TrainInputs("binary", ["a"], ["a"], None, "dinov2_vits14", "random", {"size": 224}, "", use_gpu=True)
+    params = protocols.get("finetune").params(batch_size=64)
+    with pytest.raises(ValueError, match=r"^dinov2_vits14 finetune @224px: .* does not fit tiny's 2 GiB[^\n]*$"):
+        memory_plan(params, inputs, [NodeType("tiny", 2.0)])
+    settings, est = memory_plan(params, inputs, [NodeType("roomy", 40.0)])
+    assert est.node.name == "roomy" and settings["strategy"] == "ddp"
+    assert settings["micro_batch"] is None  # the worker sizes it on its own card
+    cpu, none = memory_plan(params, TrainInputs("binary", ["a"], ["a"], None, "dinov2_vits14", "random",
+                                                {"size": 224}, ""))
+    assert none is None and cpu["micro_batch"] is None and not cpu["grad_checkpointing"]

@@ -36,6 +36,8 @@ def test_lora_searches_lrs_selects_on_carved_val_and_scores_test_once(halves, tm
     assert chosen["lr"] in (1e-3, 3e-3) and chosen["epoch"] in (0, 1)
     assert chosen["val_carved_from_train"] and set(chosen["val_auroc_by_lr"]) == {"0.001", "0.003"}
     assert prediction.val_score == chosen["val_auroc_by_lr"][f"{chosen['lr']:g}"]
+    # cell.json records how each step ran: a CPU takes the whole batch at once
+    assert (chosen["micro_batch"], chosen["accumulation_steps"], chosen["strategy"]) == (8, 1, "ddp")
     rows = score_prediction("binary", prediction, ["top"], n_boot=10, seed=0)
     assert any(r["metric"] == "auroc" for r in rows)
 
