@@ -43,3 +43,31 @@ def test_micro_batches_give_the_full_batch_update(method, params, task_type):
 
 def test_accumulation_steps_cover_the_batch():
     assert [accumulation_steps(128, m) for m in (128, 64, 48, 1)] == [1, 2, 3, 128]
+
+
+def test_activation_checkpointing_keeps_the_gradients_and_saves_less():
+    """timm's set_grad_checkpointing, as the loop turns it on when the estimate asks: the same gradients,
+    and far fewer bytes kept for backward (counted as memory.footprint counts them)."""
+    from raddist.protocols.trainable.model import set_grad_checkpointing
+
+    torch.manual_seed(0)
+    spec = ModelSpec("tiny_vit", "random", 3, "multiclass", protocols.get("finetune").params().method())
+    plain = build_classifier(spec)
+    checkpointed = copy.deepcopy(plain)
+    set_grad_checkpointing(checkpointed)
+    images = torch.randint(0, 256, (6, 64, 64), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (6,))
+    _, plain_grads, _ = one_step(plain, images, labels, 6, "multiclass")
+    _, ckpt_grads, _ = one_step(checkpointed, images, labels, 3, "multiclass")
+    for g, f in zip(ckpt_grads, plain_grads):
+        torch.testing.assert_close(g, f, rtol=1e-4, atol=1e-6)
+    assert saved_bytes(checkpointed) < saved_bytes(plain) / 3
+
+
+def saved_bytes(model) -> int:
+    """Bytes autograd keeps for backward in one forward of 4 images (checkpointing's own saves included)."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        model.train()(torch.zeros(4, 3, 64, 64))
+    return sum(saved)
