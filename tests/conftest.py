@@ -34,6 +34,25 @@ def synthetic_data(tmp_path_factory):
 
 
 
+@pytest.fixture(scope="session")
+def synthetic_seg_data(tmp_path_factory):
+    """The synthetic segmentation and volume sets ({"seg2d", "seg3d", "volcls": manifest uri}), written once."""
+    from raddist.data.synthetic_seg import write_synthetic_seg
+
+    return write_synthetic_seg(str(tmp_path_factory.mktemp("synthetic-seg")), seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: two OpenMP threads on a shared 2-core box stall on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def moto_endpoint():
     """A real S3 HTTP endpoint (moto) on a free local port, for the whole module."""

@@ -4,7 +4,6 @@ import hashlib
 import os
 
 import numpy as np
-import pytest
 
 from raddist import storage
 from raddist.data import manifest
@@ -15,19 +14,14 @@ from raddist.data.synthetic_seg import (SEG2D_CLASSES, SEG3D_CLASSES, VOLUME_SHA
 from raddist.data.volumes import read_mask
 
 
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    return write_synthetic_seg(str(tmp_path_factory.mktemp("synthetic-seg")), seed=0)
-
-
 def _by_patient_split(table):
     rows = table.to_pylist()
     manifest.check_patient_splits([r["patient_id"] for r in rows], [r["split"] for r in rows])
     return {s: {r["patient_id"] for r in rows if r["split"] == s} for s in manifest.SPLITS}
 
 
-def test_seg2d_pngs_with_every_label(sets):
-    table = manifest.load(sets["seg2d"])
+def test_seg2d_pngs_with_every_label(synthetic_seg_data):
+    table = manifest.load(synthetic_seg_data["seg2d"])
     assert table.num_rows == 60 and "mask_uri" in table.column_names and "volume_id" not in table.column_names
     patients = _by_patient_split(table)
     assert all(patients.values()) and sum(map(len, patients.values())) == 30
@@ -37,11 +31,11 @@ def test_seg2d_pngs_with_every_label(sets):
         assert mask.shape == (96, 96)
         seen |= set(np.unique(mask).tolist())
     assert seen == set(range(len(SEG2D_CLASSES)))
-    assert read_metadata(sets["seg2d"])["class_names"] == list(SEG2D_CLASSES)
+    assert read_metadata(synthetic_seg_data["seg2d"])["class_names"] == list(SEG2D_CLASSES)
 
 
-def test_seg3d_nifti_volumes_one_row_each(sets):
-    table = manifest.load(sets["seg3d"])
+def test_seg3d_nifti_volumes_one_row_each(synthetic_seg_data):
+    table = manifest.load(synthetic_seg_data["seg3d"])
     assert table.num_rows == 12 and "volume_id" in table.column_names and "slice_index" not in table.column_names
     assert {len(v) for v in _by_patient_split(table).values()} == {7, 2, 3}
     row = table.to_pylist()[0]
@@ -56,8 +50,8 @@ def test_seg3d_nifti_volumes_one_row_each(sets):
     assert hu.min() < -900  # air outside the body
 
 
-def test_volume_classification_is_folders_of_png_slices(sets):
-    table = manifest.load(sets["volcls"])
+def test_volume_classification_is_folders_of_png_slices(synthetic_seg_data):
+    table = manifest.load(synthetic_seg_data["volcls"])
     rows = table.to_pylist()
     assert table.num_rows == 40 * 8
     assert {r["volume_id"] for r in rows} == {r["patient_id"] for r in rows}

@@ -10,7 +10,7 @@ import pytest
 
 from raddist.data import manifest as manifest_lib
 from raddist.data.readers import read_nifti
-from raddist.data.synthetic_seg import SEG2D_CLASSES, SEG3D_CLASSES, write_synthetic_seg
+from raddist.data.synthetic_seg import SEG2D_CLASSES, SEG3D_CLASSES
 from raddist.data.volumes import read_mask, resize_labels
 from raddist.embed.cache import EmbeddingCache
 from raddist.embed.jobs import run_embedding_job
@@ -20,7 +20,8 @@ from raddist.cells.outputs import write_masks
 from raddist.cells.run import score
 from raddist.plan import Cell, EmbeddingJob
 from raddist.spec import BackboneSpec, ResourcesSpec, TaskSpec
-from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread in every test here
 
 RESOURCES = ResourcesSpec(embed_batch_size=32)
 
@@ -32,11 +33,6 @@ def run_cell(cell, inputs, n_boot):
     return (prediction, *score(cell, prediction, inputs.class_names, n_boot))
 
 
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    return write_synthetic_seg(str(tmp_path_factory.mktemp("seg-data")), seed=0)
 
 
 def _task(name, manifest, type_, **kw):
@@ -51,18 +47,18 @@ def _job(task, patch_tokens, backbone="tiny_vit"):
 
 
 @pytest.fixture(scope="module")
-def seg3d(ray_local, sets, tmp_path_factory):
+def seg3d(ray_local, synthetic_seg_data, tmp_path_factory):
     cache = EmbeddingCache(str(tmp_path_factory.mktemp("cache")))
-    task = _task("seg3d", sets["seg3d"], "segmentation", classes=list(SEG3D_CLASSES))
+    task = _task("seg3d", synthetic_seg_data["seg3d"], "segmentation", classes=list(SEG3D_CLASSES))
     outcome = run_embedding_job(_job(task, 5), cache, RESOURCES)
     return task, cache, outcome
 
 
-def test_volume_rows_expand_to_one_row_per_slice(seg3d, sets):
+def test_volume_rows_expand_to_one_row_per_slice(seg3d, synthetic_seg_data):
     task, cache, outcome = seg3d
     assert outcome.computed and outcome.errors == 0 and outcome.images == 12 * 16
     cached = cache.load(outcome.key)
-    table = manifest_lib.load(sets["seg3d"])
+    table = manifest_lib.load(synthetic_seg_data["seg3d"])
     pairs = set(zip(cached.rows.tolist(), cached.slices.tolist()))
     assert pairs == {(r, z) for r in range(table.num_rows) for z in range(16)} and len(cached.rows) == len(pairs)
     extras = cached.extras.to_pylist()
@@ -96,9 +92,9 @@ def test_dense_tokens_are_float16_and_a_rerun_computes_nothing(seg3d):
     ("seg_linear", {"lrs": [0.03, 0.1, 0.3], "epochs": 20}),
     ("seg_unet", {"lrs": [0.001, 0.01], "channels": [32, 16], "up_blocks": 2, "epochs": 15}),
 ])
-def test_heads_segment_the_synthetic_volumes(seg3d, sets, tmp_path, name, params):
+def test_heads_segment_the_synthetic_volumes(seg3d, synthetic_seg_data, tmp_path, name, params):
     task, cache, outcome = seg3d
-    inputs = frozen_inputs(task, manifest_lib.load(sets["seg3d"]), cache.load(outcome.key))
+    inputs = frozen_inputs(task, manifest_lib.load(synthetic_seg_data["seg3d"]), cache.load(outcome.key))
     assert inputs.volumetric and {k: len(v) for k, v in inputs.splits.items()} == {"train": 112, "val": 32, "test": 48}
     cell = Cell(id="c", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol=name,
                 params=params, seed=0, embedding_job="j")
@@ -114,27 +110,27 @@ def test_heads_segment_the_synthetic_volumes(seg3d, sets, tmp_path, name, params
     np.testing.assert_allclose(affine, inputs.geometry[prediction.cases[0].case_id].affine)
 
 
-def test_2d_masks_are_cached_at_the_model_size(ray_local, sets, tmp_path):
+def test_2d_masks_are_cached_at_the_model_size(ray_local, synthetic_seg_data, tmp_path):
     cache = EmbeddingCache(str(tmp_path / "cache"))
-    task = _task("seg2d", sets["seg2d"], "segmentation", classes=list(SEG2D_CLASSES))
+    task = _task("seg2d", synthetic_seg_data["seg2d"], "segmentation", classes=list(SEG2D_CLASSES))
     outcome = run_embedding_job(_job(task, 1, "tiny_cnn"), cache, RESOURCES)
     cached = cache.load(outcome.key)
     assert outcome.images == 60 and cached.dense["patch_tokens"].shape == (60, 96, 2, 2)
-    table = manifest_lib.load(sets["seg2d"]).to_pylist()
+    table = manifest_lib.load(synthetic_seg_data["seg2d"]).to_pylist()
     row = table[int(cached.rows[5])]
     expected = resize_labels(read_mask(row["mask_uri"], open(row["mask_uri"], "rb").read()), (64, 64))
     np.testing.assert_array_equal(cached.extras["mask"].combine_chunks().to_numpy_ndarray()[5], expected)
-    inputs = frozen_inputs(task, manifest_lib.load(sets["seg2d"]), cached)
+    inputs = frozen_inputs(task, manifest_lib.load(synthetic_seg_data["seg2d"]), cached)
     assert not inputs.volumetric and inputs.geometry[row["sample_id"]].spacing == (1.5, 1.5)
 
 
-def test_slices_of_volumes_pool_into_one_row_per_volume(ray_local, sets, tmp_path):
+def test_slices_of_volumes_pool_into_one_row_per_volume(ray_local, synthetic_seg_data, tmp_path):
     cache = EmbeddingCache(str(tmp_path / "cache"))
-    task = _task("covid", sets["volcls"], "binary", labels=["label"], pool="mean")
+    task = _task("covid", synthetic_seg_data["volcls"], "binary", labels=["label"], pool="mean")
     outcome = run_embedding_job(_job(task, 0), cache, RESOURCES)
     cached = cache.load(outcome.key)
     assert outcome.images == 320 and set(cached.slices) == {-1} and not cached.dense  # slices listed one per row
-    table = manifest_lib.load(sets["volcls"])
+    table = manifest_lib.load(synthetic_seg_data["volcls"])
     inputs = frozen_inputs(task, table, cached)
     n = sum(len(s) for s in inputs.splits.values())
     assert n == 40 and inputs.splits["test"].features["cls"].shape == (10, 64)
