@@ -1,9 +1,13 @@
 """Tests mirror the source: raddist/<path>/<name>.py is tested in tests/<path>/test_<name>.py. A new
 module without its test module fails here; the modules below are the ones still without one (their
 behaviour is tested through others' tests, e.g. embed.jobs through tests/embed/test_pipeline.py).
-Take a module off the list when it gets its test module; never add one."""
+Take a module off the list when it gets its test module; never add one.
+
+And tests share helpers through tests/helpers.py (or a package's helper module) and fixtures
+through conftest.py, never by importing another test module or conftest."""
 
 import os
+import re
 
 import raddist
 
@@ -38,3 +42,23 @@ def test_every_new_source_module_has_its_test_module():
 def test_the_list_of_exceptions_names_modules_that_exist():
     gone = [m for m in WITHOUT_TEST_MODULE if not os.path.exists(os.path.join(SOURCE, m))]
     assert not gone, f"{gone} no longer exist: take them off WITHOUT_TEST_MODULE"
+
+
+# test modules that still import from another test module (to move to helpers.py / conftest.py)
+IMPORTS_A_TEST_MODULE = {
+    "backbones/test_weights.py", "protocols/test_seg_common.py", "protocols/test_attention_mil.py",
+    "protocols/test_seg_heads.py", "test_multinode.py",
+}
+
+
+def test_no_test_module_imports_another():
+    offenders = set()
+    for folder, _, files in os.walk(TESTS):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    text = f.read()
+                if re.search(r"^\s*(from|import) tests(\.\w+)*\.(test_\w+|conftest)\b", text, re.M):
+                    offenders.add(os.path.relpath(os.path.join(folder, name), TESTS).replace(os.sep, "/"))
+    new = sorted(offenders - IMPORTS_A_TEST_MODULE)
+    assert not new, f"{new} import from another test module or conftest: move what they share to tests/helpers.py"
