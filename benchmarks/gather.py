@@ -61,7 +61,7 @@ def gather_sequential(output: str, cells) -> dict:
 
     metrics, infos, tables = [], [], {name: [] for name in PER_CELL_TABLES}
     for cell in cells:
-        if not is_done(output, cell.id):
+        if not is_done(output, cell):
             continue
         d = cell_dir(output, cell.id)
         metrics.append(read_parquet_ranged(storage.join(d, "metrics.parquet")))

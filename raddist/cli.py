@@ -14,6 +14,10 @@ from typing import List, Optional
 from raddist import storage
 from raddist.errors import RaddistError
 
+# raddist starts or joins Ray itself (raddist.sweep.ensure_ray); Ray's implicit ray.init() on first use
+# would, after a Ctrl-C, start a second cluster from a pipeline thread shutting down
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
+
 
 
 def cmd_plan(args) -> int:
@@ -52,6 +56,8 @@ def cmd_run(args) -> int:
 
     overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
     summary = run_sweep(load(args.config, overrides))
+    if summary["state"] == "interrupted":
+        return summary["exit_code"]  # its one line is said: 130 for Ctrl-C, 143 for SIGTERM
     print(json.dumps(summary, indent=2))
     return 0 if summary["cells_failed"] == 0 else 1
 
@@ -73,6 +79,8 @@ def cmd_demo(args) -> int:
     os.environ["RADDIST_DEMO_DATA"] = data  # the demo config reads ${RADDIST_DEMO_DATA}
     overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
     summary = run_sweep(load(args.config, overrides))
+    if summary["state"] == "interrupted":
+        return summary["exit_code"]
     output = storage.normalize(args.output)
     print()
     print(storage.read_text(storage.join(output, "report.md")))
@@ -366,6 +374,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with quiet:
             return args.fn(args)
+    except KeyboardInterrupt:  # before a run installs its own handlers (raddist.interrupt)
+        print("interrupted", file=sys.stderr)
+        return 130
     except RaddistError as e:
         if args.debug:
             raise

@@ -44,8 +44,9 @@ class RunProgress:
         self.update(lambda s: s["embedding_jobs"].__setitem__("failed" if failed else "done",
                                                                s["embedding_jobs"]["failed" if failed else "done"] + 1))
 
-    def finish(self) -> None:
-        self.update(lambda s: s.__setitem__("state", "finished"))
+    def finish(self, state: str = "finished") -> None:
+        """state: "finished" | "interrupted"."""
+        self.update(lambda s: s.__setitem__("state", state))
         _RUNS.pop(self.id, None)
 
     def write(self) -> None:

@@ -153,5 +153,19 @@ def describe(change: dict) -> str:
     return f"{change['name']}: {change['what']} since the last run; {change['cells']} cells rerun"
 
 
-def write_record(output: str, sources: Sources) -> None:
-    storage.write_json(storage.join(output, RECORD), sources.record())
+def write_record(output: str, sources: Sources, name: str) -> None:
+    storage.write_json(storage.join(output, RECORD), {"name": name, **sources.record()})
+
+
+def require_same_sweep(output: str, name: str) -> None:
+    """An output holds one sweep: the same name extends it (more seeds, protocols, tasks); another
+    name is refused, so one config's results never silently replace another's."""
+    from raddist.errors import ConfigError
+
+    uri = storage.join(output, RECORD)
+    if not storage.exists(uri):
+        return
+    owner = storage.read_json(uri).get("name")
+    if owner is not None and owner != name:
+        raise ConfigError(f"storage.output: {output} holds the sweep '{owner}', not '{name}'; give this sweep "
+                          f"its own output (--output), or name it '{owner}' to extend that one")

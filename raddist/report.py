@@ -107,6 +107,8 @@ def leaderboard(results: pd.DataFrame, task_types: dict) -> pd.DataFrame:
 
 def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = None, output: Optional[str] = None) -> str:
     lines = ["# raddist report", ""]
+    if summary.get("state") == "interrupted":
+        lines += ["**Interrupted**: the run was stopped before it finished; run the same command to continue.", ""]
     counts = f"{summary.get('cells_done', 0)}/{summary.get('cells_total', 0)} cells done, {summary.get('cells_failed', 0)} failed"
     if "images_embedded" not in summary:  # a run in flight: only its cells are known
         lines.append(counts + ".")

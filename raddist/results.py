@@ -30,8 +30,8 @@ def cell_dir(output: str, cell_id: str) -> str:
     return storage.join(output, "cells", cell_id)
 
 
-def is_done(output: str, cell_id: str) -> bool:
-    return storage.exists(storage.join(cell_dir(output, cell_id), "cell.json"))
+def is_done(output: str, cell: Cell) -> bool:
+    return all(storage.exists(storage.join(cell_dir(output, cell.id), name)) for name in cell_files(cell))
 
 
 def listing(output: str) -> Dict[str, Set[str]]:
@@ -46,8 +46,15 @@ def listing(output: str) -> Dict[str, Set[str]]:
     return files
 
 
-def done_cells(output: str) -> Set[str]:
-    return {cell for cell, names in listing(output).items() if "cell.json" in names}
+def cell_files(cell: Cell) -> Set[str]:
+    """The files a finished cell holds: cell.json (written last), its metrics and its per-sample table."""
+    return {"cell.json", "metrics.parquet", "cases.parquet" if cell.task.type == "segmentation" else "predictions.parquet"}
+
+
+def done_cells(output: str, cells: List[Cell]) -> Set[str]:
+    """The ids of these cells whose every file is there; a cell missing one is computed again."""
+    files = listing(output)
+    return {c.id for c in cells if cell_files(c) <= files.get(c.id, set())}
 
 
 def write_cell(output: str, cell: Cell, metric_rows: List[dict], tables: Dict[str, pa.Table], info: dict) -> None:
@@ -85,16 +92,16 @@ def write_input_errors(output: str, jobs: List[tuple], cache, salt: str) -> int:
             sample = ids[e["row"]] if e["slice"] < 0 else f"{ids[e['row']]}:{e['slice']}"
             rows.append({"task": task.name, "sample_id": pseudonym(sample, salt), "row": e["row"],
                          "slice": e["slice"], "error": e["error"]})
-    if rows:
-        storage.write_parquet(storage.join(output, "errors.parquet"), pa.Table.from_pylist(rows))
+    _write_or_remove(storage.join(output, "errors.parquet"), pa.Table.from_pylist(rows) if rows else None)
     return len(rows)
 
 
 def gather(output: str, cells: List[Cell]) -> dict:
     """Concatenate the finished cells of this plan into results.parquet, predictions.parquet and
-    cases.parquet: one listing, then every file read in parallel."""
+    cases.parquet, each rewritten from this plan alone (removed when it has nothing to hold): one
+    listing, then every file read in parallel."""
     files = listing(output)
-    done = [c.id for c in cells if "cell.json" in files.get(c.id, ())]
+    done = [c.id for c in cells if cell_files(c) <= files.get(c.id, set())]
 
     def read(cell_id: str):
         d = cell_dir(output, cell_id)
@@ -109,8 +116,7 @@ def gather(output: str, cells: List[Cell]) -> dict:
     gathered = {"cells": infos}
     for name, parts in [("results.parquet", metrics)] + list(tables.items()):
         table = _concat(parts)
-        if table is not None:
-            storage.write_parquet(storage.join(output, name), table)
+        _write_or_remove(storage.join(output, name), table)
         gathered[name.removesuffix(".parquet")] = table
     return gathered
 
@@ -119,3 +125,12 @@ def _concat(tables: List[pa.Table]) -> Optional[pa.Table]:
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _write_or_remove(uri: str, table: Optional[pa.Table]) -> None:
+    """An output table matches its run: written when the run has rows for it, else removed (an older
+    run's would describe cells or images this run does not have)."""
+    if table is not None:
+        storage.write_parquet(uri, table)
+    elif storage.exists(uri):
+        storage.delete_file(uri)

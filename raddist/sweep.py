@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from raddist import cluster, preflight, provenance, results, storage
 from raddist.cells.run import CellContext
@@ -20,6 +20,7 @@ from raddist.plan import make_plan
 from raddist.spec import SweepSpec
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 3.0  # after Ctrl-C, how long the embedding may take to reach its next block
 
 
 def ensure_ray() -> None:
@@ -38,16 +39,43 @@ def ensure_ray() -> None:
 
 
 def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str], None] = print) -> dict:
-    from raddist.embed.jobs import EmbeddingRun
-    from raddist.privacy import deployment_salt, fingerprint
-    from raddist.progress import RunProgress
-    from raddist.trials import JobStates, run_cells
+    """Run a sweep into its output; the summary it writes. Ctrl-C or SIGTERM stops it cleanly
+    (raddist.interrupt): the summary's state is then "interrupted"."""
+    from raddist.interrupt import StopRequest
 
     started = time.time()
     output = storage.normalize(output or spec.storage.output)
     cache = EmbeddingCache(spec.storage.cache_uri(output))
     plan = make_plan(spec)
     preflight.before_ray(spec, output, cache.root)
+    provenance.require_same_sweep(output, spec.name)
+    stop = StopRequest()
+    try:
+        run = _start(spec, plan, output, cache, say)
+        stop.install()  # after Ray's own handlers: ours decide what a Ctrl-C does
+        outcomes, records = _embed_and_run_cells(run, stop, say)
+        return _finish(run, outcomes, records, stop, started, say)
+    finally:
+        if not stop.requested:  # stopping: a second Ctrl-C during Ray's shutdown still exits at once
+            stop.uninstall()
+
+
+class _Run:
+    """What a started run holds: its bound plan, output, cache, salt, device and progress."""
+
+    def __init__(self, spec, plan, sources, output, cache, salt, device, pending, changes):
+        from raddist.progress import RunProgress
+
+        self.spec, self.plan, self.sources, self.output, self.cache = spec, plan, sources, output, cache
+        self.salt, self.device, self.pending, self.changes = salt, device, pending, changes
+        self.progress = RunProgress(output, len(plan.cells), len(plan.jobs))
+        self.progress.update(lambda s: s["cells"].__setitem__("pending_at_start", len(pending)))
+
+
+def _start(spec: SweepSpec, plan, output: str, cache: EmbeddingCache, say) -> _Run:
+    """Ray up, the cluster checked, the plan bound to what it reads, and what changed said."""
+    from raddist.privacy import deployment_salt, fingerprint
+
     salt = deployment_salt()
     preflight.same_salt(spec, output, fingerprint(salt))
     ensure_ray()
@@ -57,72 +85,103 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
         cluster.check_nodes_reach([output, cache.root])
     device = cluster.resolve_device(spec.resources.device, say, spec.resources.gpu_wait_s)
     plan, sources = provenance.bind(plan, device, spec.resources.gpu_jpeg_decode)
-    done = results.done_cells(output)
+    done = results.done_cells(output, plan.cells)
     pending = [c for c in plan.cells if c.id not in done]
     say(f"plan: {len(plan.cells)} cells, {len(plan.jobs)} embedding jobs → {output} (device: {device})")
     say(f"cells: {len(plan.cells) - len(pending)} already done, {len(pending)} to run")
     changes = provenance.changes(output, sources, pending)
     for change in changes:
         say(provenance.describe(change))
-    provenance.write_record(output, sources)
+    provenance.write_record(output, sources, spec.name)
+    return _Run(spec, plan, sources, output, cache, salt, device, pending, changes)
 
-    progress = RunProgress(output, len(plan.cells), len(plan.jobs))
-    progress.update(lambda s: s["cells"].__setitem__("pending_at_start", len(pending)))
-    jobs = JobStates(train_during_embedding=device == "gpu")
+
+def _embed_and_run_cells(run: _Run, stop, say) -> Tuple[List[dict], List[dict]]:
+    """The embedding jobs in a thread of the driver, the cells as Tune trials beside them."""
+    from raddist.embed.jobs import EmbeddingRun
+    from raddist.interrupt import Interrupted
+    from raddist.trials import JobStates, run_cells
+
+    jobs = JobStates(train_during_embedding=run.device == "gpu")
     records: List[dict] = []
 
     def record(job, outcome):
         jobs.done(job.id, outcome.key, outcome.error)
-        progress.job_done(outcome.error is not None)
-        records.append(_job_record(job, outcome, device))
+        run.progress.job_done(outcome.error is not None)
+        records.append(_job_record(job, outcome, run.device))
         verb = {"cached": "cached", "failed": f"FAILED: {outcome.error}"}.get(
             outcome.source, f"embedded {outcome.images} images in {outcome.seconds:.1f}s "
                             f"({outcome.images / max(outcome.seconds, 1e-9):.0f} img/s, {outcome.source})")
-        say(f"  embeddings {job.backbone.label} × {job.task.name}: {verb}, {outcome.errors} input errors")
+        if not stop.requested:  # once asked to stop, what the abandoned pipeline reports is noise
+            say(f"  embeddings {job.backbone.label} × {job.task.name}: {verb}, {outcome.errors} input errors")
 
-    embedding = EmbeddingRun(cache, spec.resources, device, say, progress.embedding)
+    embedding = EmbeddingRun(run.cache, run.spec.resources, run.device, say, run.progress.embedding, stop)
     failure: Dict[str, BaseException] = {}
 
     def embed_all():
         try:
-            embedding.run(list(plan.jobs.values()), spec.max_input_error_rate, record)
+            embedding.run(list(run.plan.jobs.values()), run.spec.max_input_error_rate, record)
+            jobs.finished = True
+        except Interrupted:
+            pass  # the cells still waiting for a job stay waiting: Tune is stopping
         except BaseException as e:  # noqa: BLE001 - reported below, after the cells that can run have run
             failure["error"] = e
-        finally:
             jobs.finished = True
 
     thread = threading.Thread(target=embed_all, name="raddist-embedding", daemon=True)
     thread.start()
-    ctx = CellContext(cache.root, output, spec.bootstrap, salt, spec.resources, train_gpu=device == "gpu")
-    outcomes = run_cells(spec, pending, jobs, ctx, progress, say)
-    thread.join()
-    storage.write_json(storage.join(output, "embedding_jobs.json"), records)
+    ctx = CellContext(run.cache.root, run.output, run.spec.bootstrap, run.salt, run.spec.resources,
+                      train_gpu=run.device == "gpu")
+    outcomes = run_cells(run.spec, run.pending, jobs, ctx, run.progress, say, stop)
+    grace = time.time() + STOP_GRACE_S
+    while thread.is_alive() and not (stop.requested and time.time() > grace):
+        thread.join(0.2)  # a timed join: the main thread still takes a second Ctrl-C
+    if thread.is_alive():  # asked to stop, and no block came in the grace: Ray's shutdown ends the pipeline
+        embedding.leases.close()
+        for name in ("ray", "ray.data"):  # ...and its thread's complaints about it belong nowhere
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    storage.write_json(storage.join(run.output, "embedding_jobs.json"), records)
     if "error" in failure:
         raise failure["error"]
+    return outcomes, records
+
+
+def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started: float, say) -> dict:
+    """The run's tables, summary and report, each from this run's plan alone."""
+    plan, output = run.plan, run.output
     input_errors = results.write_input_errors(output, [(plan.jobs[r["job_id"]].task, r["key"]) for r in records
-                                                       if r["source"] != "failed"], cache, salt)
+                                                       if r["source"] not in ("failed", "interrupted")],
+                                              run.cache, run.salt)
     gathered = results.gather(output, plan.cells)
+    interrupted = stop.requested
+    failed = run.progress.state["cells"]["failed_now"] if interrupted else sum(not o["ok"] for o in outcomes)
     summary = {
+        "state": "interrupted" if interrupted else "finished",
         "cells_total": len(plan.cells),
         "cells_done": len(gathered["cells"]),
-        "cells_failed": sum(not o["ok"] for o in outcomes),
+        "cells_failed": failed,
         "cells_run_now": len(outcomes),
-        "changes": [{**c, "line": provenance.describe(c)} for c in changes],
+        "changes": [{**c, "line": provenance.describe(c)} for c in run.changes],
         "embedding_jobs_computed": sum(r["computed"] for r in records),
         "embedding_jobs_cached": sum(r["source"] == "cached" for r in records),
         "embedding_jobs_failed": sum(r["source"] == "failed" for r in records),
         "images_embedded": sum(r["images"] for r in records),
         "input_errors": input_errors,
-        "device": device,
-        "mode": spec.mode,
+        "device": run.device,
+        "mode": run.spec.mode,
         "wall_seconds": round(time.time() - started, 1),
-        "cache": cache.root,
+        "cache": run.cache.root,
     }
+    if interrupted:
+        summary["exit_code"] = stop.exit_code
     storage.write_json(storage.join(output, "summary.json"), summary)
-    progress.finish()
+    run.progress.finish(summary["state"])
     from raddist.report import write_report
 
     write_report(output, gathered, summary)
+    if interrupted:
+        say(f"interrupted: {summary['cells_done']}/{summary['cells_total']} cells done; "
+            "run the same command to continue")
     return summary
 
 

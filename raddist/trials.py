@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from typing import Dict, List, Optional
 
 from ray.tune.search import Searcher
 
-from raddist import protocols, storage
+from raddist import interrupt, protocols, storage
 from raddist.cells.run import CellContext
 from raddist.plan import Cell
 
@@ -44,6 +45,7 @@ class JobStates:
         self.keys: Dict[str, str] = {}
         self.errors: Dict[str, str] = {}
         self.finished = False
+        self.stopped = False  # the run was asked to stop: start no more cells
         self.train_during_embedding = train_during_embedding
 
     def done(self, job_id: str, key: str, error: Optional[str] = None) -> None:
@@ -92,6 +94,8 @@ class ReadyCells(Searcher):
 
     def suggest(self, trial_id: str):
         jobs = _STATES[self.jobs_id]
+        if jobs.stopped:
+            return Searcher.FINISHED
         for i, batch in enumerate(self.waiting):
             config = jobs.ready(batch[0])
             if config is not None:
@@ -112,14 +116,31 @@ class ReadyCells(Searcher):
         pass
 
 
-def run_cells(spec, pending: List[Cell], jobs: JobStates, ctx: CellContext, run_progress, say) -> List[dict]:
+def _end_tune_now() -> None:
+    """Ray Tune ends its run loop at once on SIGUSR1 (tune.py's _setup_signal_catching installs that
+    handler, whatever TUNE_DISABLE_SIGINT_HANDLER says), and then stops its trials. Raised only while
+    that handler is in place: SIGUSR1's default action would kill the process."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def run_cells(spec, pending: List[Cell], jobs: JobStates, ctx: CellContext, run_progress, say,
+              stop: Optional[interrupt.StopRequest] = None) -> List[dict]:
     """Run the pending cells as Tune trials; one outcome per cell, read back from the output."""
     if not pending:
         return []
-    import os
-
     from ray import tune
 
+    if stop is not None:
+        stop.on_request(lambda: setattr(jobs, "stopped", True))
+        # Tune's "interrupted ... resume with Tuner.restore", "trials did not complete" and its last
+        # state upload racing Ray's shutdown: rerunning the same command resumes, as raddist's own line says
+        stop.on_request(lambda: logging.getLogger("ray.tune").setLevel(logging.CRITICAL))
+        stop.on_request(_end_tune_now)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # raddist.interrupt handles Ctrl-C: one line, no restore hint
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune's older reporter prints nothing
     # each cell writes its own outputs: Tune's CSV, JSON and TensorBoard files per trial would only
     # add writes (uploads, on s3://) that nothing reads
@@ -156,7 +177,7 @@ def run_cells(spec, pending: List[Cell], jobs: JobStates, ctx: CellContext, run_
     tuner.fit()
     from raddist import results
 
-    done = results.done_cells(ctx.output)
+    done = results.done_cells(ctx.output, pending)
     return [{"cell_id": c.id, "ok": c.id in done, **({} if c.id in done else {"error": "see failed.json"})}
             for c in pending]
 
@@ -188,7 +209,7 @@ def _cell_trial(config, cells, ctx):
     ray.data.DataContext.get_current().enable_progress_bars = False  # trainable cells read with Ray Data
     for cell_id in config["cells"]:
         cell = cells[cell_id]
-        if results.is_done(ctx.output, cell_id):  # a trial rerun after its node was lost
+        if results.is_done(ctx.output, cell):  # a trial rerun after its node was lost
             continue
         if config.get("job_error"):
             error = f"embedding job failed: {config['job_error']}"

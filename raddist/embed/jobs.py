@@ -32,6 +32,7 @@ from raddist.embed.cache import EmbeddingCache, PixelCache
 from raddist.embed.lease import Leases
 from raddist.embed.pipeline import GroupJob, embed_group, feature_names
 from raddist.errors import StorageError
+from raddist.interrupt import Interrupted, StopRequest
 from raddist.plan import EmbeddingJob
 from raddist.provenance import bind_jobs
 
@@ -88,11 +89,14 @@ class EmbeddingRun:
     sweep from the spec (never from the cluster's state at start)."""
 
     def __init__(self, cache: EmbeddingCache, resources, device: str, say: Callable[[str], None] = print,
-                 progress: Optional[Callable[[dict], None]] = None):
+                 progress: Optional[Callable[[dict], None]] = None, stop: Optional[StopRequest] = None):
         self.cache, self.pixels = cache, PixelCache(cache.root)
         self.resources, self.device, self.say = resources, device, say
         self.progress = progress or (lambda state: None)
         self.leases = Leases()
+        self.stop = stop or StopRequest()
+        self.stop.on_exit(self.leases.close)  # a second Ctrl-C exits at once: the leases go first
+        self._told: Dict[str, str] = {}  # job id -> the lease holder we said it waits for
 
     def run(self, jobs: List[EmbeddingJob], max_error_rate: float,
             on_outcome: Optional[Callable[[EmbeddingJob, JobOutcome], None]] = None) -> List[JobOutcome]:
@@ -109,9 +113,11 @@ class EmbeddingRun:
         waiting: List[EmbeddingJob] = []
         try:
             for backbone_jobs in _by_backbone(jobs):
+                self.stop.check()
                 self._round(backbone_jobs, max_error_rate, done, waiting)
             while waiting:  # held by another run: cached once it finishes, ours if its lease expires
-                time.sleep(WAIT_POLL_S)
+                self.stop.event.wait(WAIT_POLL_S)
+                self.stop.check()
                 still, waiting = waiting, []
                 self._round(still, max_error_rate, done, waiting)
         finally:
@@ -126,6 +132,7 @@ class EmbeddingRun:
                 done(job, prepared)
             elif prepared is None:
                 waiting.append(job)
+                self._say_waiting(job)
             else:
                 b = job.backbone
                 group = (b.name, b.weights, json.dumps(job.features, sort_keys=True), job.contract["size"],
@@ -134,6 +141,18 @@ class EmbeddingRun:
         for group in groups.values():
             for j, outcome in zip(group, self._run_group(group, max_error_rate)):
                 done(j.job, outcome)
+
+    def _say_waiting(self, job: EmbeddingJob) -> None:
+        """Once per lease: which job waits for which run, and until when at the latest."""
+        holder = self.leases.holder(self.cache.uri(job.keys.features, "lease.json")) or {}
+        expires, who = holder.get("expires"), holder.get("holder", "?")
+        if expires is None or self._told.get(job.id) == who:
+            return
+        self._told[job.id] = who
+        until = time.strftime("%H:%M:%S", time.localtime(expires))
+        self.say(f"  embeddings {job.backbone.label} × {job.task.name}: waiting for another run "
+                 f"({who}) that computes them; its lease runs to {until}, renewed while "
+                 "it lives, taken over if it dies")
 
     def _prepare(self, job: EmbeddingJob):
         """The job's cached outcome; None when another run is computing it; else a _Job holding its lease."""
@@ -176,6 +195,7 @@ class EmbeddingRun:
             job.workers[json.dumps(worker, sort_keys=True)] = worker
             for p in pixel_parts:
                 job.pixel_written[p["name"]] = p
+            self.stop.check()  # Ctrl-C: stop at this block; the group's leases are released below
             state["images_done"] += part["sources"]  # manifest rows: a volume counts once, like the total
             if time.time() - last[0] >= self.resources.progress_interval_s:
                 last[0] = time.time()
@@ -187,6 +207,10 @@ class EmbeddingRun:
                          self.pixels.entry(j.pixel_key) if j.write_pixels else None) for j in group]
         try:
             embed_group(jobs, model, first.kind, self.resources, self.device, on_block)
+        except Interrupted:
+            for j in group:
+                self._fail(j, "interrupted", start)
+            raise
         except Exception as e:  # noqa: BLE001 - a failed group fails its jobs, and only them
             return [self._fail(j, _cause(e), start) for j in group]
         self._report(state)
