@@ -101,9 +101,21 @@ def failure_reason(e: Exception, uri: str = "") -> str:
         return "object not found"
     else:
         reason = f"{type(e).__name__}: {e}"
-    for name in {uri, uri.rsplit("/", 1)[-1]} - {""}:
-        reason = reason.replace(name, "<file>")
+    for name, mark in _uri_forms(uri):
+        reason = reason.replace(name, mark)
     return reason[:300]
+
+
+def _uri_forms(uri: str) -> list[tuple[str, str]]:
+    """The uri as an error message may spell it, longest first: whole, without its scheme (as pyarrow
+    and the OS name it), its folder (a path prefix may carry a patient id), and last its bare file name."""
+    path = uri.split("://", 1)[-1]
+    files = {uri, path, path.lstrip("/")}
+    folders = {f.rsplit("/", 1)[0] for f in files if "/" in f.strip("/")}
+    forms = [(f, "<file>") for f in files] + [(d, "<dir>") for d in folders]
+    forms = sorted((form for form in forms if form[0]), key=lambda form: -len(form[0]))
+    name = uri.rsplit("/", 1)[-1]
+    return forms + ([(name, "<file>")] if name else [])
 
 
 def _mask_uri(row: dict) -> str:

@@ -64,3 +64,15 @@ def test_failure_reasons_name_no_file(error, reason):
     message = failure_reason(ValueError("cannot read s3://b/scans/p-17.png"), "s3://b/scans/p-17.png")
     assert message.startswith("ValueError: cannot read ") and message.endswith("<file>") and "p-17" not in message
     assert len(failure_reason(ValueError("x" * 1000))) == 300
+
+
+
+@pytest.mark.parametrize("patient", [f"P{i:04d}" for i in range(8)])  # the old code's order depended on hashing
+@pytest.mark.parametrize("uri", ["s3://bucket/{}/scan.png", "file:///data/{}/scan.png"])
+def test_failure_reasons_name_no_folder(patient, uri):
+    uri = uri.format(patient)
+    path = uri.split("://", 1)[1]  # as pyarrow and the OS spell it
+    assert failure_reason(OSError(f"cannot read {uri}"), uri) == "OSError: cannot read <file>"
+    assert failure_reason(OSError(f"open '{path}' failed"), uri) == "OSError: open '<file>' failed"
+    assert failure_reason(OSError(f"open '{path.lstrip('/')}' failed"), uri) == "OSError: open '<file>' failed"
+    assert failure_reason(OSError(f"no folder {path.rsplit('/', 1)[0]}"), uri) == "OSError: no folder <dir>"
