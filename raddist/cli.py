@@ -35,19 +35,11 @@ def cmd_plan(args) -> int:
 
 def cmd_check(args) -> int:
     """Every (backbone, image size) of the plan built and run once, trainable protocols one step: no Ray."""
-    from raddist.check import as_json, check
+    from raddist.check import report
     from raddist.plan import make_plan
     from raddist.spec import load
 
-    plan = make_plan(load(args.config))
-    rows = check(plan, weights=args.weights, device=args.device, say=None if args.json else print)
-    if args.json:
-        print(json.dumps(as_json(rows)))
-    else:
-        failed = [r for r in rows if not r.ok]
-        print(f"{len(rows) - len(failed)}/{len(rows)} (backbone, image size) ok"
-              + (f"; failed: {', '.join(f'{r.backbone}@{r.image_size}' for r in failed)}" if failed else ""))
-    return 0 if all(r.ok for r in rows) else 1
+    return report(make_plan(load(args.config)), weights=args.weights, device=args.device, json_out=args.json)
 
 
 def cmd_run(args) -> int:
@@ -111,6 +103,10 @@ def cmd_report(args) -> int:
 
     output = run_output(args.output)
     text = in_flight(output)
+    if text is None and getattr(args, "published", None):  # written again with the user's published values
+        from raddist.report import rewrite
+
+        rewrite(output, args.published)
     print(text if text is not None else storage.read_text(storage.join(output, "report.md")))
     return 0
 
@@ -257,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(fn=cmd_plan)
 
-    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once (no Ray)")
+    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once; "
+                         "estimate each trainable cell's GPU memory and placement (no Ray)")
     chk.add_argument("config")
     chk.add_argument("--weights", default=None, help="'random': the real architectures at random init "
                      "(default: each backbone's configured weights)")
@@ -274,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print a run's report")
     report.add_argument("output")
+    report.add_argument("--published", metavar="FILE", help="a CSV of published values (task or dataset, backbone, "
+                        "protocol, metric, value, source; shots for few-shot) to show beside this run's")
     report.set_defaults(fn=cmd_report)
 
     status = sub.add_parser("status", help="cells done, running and failed of a sweep in flight or finished")

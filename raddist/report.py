@@ -105,6 +105,82 @@ def leaderboard(results: pd.DataFrame, task_types: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def modality_of(task: str, results: pd.DataFrame) -> str:
+    """The task's modality: the results' own column where there is one, else the catalogue's entry of a
+    dataset of that name (DX, CT, MR), else blank."""
+    if "modality" in results:
+        values = results.loc[results["task"] == task, "modality"].dropna().unique()
+        if len(values):
+            return ", ".join(sorted(map(str, values)))
+    from raddist.data import catalog
+
+    try:
+        return catalog.get(task).modality
+    except Exception:  # noqa: BLE001 - a user's own task: no catalogue entry
+        return ""
+
+
+def board_rows(results: pd.DataFrame, task_types: dict) -> pd.DataFrame:
+    """Every task x backbone x protocol column of the task's headline metric (few-shot aside: it has
+    its curves), with its CI and modality."""
+    frames = []
+    for task in sorted(results["task"].unique()) if len(results) else []:
+        sub = results[results["task"] == task]
+        metric = _headline(sub, task_types.get(task))
+        table = summary_table(sub, metric)
+        if not table.empty:
+            frames.append(table.assign(metric=metric, modality=modality_of(task, results)))
+    if not frames:
+        return pd.DataFrame(columns=["task", "modality", "protocol", "backbone", "metric", "value", "ci_low", "ci_high", "n"])
+    rows = pd.concat(frames, ignore_index=True).rename(columns={"column": "protocol"})
+    return rows.sort_values(["task", "value"], ascending=[True, False]).reset_index(drop=True)
+
+
+def rank_lines(board: pd.DataFrame) -> list:
+    """The leaderboard across tasks (raddist.ranking): mean rank of each backbone over the tasks."""
+    from raddist.ranking import mean_rank
+
+    ranks = mean_rank(board)
+    if ranks.empty or board["task"].nunique() < 2:
+        return []
+    ranks["mean rank [95% CI]"] = [f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in ranks.itertuples()]
+    wide = ranks.set_index("backbone")[["mean rank [95% CI]", "n_tasks"]]
+    return ["", "## Across tasks — mean rank", "",
+            f"Rank of each backbone within each of the {board['task'].nunique()} tasks above (1 = best; the "
+            "leaderboard's metric and protocol), averaged over tasks; the interval resamples the tasks "
+            "(1,000 bootstrap draws). Also in leaderboard.parquet (task 'all', metric 'mean_rank').",
+            "", _markdown(wide, "backbone")]
+
+
+def published_lines(results: pd.DataFrame, published: pd.DataFrame) -> list:
+    """Where a cell matches a published value (raddist.published): both, raddist's CI, and whether
+    the published value lies inside it."""
+    from raddist.published import compare
+
+    cells, few = [], []
+    for metric in sorted(set(published["metric"]) & set(results["metric"])) if len(results) else []:
+        table = summary_table(results, metric)
+        if not table.empty:
+            cells.append(table.assign(metric=metric, protocol=table["column"].str.split(" (", regex=False).str[0]))
+        fs = fewshot_table(results, metric)
+        if not fs.empty:
+            few.append(fs.assign(metric=metric))
+    joined = compare(published, pd.concat(cells) if cells else pd.DataFrame(),
+                     pd.concat(few) if few else pd.DataFrame())
+    lines = ["", "## Published numbers", "",
+             f"{len(published)} published values ({', '.join(sorted(set(published['table'])))}); "
+             f"{len(joined)} match a cell of this run (task, backbone, protocol, metric, shots)."]
+    if joined.empty:
+        return lines
+    joined["raddist [95% CI]"] = [f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in joined.itertuples()]
+    joined["published"] = joined["published"].map(lambda v: f"{v:.3f}")
+    joined["inside CI"] = joined["inside"].map({True: "yes", False: "no"})
+    joined["shots"] = joined["shots"].astype(str)
+    wide = joined.set_index(["task", "backbone", "column", "shots", "metric"])[
+        ["published", "raddist [95% CI]", "inside CI", "source"]]
+    return lines + ["", _markdown(wide, "task / backbone / protocol / shots / metric")]
+
+
 def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = None, output: Optional[str] = None) -> str:
     lines = ["# raddist report", ""]
     if summary.get("state") == "interrupted":
@@ -124,6 +200,7 @@ def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = No
     if output is not None and not board.empty:
         storage.write_bytes(storage.join(output, "leaderboard.png"), figures.leaderboard_plot(board))
         lines += ["", "![leaderboard: backbone × task, each task's headline metric and protocol](leaderboard.png)"]
+    lines += rank_lines(board)
     for task in sorted(results["task"].unique()) if len(results) else []:
         sub = results[results["task"] == task]
         task_type = (task_types or {}).get(task)
@@ -206,17 +283,53 @@ def cost_section(output: str, cell_infos: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(output: str, gathered: dict, summary: dict) -> str:
+def write_report(output: str, gathered: dict, summary: dict, published: Optional[str] = None) -> str:
+    """report.md, report.html beside it, and leaderboard.parquet (the mean ranks across tasks).
+    published: a user's CSV of published values, compared beside the shipped ones."""
     results = gathered["results"].to_pandas() if gathered.get("results") is not None else pd.DataFrame(
         columns=["task", "metric", "value", "protocol", "params"])
     task_types = dict(zip(results["task"], results["task_type"])) if "task_type" in results else {}
+    from raddist.published import load
     from raddist.reference import markdown as deviations
+    from raddist.report_html import write_html
 
-    text = (render(results, summary, task_types, output=output) + cost_section(output, gathered.get("cells") or [])
-            + "\n" + deviations(summary.get("mode", "raddist")))
+    text = (render(results, summary, task_types, output=output)
+            + "\n".join(published_lines(results, load(published))) + "\n"
+            + cost_section(output, gathered.get("cells") or []) + "\n" + deviations(summary.get("mode", "raddist")))
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
+    write_html(output, text, board_rows(results, task_types), summary)
+    _write_leaderboard(output, leaderboard(results, task_types))
     return uri
+
+
+def _write_leaderboard(output: str, board: pd.DataFrame) -> None:
+    """leaderboard.parquet: the mean ranks across tasks as rows shaped like results.parquet's (task
+    'all', metric 'mean_rank'); removed when the run has fewer than two tasks to rank over."""
+    import pyarrow as pa
+
+    from raddist.ranking import mean_rank, result_rows
+
+    uri = storage.join(output, "leaderboard.parquet")
+    if board.empty or board["task"].nunique() < 2:
+        if storage.exists(uri):
+            storage.delete_file(uri)
+        return
+    storage.write_parquet(uri, pa.Table.from_pandas(result_rows(mean_rank(board), board), preserve_index=False))
+
+
+def rewrite(output: str, published: Optional[str] = None) -> str:
+    """The report of a finished run written again from its files (results.parquet, its cells'
+    cell.json, summary.json): `raddist report OUTPUT --published FILE`."""
+    from raddist.results import cell_dir, listing
+
+    results_uri = storage.join(output, "results.parquet")
+    results = storage.read_parquet(results_uri) if storage.exists(results_uri) else None
+    done = sorted(c for c, names in listing(output).items() if "cell.json" in names)
+    cells = [storage.read_json(storage.join(cell_dir(output, c), "cell.json")) for c in done]
+    summary_uri = storage.join(output, "summary.json")
+    summary = storage.read_json(summary_uri) if storage.exists(summary_uri) else {}
+    return write_report(output, {"results": results, "cells": cells}, summary, published=published)
 
 
 def in_flight(output: str) -> Optional[str]:
