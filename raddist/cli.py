@@ -35,11 +35,19 @@ def cmd_plan(args) -> int:
 
 def cmd_check(args) -> int:
     """Every (backbone, image size) of the plan built and run once, trainable protocols one step: no Ray."""
-    from raddist.check import report
+    from raddist.check import as_json, check
     from raddist.plan import make_plan
     from raddist.spec import load
 
-    return report(make_plan(load(args.config)), weights=args.weights, device=args.device, json_out=args.json)
+    plan = make_plan(load(args.config))
+    rows = check(plan, weights=args.weights, device=args.device, say=None if args.json else print)
+    if args.json:
+        print(json.dumps(as_json(rows)))
+    else:
+        failed = [r for r in rows if not r.ok]
+        print(f"{len(rows) - len(failed)}/{len(rows)} (backbone, image size) ok"
+              + (f"; failed: {', '.join(f'{r.backbone}@{r.image_size}' for r in failed)}" if failed else ""))
+    return 0 if all(r.ok for r in rows) else 1
 
 
 def cmd_run(args) -> int:
@@ -253,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(fn=cmd_plan)
 
-    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once; "
-                         "estimate each trainable cell's GPU memory and placement (no Ray)")
+    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once (no Ray)")
     chk.add_argument("config")
     chk.add_argument("--weights", default=None, help="'random': the real architectures at random init "
                      "(default: each backbone's configured weights)")
