@@ -32,6 +32,8 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score,
                              roc_auc_score)
 
 SCALAR_METRICS = ("auroc", "accuracy", "balanced_accuracy", "f1_macro")
+ALPHA = 0.05  # significance level and 1 - coverage of every interval, unless a caller says otherwise
+BOOTSTRAP = 1000  # patient resamples for a confidence interval (raddist compare sizes its own to the family)
 THRESHOLD = 0.5
 _BLOCK = 64  # resamples evaluated together; bounds memory at ~_BLOCK * N * 8 bytes per array
 
@@ -218,7 +220,7 @@ def _per_group(codes: np.ndarray, n_groups: int, x: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_replicates(task_type: str, labels, scores, class_names, groups,
-                         n_boot: int = 1000, seed: int = 0) -> Dict[str, np.ndarray]:
+                         n_boot: int = BOOTSTRAP, seed: int = 0) -> Dict[str, np.ndarray]:
     """metric -> (n_boot,) values over patient resamples (NaN where undefined)."""
     codes, n_groups = group_codes(groups)
     evaluate = WeightedEvaluator(task_type, labels, scores, class_names, codes, n_groups)
@@ -226,7 +228,7 @@ def bootstrap_replicates(task_type: str, labels, scores, class_names, groups,
     return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
-def percentile_ci(replicates: np.ndarray, alpha: float = 0.05) -> Tuple[float, float]:
+def percentile_ci(replicates: np.ndarray, alpha: float = ALPHA) -> Tuple[float, float]:
     """Percentile interval over the defined replicates; (NaN, NaN) if none is defined."""
     r = np.asarray(replicates, dtype=np.float64)
     r = r[~np.isnan(r)]
@@ -236,15 +238,15 @@ def percentile_ci(replicates: np.ndarray, alpha: float = 0.05) -> Tuple[float, f
     return float(low), float(high)
 
 
-def bootstrap_ci(task_type: str, labels, scores, class_names, groups, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> Dict[str, Tuple[float, float]]:
+def bootstrap_ci(task_type: str, labels, scores, class_names, groups, n_boot: int = BOOTSTRAP,
+                 seed: int = 0, alpha: float = ALPHA) -> Dict[str, Tuple[float, float]]:
     """Percentile bootstrap CI of every metric, resampling groups (patients), not rows."""
     reps = bootstrap_replicates(task_type, labels, scores, class_names, groups, n_boot, seed)
     return {k: percentile_ci(v, alpha) for k, v in reps.items()}
 
 
 def score_prediction(task_type: str, prediction, class_names: Sequence[str],
-                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> List[dict]:
+                     n_boot: int = BOOTSTRAP, seed: int = 0, alpha: float = ALPHA) -> List[dict]:
     """Rows {metric, value, ci_low, ci_high} for a protocols.base.Prediction.
 
     Scalar metrics first (auroc, accuracy, balanced_accuracy, f1_macro), then auroc/<class>.
