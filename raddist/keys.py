@@ -140,21 +140,34 @@ class JobKeys:
     device_jpeg: bool  # JPEGs decoded on the GPU (nvjpeg)
 
 
-def job_keys(backbone: str, weights_id: str, contract: dict, features: dict, manifest: ManifestDigest,
-             masks: bool, volumes: bool, device: str, device_jpeg: bool) -> JobKeys:
-    images = digest([manifest.images, "masks"]) if masks else manifest.images
-    common = {"backbone": backbone, "weights": weights_id, "contract": contract, "manifest": images,
-              "decode_version": DECODE_VERSION, "device": device}
-    if volumes:
+@dataclass(frozen=True)
+class JobSource:
+    """What an embedding job reads: a backbone with its weights, a manifest, under a contract."""
+
+    backbone: str
+    weights_id: str
+    contract: dict
+    features: dict
+    manifest: ManifestDigest
+    masks: bool
+    volumes: bool
+
+
+def job_keys(source: JobSource, device: str, device_jpeg: bool) -> JobKeys:
+    """The keys of a job read on `device` ("gpu" | "cpu"), its JPEGs decoded there or not."""
+    images = digest([source.manifest.images, "masks"]) if source.masks else source.manifest.images
+    common = {"backbone": source.backbone, "weights": source.weights_id, "contract": source.contract,
+              "manifest": images, "decode_version": DECODE_VERSION, "device": device}
+    if source.volumes:
         common["slices"] = "axis2"
     if device_jpeg:
         common["decoder"] = DEVICE_DECODER
     return JobKeys(
-        features=digest({**common, "features": features, "version": EMBEDDER_VERSION}),
-        pixels=digest({"pixels": images, "contract": contract, "decode_version": DECODE_VERSION,
-                       "masks": masks, "slices": volumes}),
+        features=digest({**common, "features": source.features, "version": EMBEDDER_VERSION}),
+        pixels=digest({"pixels": images, "contract": source.contract, "decode_version": DECODE_VERSION,
+                       "masks": source.masks, "slices": source.volumes}),
         inputs=digest({**common, "inputs": "images"}),
-        masks=masks, volumes=volumes, device_jpeg=device_jpeg)
+        masks=source.masks, volumes=source.volumes, device_jpeg=device_jpeg)
 
 
 def cell_key(definition: dict, reads: str, results_digest: str) -> str:

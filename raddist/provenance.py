@@ -56,8 +56,8 @@ class Binder:
             digest = self.sources.manifests.setdefault(job.task.name, ManifestDigest.of(table, masks, job.task.labels))
             weights = self.weights(job.backbone)
             device_jpeg = self.device == "gpu" and self.gpu_jpeg_decode and not (masks or volumes)
-            self._keys[memo] = keys.job_keys(job.backbone.name, weights, job.contract, job.features, digest, masks,
-                                             volumes, self.device, device_jpeg)
+            source = keys.JobSource(job.backbone.name, weights, job.contract, job.features, digest, masks, volumes)
+            self._keys[memo] = keys.job_keys(source, self.device, device_jpeg)
         return self._keys[memo]
 
     def cell(self, cell: Cell, job: EmbeddingJob) -> Cell:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from raddist import cluster, preflight, provenance, results, storage
 from raddist.cells.run import CellContext
 from raddist.embed.cache import EmbeddingCache
-from raddist.plan import make_plan
+from raddist.plan import Plan, make_plan
 from raddist.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -60,21 +61,25 @@ def run_sweep(spec: SweepSpec, output: Optional[str] = None, say: Callable[[str]
             stop.uninstall()
 
 
+@dataclass
 class _Run:
     """What a started run holds: its bound plan, output, cache, salt, device and progress."""
 
-    def __init__(self, spec, plan, sources, output, cache, salt, device, pending, changes):
-        from raddist.progress import RunProgress
-
-        self.spec, self.plan, self.sources, self.output, self.cache = spec, plan, sources, output, cache
-        self.salt, self.device, self.pending, self.changes = salt, device, pending, changes
-        self.progress = RunProgress(output, len(plan.cells), len(plan.jobs))
-        self.progress.update(lambda s: s["cells"].__setitem__("pending_at_start", len(pending)))
+    spec: SweepSpec
+    plan: Plan
+    output: str
+    cache: EmbeddingCache
+    salt: str
+    device: str
+    pending: list
+    changes: list
+    progress: object
 
 
 def _start(spec: SweepSpec, plan, output: str, cache: EmbeddingCache, say) -> _Run:
     """Ray up, the cluster checked, the plan bound to what it reads, and what changed said."""
     from raddist.privacy import deployment_salt, fingerprint
+    from raddist.progress import RunProgress
 
     salt = deployment_salt()
     preflight.same_salt(spec, output, fingerprint(salt))
@@ -93,7 +98,9 @@ def _start(spec: SweepSpec, plan, output: str, cache: EmbeddingCache, say) -> _R
     for change in changes:
         say(provenance.describe(change))
     provenance.write_record(output, sources, spec.name)
-    return _Run(spec, plan, sources, output, cache, salt, device, pending, changes)
+    progress = RunProgress(output, len(plan.cells), len(plan.jobs))
+    progress.update(lambda s: s["cells"].__setitem__("pending_at_start", len(pending)))
+    return _Run(spec, plan, output, cache, salt, device, pending, changes, progress)
 
 
 def _embed_and_run_cells(run: _Run, stop, say) -> Tuple[List[dict], List[dict]]:

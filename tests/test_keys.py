@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raddist import keys
-from raddist.keys import ManifestDigest, job_keys, weights_identity
+from raddist.keys import JobSource, ManifestDigest, job_keys, weights_identity
 
 
 def _table(**cols):
@@ -44,11 +44,10 @@ def test_the_manifest_digest_is_of_the_raw_content_whatever_the_salt(synthetic_d
     assert salted[0] != salted[1]  # which is why keys hash the raw manifest, loaded without a salt
 
 
-def _keys(**over):
+def _keys(device="cpu", device_jpeg=False, **over):
     args = dict(backbone="tiny_vit", weights_id="random", contract={"size": 64}, features={"n_last_blocks": 1},
-                manifest=ManifestDigest("img", "lab", "rows", "res"), masks=False, volumes=False, device="cpu",
-                device_jpeg=False)
-    return job_keys(**{**args, **over})
+                manifest=ManifestDigest("img", "lab", "rows", "res"), masks=False, volumes=False)
+    return job_keys(JobSource(**{**args, **over}), device, device_jpeg)
 
 
 def test_job_keys_follow_what_the_features_depend_on(monkeypatch):
