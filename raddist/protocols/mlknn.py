@@ -3,8 +3,9 @@
 For each label l, with smoothing s (1 in the paper) and m bank samples:
   prior      P(H1_l)        = (s + #positives of l) / (2s + m)
   likelihood P(E_j | H1_l)  = (s + c1[j, l]) / (s(k+1) + sum_j c1[j, l])
-where c1[j, l] counts the positives of l having exactly j positives of l among their k nearest
-OTHER bank samples (leave-one-out); c0 the same for the negatives. A query's score for l is the
+where c1[j, l] counts the positives of l having exactly j positives of l among their k nearest bank
+samples of OTHER patients (leave-one-patient-out: a patient's follow-up studies, which NIH has many of,
+would otherwise vote for each other); c0 the same for the negatives. A query's score for l is the
 posterior P(H1_l | E_j) with j its neighbours' count. Neighbours: exact cosine (neighbours.py).
 
 k is chosen on validation (macro AUROC) with train as the bank; the chosen k is refitted on train+val
@@ -81,14 +82,23 @@ def posterior(model: Model, idx: np.ndarray, bank_targets: np.ndarray) -> np.nda
     return p1 / (p1 + p0)
 
 
-def fit_predict(bank_x, bank_targets, query_x, ks: List[int], params: Params):
-    """One ML-kNN per k in ks over one neighbour search: a generator of (k, query posteriors)."""
+def fit_predict(bank_x, bank_targets, query_x, ks: List[int], params: Params, bank_patients=None):
+    """One ML-kNN per k in ks over one neighbour search: a generator of (k, query posteriors).
+    bank_patients: each bank row's patient, left out with the row (unless params.count_self)."""
     from raddist.protocols.neighbours import topk_cosine
 
-    loo_idx = topk_cosine(bank_x, bank_x, ks[-1], params.chunk_size, exclude_self=not params.count_self)[1]
+    loo_idx = topk_cosine(bank_x, bank_x, ks[-1], params.chunk_size, exclude_self=not params.count_self,
+                          groups=None if params.count_self else bank_patients)[1]
     query_idx = topk_cosine(query_x, bank_x, ks[-1], params.chunk_size)[1]
     for k in ks:
         yield k, posterior(fit(loo_idx, bank_targets, k, params.smoothing), query_idx, bank_targets)
+
+
+def _bank_size(split, params: Params) -> int:
+    """The most neighbours a bank sample has once its own patient is left out (itself, count_self)."""
+    if params.count_self:
+        return len(split.patient_ids)
+    return len(split.patient_ids) - int(np.unique(split.patient_ids, return_counts=True)[1].max())
 
 
 @register_protocol("mlknn", task_types=TASK_TYPES, params=Params)
@@ -102,11 +112,14 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
         return features_and_targets(inputs, split, params.features)
 
     val_targets = xy(val)[1]
-    fitted = list(fit_predict(*xy(train), xy(val)[0], clip_ks(params.ks, len(train) - 1 + params.count_self), params))
+    fitted = list(fit_predict(*xy(train), xy(val)[0], clip_ks(params.ks, _bank_size(train, params)), params,
+                              train.patient_ids))
     (k, _), val_score, _ = select_best(fitted, lambda kp: macro_auroc(val_targets, kp[1]))
     # Selection is done: refit the chosen k on train+val and score test once.
-    bank_x, bank_targets = xy(train_plus_val(train, val))
-    k = min(k, len(bank_x) - 1 + params.count_self)
-    [(_, scores)] = fit_predict(bank_x, bank_targets, named_features(inputs, test, params.features), [k], params)
+    bank = train_plus_val(train, val)
+    bank_x, bank_targets = xy(bank)
+    k = min(k, _bank_size(bank, params))
+    [(_, scores)] = fit_predict(bank_x, bank_targets, named_features(inputs, test, params.features), [k], params,
+                                bank.patient_ids)
     selected = {"k": k, "smoothing": params.smoothing, "features": params.features, "bank": len(bank_x)}
     return to_prediction(test, scores, selected, val_score)

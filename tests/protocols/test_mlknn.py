@@ -90,3 +90,24 @@ def test_count_self_counts_each_bank_sample_as_its_own_neighbour():
     inputs = blob_inputs("multilabel", 3, sizes=(60, 20, 20), separation=0.8)
     pred = mlknn.run(inputs, mlknn.Params(ks=[5], count_self=True), seed=0)
     assert pred.selected["k"] == 5 and pred.scores.shape == (20, 3)
+
+
+def test_leave_one_out_leaves_the_whole_patient_out():
+    """Two images per patient, near-identical, labels noise: left out one image at a time, each image's
+    twin votes for its label and ML-kNN learns that votes predict labels (confident posteriors); left
+    out by patient, votes carry nothing and the posteriors stay near the prior."""
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(60), 2)
+    base = rng.normal(size=(60, 16))
+    x = base[patients] + 0.01 * rng.normal(size=(120, 16))
+    y = rng.integers(0, 2, size=(60, 2))[patients].astype(float)
+    queries = base + 0.01 * rng.normal(size=(60, 16))  # a new image of each patient
+    params = mlknn.Params(chunk_size=16)
+    [(_, by_image)] = mlknn.fit_predict(x, y, queries, [1], params)
+    [(_, by_patient)] = mlknn.fit_predict(x, y, queries, [1], params, bank_patients=patients)
+    assert np.abs(by_image - 0.5).mean() > 0.35  # the twins' votes taken for evidence
+    assert np.abs(by_patient - 0.5).mean() < 0.15
+    idx = topk_cosine(x, x, 5, exclude_self=True, groups=patients)[1]
+    assert not (patients[idx] == patients[:, None]).any()
+    with pytest.raises(ValueError, match="leaving out 2"):
+        topk_cosine(x, x, 119, exclude_self=True, groups=patients)
