@@ -78,12 +78,13 @@ class _Run:
 
 def _start(spec: SweepSpec, plan, output: str, cache: EmbeddingCache, say) -> _Run:
     """Ray up, the cluster checked, the plan bound to what it reads, and what changed said."""
-    from raddist.privacy import deployment_salt, fingerprint
+    from raddist.privacy import deployment_salt, fingerprint, require_durable_salt
     from raddist.progress import RunProgress
 
+    ensure_ray()
+    require_durable_salt()  # before a head-local salt is made or recorded in the output
     salt = deployment_salt()
     preflight.same_salt(spec, output, fingerprint(salt))
-    ensure_ray()
     cluster.keep_credentials_out_of_runtime_envs()
     cluster.require_shared_storage(spec, output, cache.root)
     if cluster.is_multi_node():
