@@ -1,9 +1,15 @@
-"""A multi-node autoscaling Ray cluster on this machine: Ray's fake_multinode provider, real raylets.
+"""A multi-node autoscaling Ray cluster on this machine: Ray's fake_multinode provider, real raylets,
+under autoscaler v1 or v2.
 
 Not ray.cluster_utils.AutoscalingCluster: it runs `ray stop --force` (every Ray on the machine) and
-reads an example.yaml the wheel lacks. The config below follows that file; the head is started with
-`ray start --head --block` on a port and temp dir of its own, and shut down by killing exactly the
-processes of this cluster (its process group, and whatever runs from its temp dir).
+reads an example.yaml the wheel lacks (v2's monitor reads a provider's defaults from it, and dies
+without it). Here the provider is Ray's FakeMultiNodeProvider loaded as an "external" one, whose
+defaults are Ray's built-in minimal config, so nothing is written into the installed wheel; the
+config below follows that example.yaml. Its cloud can refuse to launch a node type, as a cloud does
+(quota, capacity), or accept a launch and never bring the node (set_faults). v2 runs as
+AutoscalingCluster(autoscaler_v2=True) runs it: RAY_enable_autoscaler_v2 and the head's instance id
+on the head, launch_multiple and head_node_id on the provider. The head is started with `ray start --head --block` on a port and temp dir of its own, and shut down by
+killing exactly the processes of this cluster (its process group, and whatever runs from its temp dir).
 
 The nodes inherit the environment given to start(): a "gpu" node is a CPU process that declares a
 GPU, so RADDIST_FAKE_GPUS=1 lets raddist's GPU actors compute on its CPU.
@@ -23,6 +29,7 @@ from typing import Dict, List, Optional
 import psutil
 
 OBJECT_STORE = 100 * 1024 * 1024
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _free_port() -> int:
@@ -32,25 +39,31 @@ def _free_port() -> int:
 
 
 class FakeCluster:
-    """node_types: name -> resources of one node, each autoscaling from 0 to max_workers."""
+    """node_types: name -> resources of one node, each autoscaling from 0 to max_workers, under
+    autoscaler v2 or v1. The cloud's faults per node type can be set at any time (set_faults)."""
 
     def __init__(self, temp_dir: str, node_types: Dict[str, dict], max_workers: int = 2,
-                 idle_timeout_minutes: float = 0.1):
+                 idle_timeout_minutes: float = 0.1, autoscaler_v2: bool = False):
         import ray._private.services as services
+        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
         self.ip = services.get_node_ip_address()
         self.port = _free_port()
         self.address = f"{self.ip}:{self.port}"
         self.temp_dir = temp_dir
+        self.autoscaler_v2 = autoscaler_v2
         types = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
         for name, resources in node_types.items():
             types[name] = {"resources": {**resources, "object_store_memory": OBJECT_STORE}, "node_config": {},
                            "min_workers": 0, "max_workers": max_workers}
+        provider = {"type": "external", "module": f"{__name__}.FaultyFakeProvider",
+                    "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True,
+                    "gcs_address": self.address, "faults": os.path.join(temp_dir, "faults.json")}
+        if autoscaler_v2:
+            provider.update(launch_multiple=True, head_node_id=FAKE_HEAD_NODE_ID)
         self.config = {
             "cluster_name": "fake_multinode", "max_workers": max_workers * len(node_types),
-            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                         "disable_launch_config_check": True, "gcs_address": self.address},
-            "available_node_types": types, "head_node_type": "ray.head.default", "auth": {},
+            "provider": provider, "available_node_types": types, "head_node_type": "ray.head.default", "auth": {},
             "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_minutes, "docker": {},
             **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
                                "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
@@ -59,17 +72,34 @@ class FakeCluster:
         }
         self.proc: Optional[subprocess.Popen] = None
 
+    def set_faults(self, faults: Dict[str, dict]) -> None:
+        """node type -> {"refuse": [category, description]}: the cloud refuses each launch of that type
+        (a quota, no capacity); or {"hang": True}: it accepts the launch, and the node never comes."""
+        with open(self.config["provider"]["faults"] + ".tmp", "w") as f:
+            json.dump(faults, f)
+        os.replace(self.config["provider"]["faults"] + ".tmp", self.config["provider"]["faults"])
+
     def env(self, extra: Optional[dict] = None) -> dict:
         """The environment of a driver of this cluster."""
         return {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled", **(extra or {})}
 
     def start(self, env: dict) -> None:
         os.makedirs(self.temp_dir, exist_ok=True)
+        self.set_faults({})
         config = os.path.join(self.temp_dir, "autoscaler.json")
         with open(config, "w") as f:
             json.dump(self.config, f)
+        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
         env = {**os.environ, **env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-               "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+               "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+               # a raylet waits this long for its agents' ports (default 10 s), which a loaded machine's
+               # Python start-up can exceed, and then dies
+               "RAY_agent_register_timeout_ms": "120000",
+               # the monitor imports the provider from this module
+               "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+        if self.autoscaler_v2:
+            env.update(RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID)
         ray = os.path.join(os.path.dirname(sys.executable), "ray")
         self.proc = subprocess.Popen(
             [ray, "start", "--head", "--block", f"--port={self.port}", f"--autoscaling-config={config}",
@@ -161,3 +191,28 @@ def stop_cluster(temp_dir: str, root: Optional[int] = None) -> None:
         deadline = time.time() + wait
         while time.time() < deadline and any(psutil.pid_exists(p) for p in pids):
             time.sleep(0.3)
+
+
+def _provider_base():
+    from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+
+    return FakeMultiNodeProvider
+
+
+class FaultyFakeProvider(_provider_base()):
+    """Ray's fake provider, with a cloud whose faults per node type are read at each launch from the
+    JSON file provider_config["faults"] (FakeCluster.set_faults): a refusal is a NodeLaunchException,
+    as the AWS provider reports InsufficientInstanceCapacity or a vCPU quota; a hang launches nothing."""
+
+    def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
+        from ray.autoscaler.node_launch_exception import NodeLaunchException
+        from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
+
+        with open(self.provider_config["faults"]) as f:
+            fault = json.load(f).get(tags.get(TAG_RAY_USER_NODE_TYPE), {})
+        if fault.get("refuse"):
+            category, description = fault["refuse"]
+            raise NodeLaunchException(category, description, None)
+        if fault.get("hang"):
+            return None
+        return super().create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
