@@ -175,7 +175,7 @@ def published_lines(results: pd.DataFrame, published: pd.DataFrame) -> list:
     joined["raddist [95% CI]"] = [f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in joined.itertuples()]
     joined["published"] = joined["published"].map(lambda v: f"{v:.3f}")
     joined["inside CI"] = joined["inside"].map({True: "yes", False: "no"})
-    joined["shots"] = joined["shots"].astype(str)
+    joined["shots"] = joined["shots"].astype(str).replace("", "—")
     wide = joined.set_index(["task", "backbone", "column", "shots", "metric"])[
         ["published", "raddist [95% CI]", "inside CI", "source"]]
     return lines + ["", _markdown(wide, "task / backbone / protocol / shots / metric")]
