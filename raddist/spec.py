@@ -198,9 +198,9 @@ class ResourcesSpec(Strict):
     # pixels (nvjpeg) and the precision (bf16), so it is part of the cache key
     device: Literal["auto", "gpu", "cpu"] = "auto"
     # seconds a run waits for a GPU: the first GPU node (raddist.cluster.wait_for_gpu), the embedding
-    # actors' GPUs, each start of a Ray Train fit's workers. Past it, or at once when the autoscaler reports a GPU
-    # node type failed to launch (quota, capacity), the wait fails in one line. 15 minutes covers a cold
-    # GPU node on a cloud (boot, image pull, weights); never wait forever
+    # actors' GPUs, each start of a Ray Train fit's workers. Past it, or at once when the autoscaler
+    # reports a GPU node type failed to launch (quota, capacity), the wait fails in one line. 15 minutes
+    # covers a cold GPU node on a cloud (boot, image pull, weights); never wait forever
     gpu_wait_s: float = Field(900.0, gt=0)
     # trainable protocols (Ray Train): workers per fit
     train_workers: int = Field(1, ge=1)

@@ -8,8 +8,9 @@ defaults are Ray's built-in minimal config, so nothing is written into the insta
 config below follows that example.yaml. Its cloud can refuse to launch a node type, as a cloud does
 (quota, capacity), or accept a launch and never bring the node (set_faults). v2 runs as
 AutoscalingCluster(autoscaler_v2=True) runs it: RAY_enable_autoscaler_v2 and the head's instance id
-on the head, launch_multiple and head_node_id on the provider. The head is started with `ray start --head --block` on a port and temp dir of its own, and shut down by
-killing exactly the processes of this cluster (its process group, and whatever runs from its temp dir).
+on the head, launch_multiple and head_node_id on the provider. The head is started with `ray start
+--head --block` on a port and temp dir of its own, and shut down by killing exactly the processes of
+this cluster (its process group, and whatever runs from its temp dir).
 
 The nodes inherit the environment given to start(): a "gpu" node is a CPU process that declares a
 GPU, so RADDIST_FAKE_GPUS=1 lets raddist's GPU actors compute on its CPU.
