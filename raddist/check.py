@@ -9,7 +9,10 @@ and takes one training step (the training loop's accumulate_gradients, then Adam
 
 One row per (backbone, image size): ok or the error in one line, the patch size and grid, every
 feature's shape, the seconds it took, the device it ran on, and a note where the backbone runs off
-the size its weights were trained at. Device "meta" (the default for random weights: ViT-g at
+the size its weights were trained at. Then one row per distinct trainable cell: the memory estimate
+(protocols.trainable.memory, from the architecture on the meta device) and the placement it chooses
+(micro-batch, accumulation steps, activation checkpointing, DDP or FSDP, node type); a cell that no
+node type holds fails the check, before a cluster is paid for. Device "meta" (the default for random weights: ViT-g at
 random init takes minutes and gigabytes on a CPU) runs the same code on shapes only, without
 memory or arithmetic; "cpu" or "cuda" runs it for real.
 """
@@ -39,6 +42,26 @@ class Probe:
     patch_mean: bool = False
     patch_tokens: int = 0
     trainable: Dict[str, tuple] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingRow:
+    """One trainable cell's memory estimate and where it runs (error: why no node type holds it)."""
+
+    backbone: str
+    protocol: str
+    params: dict
+    image_size: int
+    micro_batch: int
+    accumulation_steps: int
+    checkpointing: bool
+    strategy: str
+    workers: int
+    node: Optional[str]
+    node_gib: Optional[float]
+    estimate_gib: float  # peak per card: states, reserved, one micro-batch of activations
+    ok: bool
+    estimate: str  # memory.Estimate.describe(), or the error in one line
 
 
 @dataclass
@@ -220,5 +243,74 @@ def format_row(r: Row) -> str:
             f"{status}  {feats if r.ok else ''}{trained}{note}")
 
 
-def as_json(rows: List[Row]) -> dict:
-    return {"rows": [asdict(r) for r in rows]}
+
+def training(plan: Plan, say=None) -> List[TrainingRow]:
+    """One row per distinct (backbone, trainable protocol, params, image size) of the plan, in plan order:
+    memory.estimate over the node types its workers may land on (the large-GPU types only, for a large
+    backbone when resources.large_gpu_resource is set, as its workers then ask for that resource)."""
+    import json
+
+    from raddist.protocols import get as protocol
+
+    rows: Dict[tuple, TrainingRow] = {}
+    for cell in plan.cells:
+        key = (cell.backbone.label, cell.protocol, json.dumps(cell.params, sort_keys=True), cell.contract["size"])
+        if protocol(cell.protocol).trainable and key not in rows:
+            rows[key] = _estimate(cell, plan.spec.resources)
+            if say:
+                say(format_training(rows[key]))
+    return list(rows.values())
+
+
+def _estimate(cell, resources) -> TrainingRow:
+    from raddist.backbones.registry import get_config
+    from raddist.protocols import get as protocol
+    from raddist.protocols.trainable import memory
+
+    size, workers = cell.contract["size"], resources.train_workers
+    row = TrainingRow(cell.backbone.label, cell.protocol, cell.params, size, 0, 0, False, "", workers,
+                      None, None, 0.0, False, "")
+    nodes = memory.NODE_TYPES
+    if resources.large_gpu_resource and cell.backbone.name in resources.large_backbones:
+        nodes = [n for n in memory.NODE_TYPES if n.large]
+    try:
+        est = memory.estimate(get_config(cell.backbone.name), protocol(cell.protocol).parse(cell.params), size,
+                              workers=workers, node_types=nodes)
+    except Exception as e:  # noqa: BLE001 - this cell's row fails in one line
+        row.estimate = one_line(e)
+        return row
+    row.micro_batch, row.accumulation_steps = est.micro_batch, est.accumulation
+    row.checkpointing, row.strategy = est.grad_checkpointing, est.strategy
+    row.estimate_gib, row.estimate = round(est.peak_bytes / memory.GIB, 2), est.describe()
+    if est.node is not None:
+        row.node, row.node_gib = est.node.name, est.node.gpu_memory_gib
+        row.ok = est.peak_bytes <= est.node.gpu_memory_gib * memory.GIB
+    return row
+
+
+def format_training(t: TrainingRow) -> str:
+    return f"train  {'ok' if t.ok else 'FAILED'}  {t.estimate}"
+
+
+def as_json(rows: List[Row], trainings: Optional[List[TrainingRow]] = None) -> dict:
+    return {"rows": [asdict(r) for r in rows], "training": [asdict(t) for t in trainings or []]}
+
+
+def report(plan: Plan, weights: Optional[str] = None, device: Optional[str] = None, json_out: bool = False,
+           say=print) -> int:
+    """`raddist check`: the rows, the trainable cells' estimates, a summary line (or one JSON object);
+    0 when every row ran and every trainable cell fits a node type, else 1."""
+    import json
+
+    rows = check(plan, weights=weights, device=device, say=None if json_out else say)
+    trainings = training(plan, say=None if json_out else say)
+    if json_out:
+        say(json.dumps(as_json(rows, trainings)))
+    else:
+        failed = [f"{r.backbone}@{r.image_size}" for r in rows if not r.ok]
+        unfit = [f"{t.backbone} {t.protocol}@{t.image_size}" for t in trainings if not t.ok]
+        say(f"{len(rows) - len(failed)}/{len(rows)} (backbone, image size) ok"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+            + (f"; {len(trainings) - len(unfit)}/{len(trainings)} trainable cells placed" if trainings else "")
+            + (f"; not placed: {', '.join(unfit)}" if unfit else ""))
+    return 0 if all(r.ok for r in rows) and all(t.ok for t in trainings) else 1

@@ -35,19 +35,11 @@ def cmd_plan(args) -> int:
 
 def cmd_check(args) -> int:
     """Every (backbone, image size) of the plan built and run once, trainable protocols one step: no Ray."""
-    from raddist.check import as_json, check
+    from raddist.check import report
     from raddist.plan import make_plan
     from raddist.spec import load
 
-    plan = make_plan(load(args.config))
-    rows = check(plan, weights=args.weights, device=args.device, say=None if args.json else print)
-    if args.json:
-        print(json.dumps(as_json(rows)))
-    else:
-        failed = [r for r in rows if not r.ok]
-        print(f"{len(rows) - len(failed)}/{len(rows)} (backbone, image size) ok"
-              + (f"; failed: {', '.join(f'{r.backbone}@{r.image_size}' for r in failed)}" if failed else ""))
-    return 0 if all(r.ok for r in rows) else 1
+    return report(make_plan(load(args.config)), weights=args.weights, device=args.device, json_out=args.json)
 
 
 def cmd_run(args) -> int:
@@ -192,7 +184,17 @@ def cmd_compare(args) -> int:
         raise RaddistError(str(e)) from None
     with pd_display():
         print(table.drop(columns=["params"], errors="ignore").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    sizes = sorted({int(b) for b in table.loc[table["test"] == "bootstrap", "n_boot"].dropna()})
+    print(f"bootstrap tests: B = {' / '.join(f'{b:,}' for b in sizes) or 'none'} patient resamples, "
+          + ("sized to the family (--bootstrap auto)" if args.bootstrap == "auto" else "from --bootstrap"))
     return 0
+
+
+def bootstrap_arg(value: str):
+    """--bootstrap: 'auto' or a number of resamples >= 0."""
+    if value != "auto" and not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of resamples or 'auto', not {value!r}")
+    return value if value == "auto" else int(value)
 
 
 def pd_display():
@@ -261,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(fn=cmd_plan)
 
-    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once (no Ray)")
+    chk = sub.add_parser("check", help="build every backbone of a sweep and run each image size once; "
+                         "estimate each trainable cell's GPU memory and placement (no Ray)")
     chk.add_argument("config")
     chk.add_argument("--weights", default=None, help="'random': the real architectures at random init "
                      "(default: each backbone's configured weights)")
@@ -295,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("output")
     compare.add_argument("--a", required=True)
     compare.add_argument("--b", required=True)
-    compare.add_argument("--bootstrap", type=int, default=1000)
+    compare.add_argument("--bootstrap", type=bootstrap_arg, default="auto",
+                         help="patient resamples of the bootstrap tests, or 'auto' (default): sized to the largest "
+                              "family so that Holm can reach alpha (raddist.compare.family_bootstrap)")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--protocol", action="append", help="only these protocols (repeatable)")
     compare.set_defaults(fn=cmd_compare)
