@@ -1,13 +1,16 @@
 """Do the demo's trained heads converge? The demo's head-training cells as shipped, then again with
-every cap raised --factor times: a result that moves by more than its own CI was still training.
+the cap, the patience and the training budget raised --factor times: a result that moves by more
+than its own CI was still training, or stopped on noise.
 
 Cells: every demo protocol whose head trains on cached features, with the demo's own params
 (raddist/configs/demo.yaml): linear, fewshot (its linear probe), attention_mil, seg_linear,
-seg_unet. Run "shipped" as configured; run "raised": the same cells with `epochs` x --factor (the
-protocols' default cap where the demo sets none; fewshot: its linear probe's cap). The stopping
-rule is the same in both (validation plateau, protocols.stopping.Plateau), so a head that stopped
-on its plateau under the shipped cap trains the same epochs under the raised one, and only a head
-that hit the cap can change.
+seg_unet. With --small, also the segmentation heads on a task of eight small structures
+(synthetic_seg.write_small_structures: as many and as small as real anatomy). Run "shipped" as
+configured; run "raised": the same cells with `epochs` (the cap of a plateau-stopped head, the
+budget of a fixed one: one field) and `patience` x --factor (the protocols' defaults where the demo
+sets none; fewshot: its linear probe's). Raising the cap alone cannot see a head that stopped on
+noise (it never reaches the cap); raising the patience can. --set key=value changes the heads'
+stopping parameters in BOTH runs (e.g. lr_drops=0, the rule before issue 23) to compare rules.
 
 Both runs through raddist.sweep.run_sweep on one local Ray cluster, one shared embedding cache (the
 second run computes no embedding), fresh outputs. Compared per (task, backbone, protocol, params
@@ -17,7 +20,7 @@ less the caps, seed, metric): |raised - shipped| against the shipped CI's half-w
   max_change_over_ci = the largest |change| / half-width
   stopped = how the chosen heads stopped in each run (plateau | cap), from each cell.json
 
-  python benchmarks/convergence.py
+  python benchmarks/convergence.py [--small] [--protocols seg_linear ...] [--set lr_drops=0 ...]
 """
 
 from __future__ import annotations
@@ -30,25 +33,43 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from typing import Optional
 
 from common import emit, load_avg, machine, say
 
 HEADS = ("linear", "fewshot", "attention_mil", "seg_linear", "seg_unet")
 
 
-def raised(protocol: dict, factor: int) -> dict:
-    """The protocol entry with its cap(s) raised factor times."""
+RAISED = ("epochs", "patience")  # the cap (= the budget of a fixed head) and the patience
+
+
+def raised(protocol: dict, factor: int, settings: Optional[dict] = None) -> dict:
+    """The protocol entry with its stopping settings (fewshot: its linear probe's) updated by
+    `settings`, then its cap and patience raised factor times."""
     from raddist import protocols
 
-    record = protocols.get(protocol["name"])
+    def scaled(params: dict, defaults: dict) -> dict:
+        params = {**params, **(settings or {})}
+        return {**params, **{k: factor * params.get(k, defaults[k]) for k in RAISED if k in defaults}}
+
     params = dict(protocol.get("params", {}))
-    defaults = record.params().model_dump()
-    if "epochs" in defaults:
-        params["epochs"] = factor * params.get("epochs", defaults["epochs"])
+    defaults = protocols.get(protocol["name"]).params().model_dump()
     if "linear" in defaults:  # fewshot's linear probe
-        linear = {**defaults["linear"], **params.get("linear", {})}
-        params["linear"] = {**params.get("linear", {}), "epochs": factor * linear["epochs"]}
+        params["linear"] = scaled(params.get("linear", {}), defaults["linear"])
+    else:
+        params = scaled(params, defaults)
     return {**protocol, "params": params}
+
+
+def small_task(data: str) -> dict:
+    """The task of many small structures, written under data once."""
+    from raddist.data.synthetic_seg import SMALL_CLASSES, write_small_structures
+
+    manifest = os.path.join(data, "small", "manifest.parquet")
+    if not os.path.exists(manifest):
+        write_small_structures(os.path.join(data, "small"))
+    return {"name": "small_structures_2d", "manifest": manifest, "type": "segmentation",
+            "classes": list(SMALL_CLASSES)}
 
 
 def run(config: dict, output: str, cache: str) -> dict:
@@ -72,6 +93,19 @@ def stopped(output: str) -> dict:
     return dict(sorted(counts.items()))
 
 
+def dice(shipped: str, raised_out: str) -> dict:
+    """Mean Dice per (task, protocol), shipped -> raised: what the longer training gains on average."""
+    import pandas as pd
+
+    out = {}
+    for name, output in (("shipped", shipped), ("raised", raised_out)):
+        t = pd.read_parquet(os.path.join(output, "results.parquet"))
+        t = t[t["metric"] == "dice"]
+        for (task, protocol), v in t.groupby(["task", "protocol"])["value"]:
+            out.setdefault(f"{task}:{protocol}", {})[name] = round(float(v.mean()), 4)
+    return out
+
+
 def compare(shipped: str, raised_out: str) -> dict:
     import numpy as np
     import pandas as pd
@@ -79,7 +113,8 @@ def compare(shipped: str, raised_out: str) -> dict:
     def table(output):
         t = pd.read_parquet(os.path.join(output, "results.parquet"))
         t["params"] = t["params"].map(lambda p: json.dumps({k: v for k, v in json.loads(p).items()
-                                                            if k not in ("epochs", "linear")}, sort_keys=True))
+                                                            if k not in RAISED + ("linear",)},
+                                                           sort_keys=True))
         return t.set_index(["task", "backbone", "protocol", "params", "seed", "metric"])
 
     a, b = table(shipped), table(raised_out)
@@ -106,7 +141,13 @@ def main(argv=None) -> dict:
     p.add_argument("--factor", type=int, default=4, help="how many times the caps are raised")
     p.add_argument("--protocols", nargs="+", default=list(HEADS), help="which of the demo's heads")
     p.add_argument("--workdir", help="data, cache and outputs (default: a temporary dir, removed after)")
+    p.add_argument("--small", action="store_true", help="add the task of eight small structures (seg heads)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="stopping parameters of every head in both runs, e.g. lr_drops=0")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the demo's)")
+    p.add_argument("--backbones", nargs="+", help="which of the demo's backbones (default: all)")
     args = p.parse_args(argv)
+    settings = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
@@ -121,18 +162,26 @@ def main(argv=None) -> dict:
         write_synthetic_seg(data)
     os.environ["RADDIST_DEMO_DATA"] = data
     demo = load("demo").model_dump(exclude_none=True)  # ${RADDIST_DEMO_DATA} expanded
+    if args.small:
+        demo["tasks"].append(small_task(data))
+    if args.seeds:
+        demo["seeds"] = args.seeds
+    if args.backbones:
+        demo["backbones"] = [b for b in demo["backbones"] if b["name"] in args.backbones]
     heads = [pr for pr in demo["protocols"] if pr["name"] in args.protocols]
     cache = os.path.join(workdir, "cache")
     load0 = load_avg()
     try:
         shipped_out, raised_out = os.path.join(workdir, "shipped"), os.path.join(workdir, "raised")
-        runs = {"shipped": run({**demo, "protocols": heads}, shipped_out, cache)}
+        runs = {"shipped": run({**demo, "protocols": [raised(pr, 1, settings) for pr in heads]}, shipped_out, cache)}
         say(f"shipped caps: {runs['shipped']}")
-        runs["raised"] = run({**demo, "protocols": [raised(pr, args.factor) for pr in heads]}, raised_out, cache)
-        say(f"caps x{args.factor}: {runs['raised']}")
+        runs["raised"] = run({**demo, "protocols": [raised(pr, args.factor, settings) for pr in heads]}, raised_out,
+                             cache)
+        say(f"cap and patience x{args.factor}: {runs['raised']}")
         out = {**compare(shipped_out, raised_out),
                "stopped": {"shipped": stopped(shipped_out), "raised": stopped(raised_out)},
-               "runs": runs, "factor": args.factor, "protocols": args.protocols}
+               "dice": dice(shipped_out, raised_out), "runs": runs, "factor": args.factor,
+               "protocols": args.protocols, "small": args.small, "settings": settings}
     finally:
         import ray
 

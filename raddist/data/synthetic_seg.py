@@ -8,6 +8,9 @@
   volcls/   chest-CT-like volumes as folders of PNG slices (the SARS-CoV-2 CT layout,
             <class>/<patient>/<slice>.png), binary: a positive volume has ground-glass patches in
             about half of its slices. The manifest comes from the sarscov2_ct catalog adapter.
+  small/    (write_small_structures, not in the demo) MRI-like 8-bit PNGs with eight small
+            structures of a few patches each, for checking that heads converge where real anatomy
+            is small and many.
 Organs are ellipsoids bent by smooth noise, so every patient's shapes differ; intensities follow
 their modality (HU for CT). Splits are by patient (catalog.common), deterministic by seed.
 """
@@ -58,12 +61,33 @@ def _blob(coords, centre, radii, bend: np.ndarray, amount: float = 0.15) -> np.n
 
 # ----------------------------------------------------------------------------- 2D: chest X-ray
 
-SEG2D_INFO = common.DatasetInfo(
-    name="synthetic_seg2d", title="synthetic chest X-ray lung and heart segmentation", modality="DX",
-    task_type="segmentation", unit="image", labels=(), classes=SEG2D_CLASSES, source_url="raddist",
-    license="synthetic", reference_split="by patient, seeded, 60/20/20",
-    preprocessing=dict(common.AUTO_WINDOW),
-)
+def _info_2d(name: str, title: str, modality: str, classes) -> common.DatasetInfo:
+    """A 2D synthetic set: PNG images and label maps, split by patient 60/20/20."""
+    return common.DatasetInfo(
+        name=name, title=title, modality=modality, task_type="segmentation", unit="image", labels=(),
+        classes=classes, source_url="raddist", license="synthetic", reference_split="by patient, seeded, 60/20/20",
+        preprocessing=dict(common.AUTO_WINDOW),
+    )
+
+
+def _write_png_pair(out_dir: str, name: str, img: np.ndarray, labels: np.ndarray, pairs: dict) -> None:
+    """An image (floats in [0, 1]) and its label map as PNGs under out_dir, recorded in pairs."""
+    image, mask = storage.join(out_dir, "images", f"{name}.png"), storage.join(out_dir, "masks", f"{name}.png")
+    storage.write_bytes(image, png_bytes(np.clip(img * 255, 0, 255).astype(np.uint8)))
+    storage.write_bytes(mask, png_bytes(labels))
+    pairs[name] = (image, mask)
+
+
+def _write_2d_manifest(info: common.DatasetInfo, out_dir: str, pairs: dict, seed: int) -> str:
+    """The manifest of pairs named p<patient>_s<slice>, split by patient."""
+    rows = common.paired_rows(info, pairs)
+    for r in rows:
+        r["patient_id"] = r["sample_id"].split("_")[0]  # two images per patient
+    return common.write_split_by_patient(info, out_dir, rows, seed=seed, source=out_dir,
+                                         val_size=0.2, test_size=0.2)
+
+
+SEG2D_INFO = _info_2d("synthetic_seg2d", "synthetic chest X-ray lung and heart segmentation", "DX", SEG2D_CLASSES)
 
 
 def write_seg2d(out_dir: str, seed: int = 0, n_patients: int = 30, size: int = 96) -> str:
@@ -85,16 +109,37 @@ def write_seg2d(out_dir: str, seed: int = 0, n_patients: int = 30, size: int = 9
             body = _blob((y, x), (0.55, 0.5 + j[1]), (0.6, body_rx), np.zeros((size, size)))
             img = 0.15 + 0.5 * body + np.choose(labels, [0.0, -0.35, -0.35, 0.2]) * body
             img = img + 0.05 * _smooth(rng, (size, size), 3) + rng.normal(0, 0.02, img.shape)
-            name = f"p{p + 1:03d}_s{s + 1}"
-            storage.write_bytes(storage.join(out_dir, "images", f"{name}.png"),
-                                png_bytes(np.clip(img * 255, 0, 255).astype(np.uint8)))
-            storage.write_bytes(storage.join(out_dir, "masks", f"{name}.png"), png_bytes(labels))
-            pairs[name] = (storage.join(out_dir, "images", f"{name}.png"), storage.join(out_dir, "masks", f"{name}.png"))
-    rows = common.paired_rows(SEG2D_INFO, pairs)
-    for r in rows:
-        r["patient_id"] = r["sample_id"].split("_")[0]  # two images per patient
-    return common.write_split_by_patient(SEG2D_INFO, out_dir, rows, seed=seed, source=out_dir,
-                                         val_size=0.2, test_size=0.2)
+            _write_png_pair(out_dir, f"p{p + 1:03d}_s{s + 1}", img, labels, pairs)
+    return _write_2d_manifest(SEG2D_INFO, out_dir, pairs, seed)
+
+
+# ----------------------------------------------------------------------------- 2D: many small structures
+
+SMALL_CLASSES = ("background",) + tuple(f"structure {i + 1}" for i in range(8))
+SMALL_INFO = _info_2d("synthetic_small", "synthetic MRI-like slices with eight small structures", "MR", SMALL_CLASSES)
+
+
+def write_small_structures(out_dir: str, seed: int = 0, n_patients: int = 30, size: int = 96) -> str:
+    """As many and as small structures as real anatomy (brain MRI nuclei, abdominal vessels): eight
+    classes, each a bent ellipse of radius 5-9 % of the image (at a ViT/14's 224 px, or tiny_vit's 8
+    px patches at 64 px, one to three patches across), around the cells of a 3 x 3 layout (its centre
+    left empty), in a tissue of similar intensity; two slices per patient."""
+    rng = np.random.default_rng([seed, 51])
+    y, x = _grid((size, size))
+    cells = [(r, c) for r in (0.22, 0.5, 0.78) for c in (0.22, 0.5, 0.78) if (r, c) != (0.5, 0.5)]
+    pairs = {}
+    for p in range(n_patients):
+        shift = rng.uniform(-0.04, 0.04, 2)
+        for s in range(2):
+            labels = np.zeros((size, size), np.uint8)
+            for value, (cy, cx) in enumerate(cells, start=1):
+                centre = (cy + shift[0] + rng.uniform(-0.05, 0.05), cx + shift[1] + rng.uniform(-0.05, 0.05))
+                structure = _blob((y, x), centre, rng.uniform(0.05, 0.09, 2), _smooth(rng, (size, size), 4), 0.3)
+                labels[structure] = value
+            tissue = 0.45 + 0.06 * np.sin(7 * np.arange(9))[labels]  # each class a little off the tissue
+            img = tissue + 0.06 * _smooth(rng, (size, size), 2) + rng.normal(0, 0.04, (size, size))
+            _write_png_pair(out_dir, f"p{p + 1:03d}_s{s + 1}", img, labels, pairs)
+    return _write_2d_manifest(SMALL_INFO, out_dir, pairs, seed)
 
 
 # ----------------------------------------------------------------------------- 3D: abdominal CT

@@ -27,7 +27,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import _FEATURE_SETS, FeatureSet, column_range, label_matrix, num_classes
-from raddist.protocols.stopping import ModuleGrid, Stopping, train_grid
+from raddist.protocols.stopping import ModuleGrid, Schedule, Stopping, train_grid
 from raddist.protocols.registry import register_protocol
 from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
@@ -91,12 +91,12 @@ def build(width: int, hidden: int, n_out: int):
 
 
 def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multiclass: bool, seed: int,
-        val: Optional[Tuple[list, np.ndarray]] = None, epochs: Optional[int] = None):
+        val: Optional[Tuple[list, np.ndarray]] = None, schedule: Optional[Schedule] = None):
     """One model per learning rate, all on the same mini-batches (stopping.train_grid):
     (models, stats, record).
 
     With val = (bags, targets): each model until its validation AUROC plateaus, at most params.epochs,
-    ending at its best epoch's weights. Without: exactly `epochs` (default params.epochs)."""
+    ending at its best epoch's weights. Without: the schedule (default: params.epochs epochs)."""
     import torch
 
     slices = np.concatenate(bag_list)
@@ -105,14 +105,14 @@ def fit(bag_list, targets: np.ndarray, lrs: List[float], params: Params, multicl
         torch.manual_seed(seed)
         models = [build(slices.shape[1], params.hidden, targets.shape[1]) for _ in lrs]
     opts = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=params.weight_decay) for m, lr in zip(models, lrs)]
-    steps = params.cap(epochs) * max(1, -(-len(bag_list) // params.batch_size))
+    steps = params.cap(schedule) * max(1, -(-len(bag_list) // params.batch_size))
     scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts]
               if params.stopping == "fixed" else [])
     y = torch.from_numpy(targets.argmax(1) if multiclass else targets.astype(np.float32))
     score = None if val is None else (lambda m: macro_auroc(val[1], predict(m, val[0], stats, multiclass)))
     grid = ModuleGrid(models, opts, _epoch_batches(bag_list, y, stats, params.batch_size, seed),
                       _loss_of(multiclass), score, scheds)
-    record = train_grid(grid, params, validate=val is not None, epochs=epochs)
+    record = train_grid(grid, params, validate=val is not None, schedule=schedule)
     for m in models:
         m.eval()
     return models, stats, record
@@ -162,14 +162,16 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
                                 val=(val_bags, y_val))
     best, val_score, scores = select_best(
         list(range(len(lrs))), lambda i: macro_auroc(y_val, predict(models[i], val_bags, stats, multiclass)))
-    refit_epochs = int(record.best_epoch[best])
+    schedule = Schedule.replay(record, best)
+    refit_epochs = schedule.epochs
     fit_set = train_plus_val(train, val)
     [model], stats, _ = fit(bags(inputs, fit_set, params.features), label_matrix(inputs, fit_set.labels), [lrs[best]],
-                            params, multiclass, seed, epochs=refit_epochs)
+                            params, multiclass, seed, schedule=schedule)
     test = inputs.splits["test"]
     test_scores = predict(model, bags(inputs, test, params.features), stats, multiclass)
     selected = {"lr": lrs[best], "features": params.features, "val_auroc": [round(s, 4) for s in scores],
                 "max_epochs": params.epochs, "epochs_trained": int(record.epochs_run[best]),
                 "best_epoch": refit_epochs, "refit_epochs": refit_epochs, "stopped": record.stopped[best],
-                "best_epochs": [int(e) for e in record.best_epoch]}
+                "best_epochs": [int(e) for e in record.best_epoch], "lr_drops": [int(e) for e in record.lr_drops[best]],
+                "stopping_rule": params.rule()}
     return to_prediction(test, test_scores, selected, val_score)

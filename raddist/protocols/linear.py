@@ -57,7 +57,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, SplitData
 from raddist.protocols.features import column_range, has_patch_mean, label_matrix, num_classes, stacked
 from raddist.protocols.registry import register_protocol
-from raddist.protocols.stopping import Stopping, train_grid
+from raddist.protocols.stopping import Schedule, Stopping, train_grid
 from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
 
 Pool = Literal["cls", "cls_patch"]
@@ -105,6 +105,7 @@ class Heads:
     epochs_run: np.ndarray  # (heads,) epochs each head trained before it stopped
     best_epoch: np.ndarray  # (heads,) the epoch whose weights it holds (= epochs_run without validation)
     stopped: List[str]  # per head: 'plateau' | 'cap' | 'fixed'
+    lr_drops: List[List[int]]  # per head: the epochs after which its learning rate fell
 
 
 def head_grid(inputs: FrozenInputs, split: SplitData, params: Params) -> List[HeadConfig]:
@@ -245,10 +246,16 @@ class _LinearGrid:
     def restore(self, heads: np.ndarray) -> None:
         self._copy(heads, to_kept=False)
 
+    def scale_lr(self, heads: np.ndarray, factor: float) -> None:
+        import torch
+
+        for v in self.variants:
+            v.lr[torch.from_numpy(np.isin(v.heads, heads)).to(v.lr.device)] *= factor
+
 
 def train_heads(
     inputs: FrozenInputs, split: SplitData, configs: List[HeadConfig], params: Params, seed: int,
-    val: Optional[SplitData] = None, epochs: Optional[int] = None,
+    val: Optional[SplitData] = None, schedule: Optional[Schedule] = None,
 ) -> Heads:
     """Train every head of configs on split at once (stopping.train_grid), from a seeded
     initialisation and batch order.
@@ -269,14 +276,14 @@ def train_heads(
     y_np = split.labels.astype(np.int64) if multiclass else label_matrix(inputs, split.labels)
     y = torch.from_numpy(y_np).to(device, torch.long if multiclass else torch.float32)
     variants = _init_variants(inputs, split, configs, params, num_classes(inputs, split.labels), seed, device)
-    grid = _LinearGrid(variants, x, y, params, params.cap(epochs), seed)
+    grid = _LinearGrid(variants, x, y, params, params.cap(schedule), seed)
     if val is not None:
         grid.val = (_standardise(torch.from_numpy(stacked(val).astype(np.float32)).to(device), stats),
                     label_matrix(inputs, val.labels))
-    record = train_grid(grid, params, validate=val is not None, epochs=epochs)
+    record = train_grid(grid, params, validate=val is not None, schedule=schedule)
     history = np.stack(grid.history, 1).astype(np.float64) if grid.history else np.zeros((len(configs), 0))
     return Heads(configs, variants, stats, multiclass, params.normalize, history, record.epochs_run,
-                 record.best_epoch, record.stopped)
+                 record.best_epoch, record.stopped, record.lr_drops)
 
 
 def _probs(variants: List[_Variant], x, multiclass: bool, normalize: str, chunk: int = 8192):
@@ -345,7 +352,8 @@ def fit_select(
 def epochs_of(heads: Heads, i: int, params: Params) -> Dict[str, object]:
     """What selected records of head i's training."""
     return {"max_epochs": params.epochs, "epochs_trained": int(heads.epochs_run[i]),
-            "best_epoch": int(heads.best_epoch[i]), "stopped": heads.stopped[i]}
+            "best_epoch": int(heads.best_epoch[i]), "stopped": heads.stopped[i],
+            "lr_drops": [int(e) for e in heads.lr_drops[i]], "stopping_rule": params.rule()}
 
 
 @register_protocol("linear", task_types=CLASSIFICATION, params=Params)
@@ -353,11 +361,11 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
     test = inputs.splits["test"]
     heads, best, val_score = fit_select(inputs, train, val, params, seed)
-    config, refit_epochs = heads.configs[best], int(heads.best_epoch[best])
+    config, schedule = heads.configs[best], Schedule.replay(heads, best)
     # Selection is done: retrain the chosen configuration from scratch on train+val for its best
-    # epoch count (the learning rate is constant, so those epochs see the schedule selection saw).
+    # epoch count, its learning rate falling after the epochs it fell in selection.
     fit_set = train_plus_val(train, val)
-    final = train_heads(inputs, fit_set, [config], params, seed, epochs=refit_epochs)
-    selected = {**asdict(config), **epochs_of(heads, best, params), "refit_epochs": refit_epochs,
+    final = train_heads(inputs, fit_set, [config], params, seed, schedule=schedule)
+    selected = {**asdict(config), **epochs_of(heads, best, params), "refit_epochs": schedule.epochs,
                 "normalize": params.normalize, "fit_size": len(fit_set)}
     return to_prediction(test, predict(final, test)[0], selected, val_score)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, List, Literal, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 
 class Stopping(BaseModel):
@@ -33,10 +33,35 @@ class Stopping(BaseModel):
     min_delta: float = Field(default=1e-4, ge=0)  # in the validation score's units
     eval_every: PositiveInt = 1  # epochs between validation checks
     stopping: Literal["plateau", "fixed"] = "plateau"  # fixed: exactly `epochs`, cosine to zero
+    lr_drops: NonNegativeInt = 0  # plateaus on which the learning rate falls before one stops the head
+    lr_factor: float = Field(default=0.1, gt=0, lt=1)  # what a plateau multiplies the learning rate by
 
-    def cap(self, epochs: Optional[int] = None) -> int:
-        """The epochs a pass may last: `epochs` where given (a refit's count), else the cap."""
-        return self.epochs if epochs is None else int(epochs)
+    def cap(self, schedule: Optional["Schedule"] = None) -> int:
+        """The epochs a pass may last: the schedule's where given (a refit's), else the cap."""
+        return self.epochs if schedule is None else int(schedule.epochs)
+
+    def rule(self) -> str:
+        """The stopping rule in words, for a cell's record and the report."""
+        if self.stopping == "fixed":
+            return f"fixed {self.epochs} epochs, cosine to zero"
+        return (f"validation plateau: patience {self.patience} epochs (checked every {self.eval_every}), "
+                f"min_delta {self.min_delta:g}, learning rate x{self.lr_factor:g} on each of the first "
+                f"{self.lr_drops} plateaus, then stop")  # the cap is recorded on its own (max_epochs)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A pass of known length, without validation (a refit): `epochs` epochs, the learning rate x
+    lr_factor after each epoch in lr_drops."""
+
+    epochs: int
+    lr_drops: Tuple[int, ...] = ()
+
+    @classmethod
+    def replay(cls, record: "Record", head: int) -> "Schedule":
+        """What head saw up to its best epoch: a refit on more data replays it."""
+        best = int(record.best_epoch[head])
+        return cls(best, tuple(e for e in record.lr_drops[head] if e < best))
 
 
 class Plateau:
@@ -45,12 +70,18 @@ class Plateau:
     update(epoch, scores) at each check. The weights a head keeps are those of its best score so far,
     the LATER epoch on a tie (no evidence for either: the one trained longer). Its patience restarts
     only when the score beats the last such mark by more than min_delta (any finite score beats
-    none); a head whose mark is `patience` epochs old stops. A head with no finite score yet never
-    stops here (the cap ends it).
+    none); a head whose mark is `patience` epochs old has plateaued: while it has learning-rate drops
+    left it spends one (`dropped` says which heads did at this check; the caller lowers their rates)
+    and its patience restarts, against the same mark; with none left it stops. So a head stops only
+    once the last drop has plateaued too: torch's ReduceLROnPlateau(mode="max", threshold=min_delta,
+    threshold_mode="abs", cooldown=0) with patience in epochs, and a stop after the last reduction.
+    A head with no finite score yet never plateaus here (the cap ends it).
     """
 
-    def __init__(self, n_heads: int, patience: int, min_delta: float):
+    def __init__(self, n_heads: int, patience: int, min_delta: float, drops: int = 0):
         self.patience, self.min_delta = patience, min_delta
+        self.drops_left = np.full(n_heads, drops, np.int64)
+        self.dropped = np.zeros(n_heads, bool)
         self.best = np.full(n_heads, -np.inf)
         self.best_epoch = np.zeros(n_heads, np.int64)  # whose weights are kept; 0: no finite score yet
         self.mark = np.full(n_heads, -np.inf)  # the score of the last improvement by more than min_delta
@@ -67,6 +98,10 @@ class Plateau:
         improved = finite & (scores > self.mark + self.min_delta)
         self.mark[improved], self.mark_epoch[improved] = scores[improved], epoch
         stale = self.active & (self.mark_epoch > 0) & (epoch - self.mark_epoch >= self.patience)
+        self.dropped = stale & (self.drops_left > 0)
+        self.drops_left[self.dropped] -= 1
+        self.mark_epoch[self.dropped] = epoch
+        stale &= ~self.dropped
         self.active &= ~stale
         self.stopped_at[stale] = epoch
         return keep
@@ -100,37 +135,57 @@ class HeadGrid(Protocol):
     def restore(self, heads: np.ndarray) -> None:
         """Load the copies kept of these heads."""
 
+    def scale_lr(self, heads: np.ndarray, factor: float) -> None:
+        """Multiply these heads' learning rates by factor."""
+
 
 @dataclass
 class Record:
     """How each head of a grid trained: epochs_run (epochs before it stopped), best_epoch (whose
     weights it holds), stopped ('plateau' | 'cap' | 'fixed'), best_score (its validation score at
-    best_epoch; NaN where it had none, or was not validated)."""
+    best_epoch; NaN where it had none, or was not validated), lr_drops (the epochs after which its
+    learning rate fell)."""
 
     epochs_run: np.ndarray
     best_epoch: np.ndarray
     stopped: List[str]
     best_score: np.ndarray
+    lr_drops: List[List[int]]
 
 
-def train_grid(grid: HeadGrid, stop: Stopping, validate: bool, epochs: Optional[int] = None) -> Record:
+def train_grid(grid: HeadGrid, stop: Stopping, validate: bool, schedule: Optional[Schedule] = None) -> Record:
     """Train every head of grid: with validate (and stop.stopping='plateau'), each until Plateau stops
-    it or the cap, ending at its best check's weights; else exactly stop.cap(epochs) epochs, the
-    last weights (the grid applies the cosine schedule of stopping='fixed' itself)."""
-    cap, n = stop.cap(epochs), grid.n_heads
-    plateau = Plateau(n, stop.patience, stop.min_delta) if validate and stop.stopping == "plateau" else None
+    it or the cap, its learning rate x stop.lr_factor on each of its first stop.lr_drops plateaus,
+    ending at its best check's weights. Else the schedule (default: stop.epochs at a constant rate),
+    the last weights (the grid applies the cosine schedule of stopping='fixed' itself)."""
+    cap, n = stop.cap(schedule), grid.n_heads
+    lr_drops = schedule.lr_drops if schedule is not None else ()
+    plateau = (Plateau(n, stop.patience, stop.min_delta, stop.lr_drops)
+               if validate and stop.stopping == "plateau" else None)
+    drops: List[List[int]] = [[] for _ in range(n)]
     epoch = 0
     while epoch < cap and not (plateau is not None and plateau.done()):
         grid.train_epoch(np.ones(n, bool) if plateau is None else plateau.active.copy())
         epoch += 1
+        if plateau is None and epoch in lr_drops:
+            _drop(grid, np.arange(n), stop.lr_factor, epoch, drops)
         if plateau is not None and (epoch % stop.eval_every == 0 or epoch == cap):
             grid.keep(np.flatnonzero(plateau.update(epoch, grid.scores(plateau.active.copy()))))
+            _drop(grid, np.flatnonzero(plateau.dropped), stop.lr_factor, epoch, drops)
     if plateau is None:
         stopped = "fixed" if stop.stopping == "fixed" else "cap"
-        return Record(np.full(n, epoch), np.full(n, epoch), [stopped] * n, np.full(n, np.nan))
+        return Record(np.full(n, epoch), np.full(n, epoch), [stopped] * n, np.full(n, np.nan), drops)
     grid.restore(np.flatnonzero(plateau.best_epoch > 0))  # the others never scored: their last weights
     trained, best_epoch, stopped = plateau.summary(epoch)
-    return Record(trained, best_epoch, stopped, np.where(np.isfinite(plateau.best), plateau.best, np.nan))
+    return Record(trained, best_epoch, stopped, np.where(np.isfinite(plateau.best), plateau.best, np.nan),
+                  drops)
+
+
+def _drop(grid: HeadGrid, heads: np.ndarray, factor: float, epoch: int, drops: List[List[int]]) -> None:
+    if len(heads):
+        grid.scale_lr(heads, factor)
+        for k in heads:
+            drops[k].append(epoch)
 
 
 class ModuleGrid:
@@ -168,3 +223,8 @@ class ModuleGrid:
     def restore(self, heads: np.ndarray) -> None:
         for k in heads:
             self.models[k].load_state_dict(self.kept[k])
+
+    def scale_lr(self, heads: np.ndarray, factor: float) -> None:
+        for k in heads:
+            for group in self.optimizers[k].param_groups:
+                group["lr"] *= factor

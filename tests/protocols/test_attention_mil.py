@@ -7,6 +7,7 @@ import pytest
 from raddist.protocols import attention_mil
 from raddist.protocols.base import FrozenInputs, SplitData
 from raddist.protocols.selection import macro_auroc
+from raddist.protocols.stopping import Schedule
 from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
 
 BLOCK, PATCH, SLICES = 8, 8, 12
@@ -71,10 +72,11 @@ def test_models_train_until_validation_plateaus_and_the_refit_takes_the_best_epo
     prediction = attention_mil.run(inputs, params, seed=0)
     sel = prediction.selected
     assert sel["stopped"] == "plateau" and sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 5
+    assert sel["lr_drops"] == []
     assert sel["epochs_trained"] < 100  # well before the cap
     assert sel["best_epochs"][params.lrs.index(sel["lr"])] == sel["best_epoch"] == sel["refit_epochs"]
     (selection, record), (refit, refit_record) = fits
-    assert "val" in selection and refit == {"epochs": sel["refit_epochs"]}
+    assert "val" in selection and refit == {"schedule": Schedule(sel["refit_epochs"], ())}
     assert list(refit_record.epochs_run) == [sel["refit_epochs"]]
     assert macro_auroc(inputs.splits["test"].labels, prediction.scores) > 0.9
     # a larger cap: the same epochs, the same scores

@@ -3,6 +3,7 @@ import pytest
 
 from raddist.protocols import linear
 from raddist.protocols.selection import macro_auroc, train_plus_val
+from raddist.protocols.stopping import Schedule
 
 from .synthetic import auroc, blob_inputs
 
@@ -79,7 +80,8 @@ def test_test_scores_come_from_the_chosen_head_refitted_on_train_plus_val():
     config = linear.HeadConfig(pred.selected["lr"], pred.selected["blocks"], pred.selected["pool"])
     fit_set = train_plus_val(inputs.splits["train"], inputs.splits["val"])
     assert pred.selected["refit_epochs"] == pred.selected["best_epoch"] <= pred.selected["epochs_trained"] <= 5
-    refit = linear.train_heads(inputs, fit_set, [config], params, seed=0, epochs=pred.selected["refit_epochs"])
+    refit = linear.train_heads(inputs, fit_set, [config], params, seed=0,
+                               schedule=Schedule(pred.selected["refit_epochs"], tuple(pred.selected["lr_drops"])))
     np.testing.assert_array_equal(pred.scores, linear.predict(refit, inputs.splits["test"])[0])
     heads, best, val_score = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
     assert heads.configs[best] == config and val_score == pred.val_score
@@ -106,8 +108,9 @@ def test_heads_train_until_validation_plateaus_and_record_their_epochs():
     sel = pred.selected
     assert sel["stopped"] == "plateau" and sel["max_epochs"] == 200
     # it stopped 5 epochs after its last rise by more than min_delta, well before the cap; the weights kept
-    # are those of its best epoch since (a later one on a tie)
+    # are those of its best epoch since (a later one on a tie); the learning rate stayed constant (lr_drops 0)
     assert sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 5 and sel["epochs_trained"] < 60
+    assert sel["lr_drops"] == [] and "patience 5 epochs" in sel["stopping_rule"]
     assert sel["refit_epochs"] == sel["best_epoch"]
     heads, best, _ = linear.fit_select(inputs, inputs.splits["train"], inputs.splits["val"], params, seed=0)
     assert heads.loss.shape == (len(heads.configs), heads.epochs_run.max()) and heads.epochs_run.max() < 200

@@ -137,9 +137,11 @@ def test_heads_train_until_validation_dice_plateaus_and_record_their_epochs():
     first = module.run(fake_inputs(), params, seed=0)
     sel = first.selected
     assert sel["stopped"] == "plateau" and sel["max_epochs"] == 60
-    # a head stops 5 epochs after its last rise by more than min_delta, which is at most its best epoch
-    assert sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 5
-    assert max(sel["best_epochs"].values()) + 5 < 60  # so every head stopped before the cap
+    # a head's learning rate falls 5 epochs after its last rise by more than min_delta (at most its best
+    # epoch); it stops 5 epochs after the drop, or after a later rise
+    assert sel["best_epoch"] <= sel["epochs_trained"] <= sel["best_epoch"] + 2 * 5
+    assert len(sel["lr_drops"]) == 1 and sel["lr_drops"][0] + 5 <= sel["epochs_trained"]
+    assert max(sel["best_epochs"].values()) + 2 * 5 < 60  # so every head stopped before the cap
     assert sel["best_epochs"][str(sel["lr"])] == sel["best_epoch"]
     # every head plateaued under the cap of 60: a cap of 200 trains, selects and predicts the same
     second = module.run(fake_inputs(), params.model_copy(update={"epochs": 200}), seed=0)
@@ -176,3 +178,38 @@ def test_a_fixed_budget_trains_exactly_epochs_and_selects_at_the_end():
     assert (sel["stopped"], sel["epochs_trained"], sel["best_epoch"]) == ("fixed", 6, 6)
     assert set(sel["best_epochs"].values()) == {6}
     assert prediction.val_score == pytest.approx(max(sel["val_dice"].values()), abs=1e-4) and prediction.val_score > 0
+
+
+# Validation Dice x 1000 of seg_linear's lr-0.1 head, each epoch at a constant learning rate, on tiny_vit
+# tokens of synthetic_seg.write_small_structures (seed 0; eight structures of a few patches each): it
+# dips to 0 while the head unlearns its start, passes its epoch-1 score only at epoch 16, then rises
+# slowly and noisily to 0.27 (recorded for issue 23 with the protocol's own training).
+SMALL_STRUCTURES_DICE = [
+    39, 38, 30, 12, 6, 14, 0, 0, 2, 1, 8, 22, 25, 26, 31, 47, 56, 57, 60, 78, 79, 72, 76, 88, 90, 87, 97,
+    92, 97, 110, 111, 110, 112, 110, 95, 112, 122, 124, 128, 146, 142, 148, 142, 134, 143, 152, 158, 135,
+    156, 179, 173, 160, 176, 181, 169, 163, 173, 182, 196, 187, 187, 209, 218, 194, 178, 179, 178, 198, 191,
+    172, 181, 212, 213, 184, 189, 194, 217, 204, 197, 226, 196, 199, 178, 188, 221, 204, 227, 230, 206, 203,
+    209, 229, 230, 216, 229, 213, 209, 230, 222, 223, 237, 250, 233, 218, 216, 241, 228, 213, 211, 218, 236,
+    230, 230, 254, 244, 221, 197, 217, 245, 214, 213, 245, 238, 223, 230, 253, 226, 226, 242, 214, 218, 241,
+    239, 247, 229, 232, 244, 240, 221, 219, 253, 257, 216, 224, 234, 258, 258, 232, 244, 255, 253, 250, 222,
+    239, 264, 258, 223, 236, 256, 226, 235, 236, 260, 246, 251, 248, 223, 251, 234, 239, 245, 247, 259, 246,
+    262, 256, 245, 247, 236, 253, 244, 240, 250, 244, 255, 234, 242, 249, 264, 256, 234, 239, 252, 265, 267,
+    239, 245, 246, 261, 250, 237, 254, 248, 250, 257, 232, 210, 226, 254, 239, 250, 268, 247, 231, 259, 265,
+    260, 230, 242, 265, 245, 230, 242, 269, 249, 239, 261, 263, 260, 229, 231, 234, 257, 249, 243, 255, 254,
+    254, 240, 253
+]
+
+
+def test_seg_heads_do_not_stop_on_the_noise_of_a_slow_start():
+    from raddist.protocols.seg_common import SegParams
+    from raddist.protocols.stopping import Plateau
+
+    params, curve = SegParams(), np.array(SMALL_STRUCTURES_DICE) / 1000
+    drops = {"drops": params.lr_drops} if "lr_drops" in SegParams.model_fields else {}
+    stop = Plateau(1, params.patience, params.min_delta, **drops)
+    for epoch, score in enumerate(curve[:params.epochs], start=1):
+        stop.update(epoch, [score])
+        if getattr(stop, "dropped", [False])[0] or not stop.active[0]:
+            break  # the first plateau: the learning rate falls, or the head stops
+    # patience 10 at a constant rate stopped at epoch 11 holding 0.039; the rule must wait for the rise
+    assert stop.best[0] >= curve[:params.epochs].max() - 0.01 and stop.best[0] >= curve.max() - 0.03
