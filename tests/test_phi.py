@@ -63,6 +63,8 @@ def test_no_identifier_anywhere_in_outputs_cache_or_logs(synthetic_data, tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input_errors"] >= 2 and summary["cells_done"] == summary["cells_total"] == 2
+    page = (out / "report.html").read_text()  # the demo writes report.html too, and it is checked below
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page and 'id="board"' in page
 
     written = [p for root in (out, cache) for p in root.rglob("*") if p.is_file()]
     assert len(written) > 5
