@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from raddist import cluster, preflight, provenance, results, storage
 from raddist.cells.run import CellContext
 from raddist.embed.cache import EmbeddingCache
+from raddist.embed.jobs import Source
 from raddist.plan import Plan, make_plan
 from raddist.spec import SweepSpec
 
@@ -117,9 +118,9 @@ def _embed_and_run_cells(run: _Run, stop, say) -> Tuple[List[dict], List[dict]]:
         jobs.done(job.id, outcome.key, outcome.error)
         run.progress.job_done(outcome.error is not None)
         records.append(_job_record(job, outcome, run.device))
-        verb = {"cached": "cached", "failed": f"FAILED: {outcome.error}"}.get(
+        verb = {Source.CACHED: "cached", Source.FAILED: f"FAILED: {outcome.error}"}.get(
             outcome.source, f"embedded {outcome.images} images in {outcome.seconds:.1f}s "
-                            f"({outcome.images / max(outcome.seconds, 1e-9):.0f} img/s, {outcome.source})")
+                            f"({outcome.images / max(outcome.seconds, 1e-9):.0f} img/s, {outcome.source.value})")
         if not stop.requested:  # once asked to stop, what the abandoned pipeline reports is noise
             say(f"  embeddings {job.backbone.label} × {job.task.name}: {verb}, {outcome.errors} input errors")
 
@@ -158,7 +159,7 @@ def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started:
     """The run's tables, summary and report, each from this run's plan alone."""
     plan, output = run.plan, run.output
     input_errors = results.write_input_errors(output, [(plan.jobs[r["job_id"]].task, r["key"]) for r in records
-                                                       if r["source"] not in ("failed", "interrupted")],
+                                                       if r["source"] != Source.FAILED],
                                               run.cache, run.salt)
     gathered = results.gather(output, plan.cells)
     interrupted = stop.requested
@@ -171,8 +172,8 @@ def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started:
         "cells_run_now": len(outcomes),
         "changes": [{**c, "line": provenance.describe(c)} for c in run.changes],
         "embedding_jobs_computed": sum(r["computed"] for r in records),
-        "embedding_jobs_cached": sum(r["source"] == "cached" for r in records),
-        "embedding_jobs_failed": sum(r["source"] == "failed" for r in records),
+        "embedding_jobs_cached": sum(r["source"] == Source.CACHED for r in records),
+        "embedding_jobs_failed": sum(r["source"] == Source.FAILED for r in records),
         "images_embedded": sum(r["images"] for r in records),
         "input_errors": input_errors,
         "device": run.device,
@@ -196,7 +197,7 @@ def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started:
 def _job_record(job, outcome, device: str) -> dict:
     """A line of embedding_jobs.json: what the job cost, where its pixels came from, when it ended."""
     return {"job_id": job.id, "key": outcome.key, "backbone": job.backbone.label, "task": job.task.name,
-            "computed": bool(outcome.computed), "source": outcome.source, "images": outcome.images,
+            "computed": bool(outcome.computed), "source": outcome.source.value, "images": outcome.images,
             "errors": outcome.errors, "error": outcome.error, "wall_seconds": round(outcome.seconds, 3),
             "gpu_seconds": round(outcome.seconds, 3) if outcome.computed and device == "gpu" else 0.0,
             "finished_at": round(outcome.finished_at, 3)}

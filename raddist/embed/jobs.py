@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable, Dict, List, Optional
 
 import pyarrow as pa
@@ -40,6 +41,15 @@ PIXEL_CACHE_MAX_SIZE = 512
 WAIT_POLL_S = 5.0
 
 
+class Source(str, Enum):
+    """Where a job's features came from (a str: it is written as is to embedding_jobs.json)."""
+
+    CACHED = "cached"  # already in the cache
+    DECODED = "decoded"  # computed from the manifest's files
+    PIXELS = "pixels"  # computed from the pixel cache (decoded once by an earlier backbone)
+    FAILED = "failed"
+
+
 @dataclass
 class JobOutcome:
     job_id: str
@@ -48,7 +58,7 @@ class JobOutcome:
     images: int  # images embedded now (0 when cached)
     errors: int
     seconds: float
-    source: str  # "cached" | "decoded" | "pixels" (read from the pixel cache) | "failed"
+    source: Source
     finished_at: float = field(default_factory=time.time)
     error: Optional[str] = None
 
@@ -161,7 +171,7 @@ class EmbeddingRun:
         reason = self.cache.check(key)
         if reason is None:
             meta = self.cache.meta(key)
-            return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start, "cached")
+            return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start, Source.CACHED)
         if reason != "absent":
             self.say(f"  embeddings {job.backbone.label} × {job.task.name}: cache entry incomplete ({reason}); recomputing")
         if not self.leases.try_take(self.cache.uri(key, "lease.json")):
@@ -247,12 +257,13 @@ class EmbeddingRun:
             "dense_names": dense_names(dense_blocks(config, j.job.features.get("patch_tokens", 0))),
             "manifest_rows": j.manifest_rows, **j.kind, "device": self.device,
             "workers": sorted(j.workers.values(), key=lambda w: w["node"]),  # node and GPU ids of each actor
-            "source": "pixels" if j.pixel_parts else "decoded",
+            "source": (Source.PIXELS if j.pixel_parts else Source.DECODED).value,
             "seconds": round(seconds, 3),  # this job's share of its group's wall time, by rows
             "group_seconds": round(group_seconds, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         self.leases.release(self.cache.uri(j.key, "lease.json"))
-        return JobOutcome(j.job.id, j.key, True, j.images, j.errors, seconds, "pixels" if j.pixel_parts else "decoded")
+        return JobOutcome(j.job.id, j.key, True, j.images, j.errors, seconds,
+                          Source.PIXELS if j.pixel_parts else Source.DECODED)
 
     def _fail(self, j: _Job, error: str, start: float) -> JobOutcome:
         """No complete entry is written; the parts stay for nobody (the next run clears them)."""
@@ -260,7 +271,7 @@ class EmbeddingRun:
                     self.pixels.uri(j.pixel_key, "lease.json") if j.write_pixels else None):
             if uri:
                 self.leases.release(uri)
-        return JobOutcome(j.job.id, j.key, False, 0, j.errors, time.time() - start, "failed", error=error)
+        return JobOutcome(j.job.id, j.key, False, 0, j.errors, time.time() - start, Source.FAILED, error=error)
 
 
 def _by_backbone(jobs: List[EmbeddingJob]) -> List[List[EmbeddingJob]]:
