@@ -64,3 +64,26 @@ def leaderboard_plot(board: pd.DataFrame) -> bytes:
     ax.set_title("test value [95% CI]; colour: rank within the task")
     fig.tight_layout()
     return _png(fig)
+
+
+def reliability_plot(curves: dict, task: str, n_bins: int = 15) -> bytes:
+    """Reliability diagrams of one task: a panel per (backbone, protocol) key of curves, each
+    (mean probability, observed frequency) per equal-mass bin, against the diagonal."""
+    plt = _pyplot()
+    keys = sorted(curves)
+    cols = min(4, len(keys)) or 1
+    rows = max(1, -(-len(keys) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.ravel(), keys):
+        x, y = curves[key]
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
+        ax.plot(x, y, marker="o", markersize=3)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(" / ".join(map(str, key)), fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"{task}: reliability ({n_bins} equal-mass bins; x: mean probability, y: observed frequency)", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
