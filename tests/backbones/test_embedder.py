@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from raddist.backbones.embedder import Embedder
-from raddist.backbones.registry import BackboneConfig, get_config
+from raddist.backbones.registry import get_config
 from raddist.backbones.weights import build_model
+from tests.backbones.helpers import TINY_MSN, manual_normalize, random_images
 
 
 @pytest.fixture(autouse=True)
@@ -17,34 +18,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _images(config, batch=4, seed=0, gray=True):
-    g = torch.Generator().manual_seed(seed)
-    shape = (batch, config.input_size, config.input_size) if gray else (batch, 3, config.input_size, config.input_size)
-    return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
-
-
-def _manual_normalize(config, images):
-    x = images.float() / 255
-    if x.dim() == 3:
-        x = x.unsqueeze(1).repeat(1, 3, 1, 1)
-    mean = torch.tensor(config.mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.std).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-TINY_MSN = BackboneConfig(
-    "tiny_msn", "transformers", "none/tiny-msn", 32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 8, 32, 3, "vit",
-    kwargs={"model_type": "vit_msn", "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
-            "intermediate_size": 64, "image_size": 32, "patch_size": 8, "layer_norm_eps": 1e-6},
-)
-
-
 @pytest.mark.parametrize("name", ["tiny_vit", "tiny_cnn"])
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_tiny_backbones_give_declared_dims(name, n):
     config = get_config(name)
     embedder = Embedder(config, build_model(config, "random"), n_last_blocks=n, patch_tokens=True)
-    out = embedder(_images(config, batch=32))
+    out = embedder(random_images(config, batch=32))
     assert out["cls"].shape == (32, sum(embedder.block_dims))
     assert set(out) == set(embedder.output_keys)
     assert all(v.dtype == torch.float32 for v in out.values())
@@ -54,10 +33,10 @@ def test_tiny_backbones_give_declared_dims(name, n):
 def test_vit_cls_equals_timm_forward_features():
     config = get_config("tiny_vit")
     model = build_model(config, "random")
-    images = _images(config)
+    images = random_images(config)
     out = Embedder(config, model, n_last_blocks=4, patch_tokens=True)(images)
     with torch.inference_mode():
-        tokens = model.forward_features(_manual_normalize(config, images))  # after the final norm
+        tokens = model.forward_features(manual_normalize(config, images))  # after the final norm
     d = config.embed_dim
     torch.testing.assert_close(out["cls"][:, -d:], tokens[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["patch_mean"], tokens[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
@@ -71,10 +50,10 @@ def test_vit_cls_equals_timm_forward_features():
 def test_cnn_cls_equals_timm_pooled_features():
     config = get_config("tiny_cnn")
     model = build_model(config, "random")
-    images = _images(config)
+    images = random_images(config)
     out = Embedder(config, model, n_last_blocks=2)(images)
     with torch.inference_mode():
-        pooled = model(_manual_normalize(config, images))  # num_classes=0: global average pool
+        pooled = model(manual_normalize(config, images))  # num_classes=0: global average pool
     torch.testing.assert_close(out["cls"][:, -config.embed_dim:], pooled, rtol=1e-5, atol=1e-5)
     assert "patch_mean" not in out
 
@@ -90,14 +69,14 @@ def test_uint8_value_normalises_like_manual(v):
     torch.testing.assert_close(x, expected.expand(2, 3, 64, 64), rtol=1e-6, atol=1e-6)
     assert x.is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        manual = model.forward_features(_manual_normalize(config, gray))[:, 0]
+        manual = model.forward_features(manual_normalize(config, gray))[:, 0]
     torch.testing.assert_close(embedder(gray)["cls"], manual, rtol=1e-5, atol=1e-5)
 
 
 def test_grayscale_layouts_agree():
     config = get_config("tiny_cnn")
     embedder = Embedder(config, build_model(config, "random"))
-    gray = _images(config)
+    gray = random_images(config)
     a = embedder(gray)["cls"]
     b = embedder(gray.unsqueeze(1))["cls"]
     c = embedder(gray.unsqueeze(1).repeat(1, 3, 1, 1))["cls"]
@@ -129,7 +108,7 @@ def test_random_init_is_deterministic_and_leaves_rng_alone():
 def test_dinov2_small_runs_at_224_with_a_16x16_grid():
     config = get_config("dinov2_vits14")
     embedder = Embedder(config, build_model(config, "random"), n_last_blocks=4, patch_tokens=True)
-    out = embedder(_images(config, batch=1))
+    out = embedder(random_images(config, batch=1))
     assert out["cls"].shape == (1, 4 * 384)
     assert out["patch_mean"].shape == (1, 384)
     assert out["patch_tokens"].shape == (1, 384, 16, 16)
@@ -137,10 +116,10 @@ def test_dinov2_small_runs_at_224_with_a_16x16_grid():
 
 def test_transformers_adapter_matches_last_hidden_state():
     model = build_model(TINY_MSN, "random")
-    images = _images(TINY_MSN)
+    images = random_images(TINY_MSN)
     out = Embedder(TINY_MSN, model, n_last_blocks=3, patch_tokens=True)(images)
     with torch.inference_mode():
-        last = model.model(pixel_values=_manual_normalize(TINY_MSN, images)).last_hidden_state
+        last = model.model(pixel_values=manual_normalize(TINY_MSN, images)).last_hidden_state
     torch.testing.assert_close(out["cls"][:, -32:], last[:, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["patch_mean"], last[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
     assert out["cls"].shape == (4, 96)
@@ -162,7 +141,7 @@ def test_open_clip_hub_without_open_clip_is_a_clear_error():
 def test_cuda_bf16_close_to_cpu_fp32():
     config = get_config("tiny_vit")
     model = build_model(config, "random")
-    images = _images(config, batch=8)
+    images = random_images(config, batch=8)
     cpu = Embedder(config, model)(images)
     gpu = Embedder(config, build_model(config, "random")).cuda()(images)  # uint8 moved on the device
     assert gpu["cls"].dtype == torch.float32 and gpu["cls"].is_cuda

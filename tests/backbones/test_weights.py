@@ -11,7 +11,7 @@ from raddist.backbones.weights import build_model
 from raddist.keys import weights_identity
 from raddist.errors import ConfigError
 
-from tests.backbones.test_embedder import TINY_MSN, _images, _manual_normalize
+from tests.backbones.helpers import TINY_MSN, manual_normalize, random_images
 
 TINY_CLIP_TRUNK = BackboneConfig(  # an open_clip-style backbone whose trunk is the tiny timm ViT
     "tiny_clip", "open_clip", "hf-hub:none/tiny", 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 8, 64, 4, "vit",
@@ -41,7 +41,7 @@ def _assert_same(a, b, config):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    x = _manual_normalize(config, _images(config))
+    x = manual_normalize(config, random_images(config))
     with torch.inference_mode():
         assert torch.equal(a.eval().forward_features(x), b.eval().forward_features(x))
 
