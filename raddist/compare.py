@@ -23,23 +23,32 @@ Holm families (column ``family``; p_holm adjusts within a family, which controls
   of the call: "which classes differ, given this comparison". Reading the DeLong rows of several comparisons
   together needs a further correction.
 A bootstrap p-value is at least 2 / (B + 1), so in a family of m tests with m * 2 / (B + 1) > alpha nothing can
-be significant after Holm: that is warned about (raise n_boot).
+be significant after Holm. So by default (``n_boot="auto"``) B is sized to the family: :func:`family_bootstrap`
+(the paper grid's boot:auroc, 59 tests at alpha 0.05: 5,000 resamples); the column ``n_boot`` says which B each
+row used. An explicit B that cannot reach alpha is warned about. The report's CIs keep their own B
+(spec.bootstrap).
+
+DeLong rows with too few patients on a side (raddist.delong.MIN_PATIENTS) have no p-value; column ``note`` says
+why. A bootstrap row's note counts the replicates where its metric was undefined (macro AUROC: a class without
+positives or negatives in the resample); its p-value and CI are over the other replicates.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from raddist.delong import delong_test
-from raddist.metrics import (SCALAR_METRICS, WeightedEvaluator, _nanmean, classification_metrics, group_codes,
-                             normalize, percentile_ci, resample_counts, resampled_rows)
+from raddist.metrics import (ALPHA, BOOTSTRAP, SCALAR_METRICS, WeightedEvaluator, _nanmean, classification_metrics,
+                             group_codes, normalize, percentile_ci, resample_counts, resampled_rows)
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
+NBoot = Union[int, str]  # a number of resamples, or "auto": sized to the family (family_bootstrap)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Bootstrap and Holm
@@ -57,12 +66,38 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def family_bootstrap(m: int, alpha: float) -> int:
+    """Resamples for a Holm family of m bootstrap tests. The smallest bootstrap p is 2 / (B + 1) and Holm multiplies
+    the smallest by m, so anything can be significant only if B >= 2m / alpha - 1. Twice that (the floor of the
+    adjusted p is then alpha / 2: a test with one replicate past zero can still be significant), rounded up to a
+    thousand, and at least BOOTSTRAP. m = 59 at alpha 0.05: 5,000; m <= 12: 1,000."""
+    need = 2 * int(np.ceil(2 * m / alpha - 1e-9))
+    return int(max(BOOTSTRAP, -(-need // 1000) * 1000))
+
+
+def resolve_bootstrap(n_boot: NBoot, m: int, alpha: float) -> int:
+    """n_boot as a number: "auto" -> family_bootstrap(m, alpha); a number of resamples as it is."""
+    if isinstance(n_boot, str) and n_boot == "auto":
+        return family_bootstrap(m, alpha)
+    if isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 0:
+        return int(n_boot)
+    raise ValueError(f"bootstrap resamples must be a number >= 0 or 'auto', not {n_boot!r}")
+
+
 def _bootstrap_p(d: np.ndarray) -> float:
     d = d[~np.isnan(d)]
     if d.size == 0:
         return float("nan")
     below, above = (1 + np.sum(d <= 0)) / (d.size + 1), (1 + np.sum(d >= 0)) / (d.size + 1)
     return float(min(1.0, 2 * min(below, above)))
+
+
+def _summary(a: float, b: float, d: np.ndarray, alpha: float) -> dict:
+    """A bootstrap row's results from the point values and the replicates d of the difference (NaN: undefined)."""
+    low, high = percentile_ci(d, alpha)
+    undefined = int(np.isnan(d).sum())
+    note = f"undefined in {undefined} of {d.size} resamples; p and CI over the rest" if undefined else ""
+    return dict(a=a, b=b, diff=a - b, ci_low=low, ci_high=high, p_value=_bootstrap_p(d), n_boot=d.size, note=note)
 
 
 def _infer_task_type(labels: np.ndarray, scores: np.ndarray) -> str:
@@ -88,43 +123,52 @@ def _paired_all(task_type, draws, class_names, n_groups, n_boot, seed, alpha) ->
     out = {}
     for k, d in diffs.items():
         a, b = (_nanmean(np.array([p[side][k] for p in points])) for side in (0, 1))
-        d = np.concatenate(d) if d else np.zeros(0)
-        low, high = percentile_ci(d, alpha)
-        out[k] = dict(a=a, b=b, diff=a - b, ci_low=low, ci_high=high, p_value=_bootstrap_p(d))
+        out[k] = _summary(a, b, np.concatenate(d) if d else np.zeros(0), alpha)
     return out
 
 
-def paired_bootstrap(labels, scores_a, scores_b, groups, metric: Union[str, MetricFn] = "auroc",
-                     n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, *, task_type: Optional[str] = None,
-                     class_names: Optional[Sequence[str]] = None) -> dict:
+@dataclass(frozen=True)
+class Paired:
+    """Two backbones' scores on the same rows: labels, scores_a, scores_b, groups (patient ids). task_type is
+    inferred from the shapes when None (scores with one column: binary; 1-D labels: multiclass; else
+    multilabel); class_names default to "0", "1", ..."""
+    labels: np.ndarray
+    scores_a: np.ndarray
+    scores_b: np.ndarray
+    groups: np.ndarray
+    task_type: Optional[str] = None
+    class_names: Optional[Sequence[str]] = None
+
+
+def paired_bootstrap(data: Paired, metric: Union[str, MetricFn] = "auroc", n_boot: int = BOOTSTRAP, seed: int = 0,
+                     alpha: float = ALPHA) -> dict:
     """Paired patient-level bootstrap of metric(A) - metric(B).
 
     metric: a name from raddist.metrics (auroc, accuracy, balanced_accuracy, f1_macro, auroc/<class>;
     vectorised), or fn(labels, scores) -> float, called once per resample on the resampled rows (slow,
-    general). task_type is inferred from the shapes when omitted: scores with one column -> binary, 1-D labels
-    -> multiclass, else multilabel. Returns dict(a, b, diff, ci_low, ci_high, p_value).
+    general). Returns dict(a, b, diff, ci_low, ci_high, p_value, n_boot, note).
     """
-    task_type = task_type or _infer_task_type(labels, scores_a)
-    if class_names is None:
-        class_names = [str(c) for c in range(normalize(task_type, labels, scores_a)[1].shape[1])]
-    codes, n_groups = group_codes(groups)
-    if isinstance(metric, str):
-        res = _paired_all(task_type, [(labels, scores_a, scores_b, codes)], class_names, n_groups, n_boot, seed,
-                          alpha)
-        if metric not in res:
-            raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(res)}")
-        return res[metric]
-    labels, scores_a = normalize(task_type, labels, scores_a)
-    scores_b = normalize(task_type, labels, scores_b)[1]
-    d = []
-    for block in resample_counts(n_groups, n_boot, seed):
-        for counts in block:
-            idx = resampled_rows(codes, counts)
-            d.append(metric(labels[idx], scores_a[idx]) - metric(labels[idx], scores_b[idx]))
-    d = np.asarray(d, dtype=np.float64)
-    a, b = float(metric(labels, scores_a)), float(metric(labels, scores_b))
-    low, high = percentile_ci(d, alpha)
-    return dict(a=a, b=b, diff=a - b, ci_low=low, ci_high=high, p_value=_bootstrap_p(d))
+    task_type = data.task_type or _infer_task_type(data.labels, data.scores_a)
+    labels, scores_a = normalize(task_type, data.labels, data.scores_a)
+    codes, n_groups = group_codes(data.groups)
+    data = Paired(labels, scores_a, normalize(task_type, labels, data.scores_b)[1], codes, task_type,
+                  data.class_names or [str(c) for c in range(scores_a.shape[1])])
+    if not isinstance(metric, str):
+        return _paired_callable(metric, data, n_groups, n_boot, seed, alpha)
+    res = _paired_all(task_type, [(labels, scores_a, data.scores_b, codes)], data.class_names, n_groups, n_boot, seed,
+                      alpha)
+    if metric not in res:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(res)}")
+    return res[metric]
+
+
+def _paired_callable(metric: MetricFn, data: Paired, n_groups: int, n_boot: int, seed: int, alpha: float) -> dict:
+    """paired_bootstrap for a metric function; data normalised, groups as codes into n_groups patients."""
+    y, sa, sb = data.labels, data.scores_a, data.scores_b
+    d = [metric(y[idx], sa[idx]) - metric(y[idx], sb[idx]) for block in resample_counts(n_groups, n_boot, seed)
+         for idx in (resampled_rows(data.groups, c) for c in block)]
+    a, b = float(metric(y, sa)), float(metric(y, sb))
+    return _summary(a, b, np.asarray(d, dtype=np.float64), alpha)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -183,14 +227,16 @@ def _aligned_draws(a: pd.DataFrame, b: pd.DataFrame, where: str) -> tuple:
     return merged, np.split(codes, np.cumsum([len(m) for m in merged])[:-1]), n_groups
 
 
-def _compare_rows(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: int, seed: int, alpha: float,
+def _compare_rows(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: NBoot, seed: int, alpha: float,
                   class_names, keys: Sequence[str]) -> pd.DataFrame:
-    """compare_predictions' rows, before Holm."""
+    """compare_predictions' rows, before Holm; n_boot "auto" is sized to the number of comparisons."""
     keys, rows = list(keys), []
     groups_a, groups_b = _comparisons(preds_a, keys), _comparisons(preds_b, keys)
     for key in sorted(set(groups_a) ^ set(groups_b), key=str):
         warnings.warn(f"{dict(key)}: only backbone {'A' if key in groups_a else 'B'} has predictions; skipped")
-    for i, key in enumerate(sorted(set(groups_a) & set(groups_b), key=str)):
+    common = sorted(set(groups_a) & set(groups_b), key=str)
+    n_boot = resolve_bootstrap(n_boot, len(common), alpha)
+    for i, key in enumerate(common):
         a, base = groups_a[key], dict(key)
         task, task_type = a["task"].iloc[0], a["task_type"].iloc[0]
         merged, codes, n_groups = _aligned_draws(a, groups_b[key], str(base))
@@ -202,31 +248,38 @@ def _compare_rows(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: int, see
         base.update(n_samples=len(set().union(*(m["sample_id"] for m in merged))), n_patients=n_groups)
         res = _paired_all(task_type, draws, names, n_groups, n_boot, seed, alpha)
         rows += [dict(base, metric=k, test="bootstrap", family=f"boot:{k}", **res[k]) for k in SCALAR_METRICS]
-        if "_draw" in a:
-            continue  # a mean over draws has no DeLong test
-        labels, scores_a, scores_b, _ = draws[0]
-        for c, name in enumerate(names):
-            y = (labels == c) if task_type == "multiclass" else labels[:, c]
-            if not 0 < y.sum() < len(y):
-                continue  # AUROC undefined for this class
-            t = delong_test(y, scores_a[:, c], scores_b[:, c], alpha, groups=merged[0]["patient_id_a"].to_numpy())
-            rows.append(dict(base, metric=f"auroc/{name}", test="delong", a=t["auc_a"], b=t["auc_b"], diff=t["diff"],
-                             ci_low=t["ci_low"], ci_high=t["ci_high"], p_value=t["p_value"],
-                             family=f"delong:{task}/{base.get('protocol')}#{i}"))
+        if "_draw" not in a:  # a mean over draws has no DeLong test
+            family = f"delong:{task}/{base.get('protocol')}#{i}"
+            rows += _delong_rows(base, draws[0], names, task_type, merged[0]["patient_id_a"].to_numpy(), alpha, family)
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=keys + ROW_COLUMNS + ["family"])
 
 
-def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
-                        alpha: float = 0.05, class_names: Optional[Mapping[str, Sequence[str]]] = None,
+def _delong_rows(base: dict, draw: tuple, names, task_type: str, patients, alpha: float, family: str) -> List[dict]:
+    """Per class, DeLong's test clustered by patient; classes whose AUROC is undefined are left out."""
+    labels, scores_a, scores_b, _ = draw
+    rows = []
+    for c, name in enumerate(names):
+        y = (labels == c) if task_type == "multiclass" else labels[:, c]
+        if not 0 < y.sum() < len(y):
+            continue
+        t = delong_test(y, scores_a[:, c], scores_b[:, c], alpha, groups=patients)
+        rows.append(dict(base, metric=f"auroc/{name}", test="delong", a=t["auc_a"], b=t["auc_b"], diff=t["diff"],
+                         ci_low=t["ci_low"], ci_high=t["ci_high"], p_value=t["p_value"], family=family,
+                         note=t["note"]))
+    return rows
+
+
+def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: NBoot = "auto", seed: int = 0,
+                        alpha: float = ALPHA, class_names: Optional[Mapping[str, Sequence[str]]] = None,
                         keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
     """Compare backbone A with backbone B, per (task, protocol) present in both frames.
 
     Frames have the predictions.parquet columns (task, protocol, task_type, sample_id, patient_id, labels,
     scores, ...). Items are aligned by sample_id; different item sets are an error. Rows (column ``test``):
     - ``bootstrap``: paired patient bootstrap of each scalar metric (auroc = macro AUROC, accuracy,
-      balanced_accuracy, f1_macro).
-    - ``delong``: DeLong per class (auroc/<class>; one row for binary tasks), clustered by patient, CI from the
-      normal approximation. None for few-shot.
+      balanced_accuracy, f1_macro), with n_boot resamples ("auto": sized to the family, family_bootstrap).
+    - ``delong``: DeLong per class (auroc/<class>; one row for binary tasks), clustered by patient, CI from
+      Student's t; no p-value (and a note) with too few patients on a side. None for few-shot.
     p_holm: Holm within ``family`` (see the module docstring); warns when a bootstrap family cannot reach alpha.
     class_names: task -> names; default "0", "1", ... keys: the columns that identify one comparison (add e.g.
     "seed" when a frame holds several seeds). Few-shot rows (protocol "fewshot", with a params column) are
@@ -234,28 +287,31 @@ def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: in
     carry those columns and ``variant`` ("shots=4,probe=linear").
     """
     out = _compare_rows(preds_a, preds_b, n_boot, seed, alpha, class_names, keys)
-    return with_holm(out, keys, n_boot=n_boot, alpha=alpha)
+    return with_holm(out, keys, alpha=alpha)
 
 
 ROW_COLUMNS = ["metric", "test", "a", "b", "diff", "ci_low", "ci_high", "p_value", "n_samples", "n_patients"]
 
 
-def with_holm(out: pd.DataFrame, keys: Sequence[str], n_boot: Optional[int] = None, alpha: float = 0.05):
-    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family'). With n_boot, warns
-    about bootstrap families of m tests that cannot reach alpha: m * 2 / (n_boot + 1) > alpha. Columns: keys,
-    the other key columns (few-shot rows': params, seed, variant), the results, family."""
+def with_holm(out: pd.DataFrame, keys: Sequence[str], alpha: float = ALPHA) -> pd.DataFrame:
+    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family'). Warns about bootstrap
+    families of m tests that cannot reach alpha with their rows' n_boot: m * 2 / (n_boot + 1) > alpha. Columns:
+    keys, the other key columns (few-shot rows': params, seed, variant), the results, family, n_boot, note."""
     out, hopeless = out.copy(), []
     out["p_holm"] = np.nan
+    out["n_boot"] = out["n_boot"] if "n_boot" in out else np.nan
+    out["note"] = out["note"].fillna("") if "note" in out else ""
     for family, idx in out.groupby("family").groups.items():
         p = out.loc[idx, "p_value"].to_numpy(np.float64)
         out.loc[idx, "p_holm"] = holm(p)
-        m = int(np.sum(~np.isnan(p)))
-        if n_boot is not None and (out.loc[idx, "test"] == "bootstrap").all() and m * 2 / (n_boot + 1) > alpha:
-            hopeless.append(f"{family} ({m} tests: needs n_boot >= {int(np.ceil(2 * m / alpha - 1 - 1e-9))})")
+        m, n_boot = int(np.sum(~np.isnan(p))), out.loc[idx, "n_boot"].min()
+        if (out.loc[idx, "test"] == "bootstrap").all() and m * 2 / (n_boot + 1) > alpha:
+            hopeless.append(f"{family} ({m} tests, {n_boot:.0f} resamples: needs n_boot >= "
+                            f"{int(np.ceil(2 * m / alpha - 1 - 1e-9))})")
     if hopeless:
-        warnings.warn(f"with {n_boot} bootstrap resamples no p-value is below 2 / ({n_boot} + 1), so after Holm "
-                      f"nothing can be significant at alpha = {alpha} in the families {', '.join(hopeless)}")
-    results = ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:] + ["family"]
+        warnings.warn(f"a bootstrap p-value is at least 2 / (n_boot + 1), so after Holm nothing can be significant "
+                      f"at alpha = {alpha} in the families {', '.join(hopeless)}; n_boot='auto' sizes B to the family")
+    results = ROW_COLUMNS[:-2] + ["p_holm"] + ROW_COLUMNS[-2:] + ["family", "n_boot", "note"]
     extra = [c for c in out.columns if c not in keys and c not in results]
     return out[list(keys) + extra + results]
 
@@ -270,8 +326,8 @@ def _case_values(frame: pd.DataFrame, cases: Sequence[str], classes: Sequence[st
     return {k: wide[k].reindex(index).to_numpy(np.float64).reshape(len(cases), len(classes)) for k in SEG_VALUES}
 
 
-def compare_cases(cases_a: pd.DataFrame, cases_b: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
-                  alpha: float = 0.05, keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
+def compare_cases(cases_a: pd.DataFrame, cases_b: pd.DataFrame, n_boot: NBoot = "auto", seed: int = 0,
+                  alpha: float = ALPHA, keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
     """Segmentation: a paired patient bootstrap of the report's headline statistics (seg_metrics:
     dice, the mean over classes of each class's mean over the cases that contain it; dice_pooled;
     hd95), from the per-case results of cases.parquet. Rows as compare_predictions'."""
@@ -280,7 +336,9 @@ def compare_cases(cases_a: pd.DataFrame, cases_b: pd.DataFrame, n_boot: int = 10
     keys, rows = list(keys), []
     groups_a = dict(iter(cases_a.groupby(keys, sort=True)))
     groups_b = dict(iter(cases_b.groupby(keys, sort=True)))
-    for key in sorted(set(groups_a) & set(groups_b), key=str):
+    common = sorted(set(groups_a) & set(groups_b), key=str)
+    n_boot = resolve_bootstrap(n_boot, len(common), alpha)
+    for key in common:
         a, b, base = groups_a[key], groups_b[key], dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         if set(zip(a["case_id"], a["class"])) != set(zip(b["case_id"], b["class"])):
             raise ValueError(f"{base}: the backbones were scored on different cases")
@@ -297,10 +355,8 @@ def compare_cases(cases_a: pd.DataFrame, cases_b: pd.DataFrame, n_boot: int = 10
                 diffs[m].append(ra[m] - rb[m])
         for m in SEG_HEADLINE:
             d = np.concatenate(diffs[m]) if diffs[m] else np.zeros(0)
-            low, high = percentile_ci(d, alpha)
-            rows.append(dict(base, metric=m, test="bootstrap", family=f"boot:{m}", a=float(point_a[m][0]),
-                             b=float(point_b[m][0]), diff=float(point_a[m][0] - point_b[m][0]), ci_low=low,
-                             ci_high=high, p_value=_bootstrap_p(d), n_samples=len(cases), n_patients=n_groups))
+            rows.append(dict(base, metric=m, test="bootstrap", family=f"boot:{m}", n_samples=len(cases),
+                             n_patients=n_groups, **_summary(float(point_a[m][0]), float(point_b[m][0]), d, alpha)))
     return pd.DataFrame(rows)
 
 
@@ -308,10 +364,12 @@ SEG_HEADLINE = ("dice", "dice_pooled", "hd95")
 
 
 def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Optional[pd.DataFrame] = None,
-                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                      n_boot: NBoot = "auto", seed: int = 0, alpha: float = ALPHA,
                       keys: Sequence[str] = ("task", "protocol")) -> pd.DataFrame:
     """Backbone a against b over a run's predictions.parquet (classification) and cases.parquet (segmentation)
     frames; Holm's adjustment runs over both together, by ``family`` (a column; see the module docstring).
+    n_boot "auto": the classification rows' B is sized to the number of classification comparisons (the size of
+    each boot:<metric> family), the segmentation rows' to the segmentation ones (column n_boot).
     Few-shot predictions may come as they are: whatever keys says, they are compared per params without "draw"
     (shots, probe and its settings) and seed, as the mean over the draws (see compare_predictions)."""
     if a == b:
@@ -330,7 +388,7 @@ def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Opti
         parts.append(compare_cases(cases[cases["backbone"] == a], cases[cases["backbone"] == b], n_boot, seed, alpha,
                                    keys=keys))
     parts = [p for p in parts if len(p)] or parts[:1]
-    return with_holm(pd.concat(parts, ignore_index=True), keys, n_boot=n_boot, alpha=alpha)
+    return with_holm(pd.concat(parts, ignore_index=True), keys, alpha=alpha)
 
 
 def _require_common(frames: List[pd.DataFrame], a: str, b: str, keys: Sequence[str]) -> None:

@@ -3,10 +3,10 @@
 Conventions (the same for the point estimate and for every bootstrap replicate):
 
 - ``auroc`` is the unweighted mean of the per-class one-vs-rest AUROCs over the classes
-  where AUROC is *defined*. A class whose labels take one value only in the sample (no
-  positives, or no negatives) gets ``auroc/<class>`` = NaN and is left out of the macro mean;
-  bootstrap resamples often lack the positives of rare findings. When every class is defined
-  the macro equals sklearn's ``roc_auc_score(multi_class='ovr', average='macro')``.
+  where AUROC is *defined* in the evaluated sample. A class whose labels take one value only
+  (no positives, or no negatives) gets ``auroc/<class>`` = NaN and is left out of the macro
+  mean. When every class is defined the macro equals sklearn's
+  ``roc_auc_score(multi_class='ovr', average='macro')``.
 - multilabel / binary (C = 1): a score >= 0.5 is a positive prediction. ``accuracy`` is the
   mean over labels of the per-label accuracy (not the exact-match subset accuracy);
   ``balanced_accuracy`` is the mean over labels of sklearn's per-label balanced accuracy;
@@ -17,7 +17,11 @@ Conventions (the same for the point estimate and for every bootstrap replicate):
   macro F1 are sklearn's (balanced accuracy averages the recall of the classes present).
 
 Bootstrap: percentile intervals over resamples of *patients* (groups) drawn with replacement;
-a drawn patient brings all its rows. A resample is a vector of per-patient multiplicities, so
+a drawn patient brings all its rows. The macro AUROC of a resample averages the same classes
+as the point estimate: a resample that lacks the positives (or negatives) of one of them
+(a rare finding's few patients all left out) has an *undefined* macro AUROC, NaN, rather than
+a mean over fewer classes. Intervals are over the defined resamples; ``score_prediction``
+reports how many were undefined (``n_undefined``). A resample is a vector of per-patient multiplicities, so
 every metric is a weighted count, computed for a block of resamples at once with numpy
 (AUROC by the Mann-Whitney statistic on sorted scores with midranks for ties).
 """
@@ -164,6 +168,7 @@ class WeightedEvaluator:
         self.n_groups = n_groups
         agg = lambda x: _per_group(codes, n_groups, x)  # (n, k) row counts -> (P, k)
         self.rows = agg(np.ones((len(codes), 1)))[:, 0]
+        self.defined = np.array([0 < onehot[:, c].sum() < len(onehot) for c in range(n_classes)])
         # AUROC: per class, negatives sorted by score and, for each positive, how many
         # negatives score strictly below it (lo) and at most equal to it (hi).
         self.auc_parts = []
@@ -189,7 +194,8 @@ class WeightedEvaluator:
         aucs = np.stack([self._auroc(w, *parts) for parts in self.auc_parts], axis=1)
         for c, name in enumerate(self.class_names):
             out[f"auroc/{name}"] = aucs[:, c]
-        out["auroc"] = _nanmean(aucs, axis=1)
+        # the point estimate's classes in every resample: one of them undefined -> the macro is undefined
+        out["auroc"] = np.mean(aucs[:, self.defined], axis=1) if self.defined.any() else np.full(len(w), np.nan)
         if self.task_type == "multiclass":
             true, pred, hit = w @ self.true, w @ self.pred, w @ self.hit
             out["accuracy"] = hit.sum(1) / (w @ self.rows)
@@ -247,20 +253,22 @@ def bootstrap_ci(task_type: str, labels, scores, class_names, groups, n_boot: in
 
 def score_prediction(task_type: str, prediction, class_names: Sequence[str],
                      n_boot: int = BOOTSTRAP, seed: int = 0, alpha: float = ALPHA) -> List[dict]:
-    """Rows {metric, value, ci_low, ci_high} for a protocols.base.Prediction.
+    """Rows {metric, value, ci_low, ci_high, n_undefined} for a protocols.base.Prediction.
 
     Scalar metrics first (auroc, accuracy, balanced_accuracy, f1_macro), then auroc/<class>.
-    n_boot = 0 gives NaN intervals.
+    n_undefined: how many of the n_boot resamples left the metric undefined (the CI is over the
+    others). n_boot = 0 gives NaN intervals.
     """
     if task_type == "segmentation":
         raise ValueError("segmentation predictions are scored per case: raddist.seg_metrics.score_cases")
     values = classification_metrics(task_type, prediction.labels, prediction.scores,
                                      class_names)
-    cis = {}
+    reps = {}
     if n_boot > 0:
-        cis = bootstrap_ci(task_type, prediction.labels, prediction.scores, class_names,
-                           prediction.patient_ids, n_boot, seed, alpha)
+        reps = bootstrap_replicates(task_type, prediction.labels, prediction.scores, class_names,
+                                    prediction.patient_ids, n_boot, seed)
     names = list(SCALAR_METRICS) + [f"auroc/{c}" for c in class_names]
     nan = (float("nan"), float("nan"))
-    return [dict(metric=m, value=values[m], ci_low=cis.get(m, nan)[0],
-                 ci_high=cis.get(m, nan)[1]) for m in names]
+    cis = {m: percentile_ci(reps[m], alpha) if m in reps else nan for m in names}
+    return [dict(metric=m, value=values[m], ci_low=cis[m][0], ci_high=cis[m][1],
+                 n_undefined=int(np.isnan(reps[m]).sum()) if m in reps else 0) for m in names]

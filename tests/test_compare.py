@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from raddist.compare import compare_backbones, compare_predictions, holm, paired_bootstrap
+from raddist.compare import Paired, compare_backbones, compare_predictions, family_bootstrap, holm, paired_bootstrap
 from raddist.delong import delong_test
 from raddist.metrics import (classification_metrics, group_codes, percentile_ci, resample_counts,
                              resampled_rows)
@@ -23,7 +23,7 @@ def test_holm_hand_example():
 
 def test_paired_bootstrap_a_vs_a():
     y, a, _ = binary_data(seed=4)
-    r = paired_bootstrap(y, a[:, None], a[:, None], np.arange(len(y)) // 2, "auroc", n_boot=200)
+    r = paired_bootstrap(Paired(y, a[:, None], a[:, None], np.arange(len(y)) // 2), "auroc", n_boot=200)
     assert r["diff"] == 0 and r["ci_low"] == 0 and r["ci_high"] == 0 and r["p_value"] == 1.0
 
 
@@ -31,11 +31,11 @@ def test_paired_bootstrap_detects_better_model_and_callable_agrees():
     y, a, b = binary_data(n=300, seed=5, signal_a=2.5, signal_b=0.3)
     sa, sb = 1 / (1 + np.exp(-a[:, None])), 1 / (1 + np.exp(-b[:, None]))
     groups = np.arange(len(y)) // 3
-    r = paired_bootstrap(y, sa, sb, groups, "auroc", n_boot=300, seed=1)
+    r = paired_bootstrap(Paired(y, sa, sb, groups), "auroc", n_boot=300, seed=1)
     assert r["diff"] > 0.2 and r["ci_low"] > 0 and r["p_value"] == pytest.approx(2 / 301)
     # the general (callable) path resamples the same patients, so it gives the same numbers
     fn = lambda labels, scores: classification_metrics("binary", labels, scores, ["x"])["auroc"]
-    r2 = paired_bootstrap(y, sa, sb, groups, fn, n_boot=300, seed=1)
+    r2 = paired_bootstrap(Paired(y, sa, sb, groups), fn, n_boot=300, seed=1)
     for k in r:
         assert r2[k] == pytest.approx(r[k], abs=1e-12)
 
@@ -259,7 +259,7 @@ def test_warns_when_a_bootstrap_family_cannot_reach_alpha_after_holm():
     preds = two_backbones()
     a, b = preds[preds.backbone == "good"], preds[preds.backbone == "weak"]
     # 3 tasks per metric family: Holm's smallest p is 3 * 2 / (B + 1); 6 / 120 = 0.05 is not above alpha
-    with pytest.warns(UserWarning, match=r"nothing can be significant.*boot:auroc \(3 tests: needs n_boot >= 119\)"):
+    with pytest.warns(UserWarning, match=r"nothing can be significant.*boot:auroc \(3 tests, 118 resamples: needs n_boot >= 119\)"):
         compare_predictions(a, b, n_boot=118)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -267,3 +267,51 @@ def test_warns_when_a_bootstrap_family_cannot_reach_alpha_after_holm():
     assert (out[out.test == "bootstrap"].p_holm >= 3 * 2 / 120 - 1e-12).all()
     with pytest.warns(UserWarning, match="boot:auroc"):
         compare_predictions(a, b, n_boot=200, alpha=0.01)
+
+
+def test_bootstrap_is_sized_to_the_family_so_holm_can_reach_alpha():
+    """The paper grid's boot:auroc family has 59 tests: Holm can reject only with B >= 2,359, so the old default of
+    1,000 could never reach significance. "auto" (the default) sizes B to the family and says so (n_boot)."""
+    assert family_bootstrap(59, 0.05) == 5000 and 59 * 2 / (5000 + 1) <= 0.05 / 2
+    assert family_bootstrap(3, 0.05) == 1000 and family_bootstrap(100, 0.01) == 40000
+    preds = two_backbones()
+    a, b = preds[preds.backbone == "good"], preds[preds.backbone == "weak"]
+    alpha = 0.005  # 3 tests: 3 * 2 / 1001 > alpha, so 1,000 resamples cannot reach it
+    with pytest.warns(UserWarning, match="nothing can be significant"):
+        fixed = compare_predictions(a, b, n_boot=1000, alpha=alpha)
+    auto = compare_predictions(a, b, alpha=alpha)
+    boot = auto[auto.test == "bootstrap"]
+    assert family_bootstrap(3, alpha) == 3000 and (boot.n_boot == 3000).all() and auto[auto.test == "delong"].n_boot.isna().all()
+    strong = (boot.metric == "auroc").to_numpy()  # diff > 0.2 in every task: never past zero
+    assert (boot.p_holm[strong] <= alpha).all() and (fixed[fixed.test == "bootstrap"].p_holm > alpha).all()
+    with pytest.raises(ValueError, match="a number >= 0 or 'auto', not 'lots'"):
+        compare_predictions(a, b, n_boot="lots")
+
+    from raddist.cli import build_parser
+
+    parse = lambda *extra: build_parser().parse_args(["compare", "out", "--a", "x", "--b", "y", *extra]).bootstrap
+    assert parse() == "auto" and parse("--bootstrap", "2500") == 2500
+    with pytest.raises(SystemExit):
+        parse("--bootstrap", "lots")
+
+
+def test_delong_without_enough_patients_gives_no_p_value_and_says_why():
+    """A finding whose positives all belong to one patient: its DeLong row has no p-value and a note; the macro
+    AUROC's bootstrap row counts the resamples where that finding had no positive (undefined, not a mean over
+    fewer classes)."""
+    preds = two_backbones()
+    nih = preds[preds.task == "nih"].copy()
+    patients = nih.patient_id.str[1:].astype(int).to_numpy()
+    nih["labels"] = [[l[0], int(p == 5), l[2]] for l, p in zip(nih.labels, patients)]  # class 1: patient p5 only
+    out = compare_predictions(nih[nih.backbone == "good"], nih[nih.backbone == "weak"], n_boot=300,
+                              class_names={"nih": ["a", "b", "c"]}).set_index("metric")
+    row = out.loc["auroc/b"]
+    assert row["test"] == "delong" and np.isnan(row["p_value"]) and np.isnan(row["p_holm"])
+    assert "1 patient(s) with positives" in row["note"] and "at least 3 on each side" in row["note"]
+    assert out.loc["auroc/a", "note"] == "" and out.loc["auroc/a", "p_value"] < 0.01
+    macro = out[out.test == "bootstrap"].loc["auroc"]
+    ids = nih[nih.backbone == "good"].patient_id.to_numpy()
+    codes, n_groups = group_codes(ids)
+    p5 = codes[ids == "p5"][0]
+    lacking = sum(int((c[:, p5] == 0).sum()) for c in resample_counts(n_groups, 300, 0))
+    assert macro["note"] == f"undefined in {lacking} of 300 resamples; p and CI over the rest" and 60 < lacking < 160

@@ -96,9 +96,35 @@ def test_vectorised_resamples_equal_sklearn_on_materialised_rows(task_type, ties
     for b in range(len(counts)):
         idx = resampled_rows(codes, counts[b])
         ref = classification_metrics(task_type, labels[idx], scores[idx], names)
+        per_class = [ref[f"auroc/{n}"] for n in names]  # the macro averages every class, or is undefined
+        ref["auroc"] = np.nan if np.isnan(per_class).any() else np.mean(per_class)
         for k, v in ref.items():
             np.testing.assert_allclose(fast[k][b], v, atol=1e-12, rtol=0, err_msg=k)
     assert any(np.isnan(fast[f"auroc/{names[0]}"])) or task_type == "multiclass"
+
+
+def test_macro_auroc_of_a_resample_averages_the_same_classes_or_is_undefined():
+    """A rare finding seen in one patient: a resample that leaves that patient out used to average the other
+    classes only (a different class set); now its macro AUROC is undefined and counted."""
+    labels, scores, names = make_data("multilabel", n=240, seed=12)
+    groups = np.arange(240) // 4  # 60 patients, 4 images each
+    labels[:, 2] = (groups == 7).astype(int)  # class c2: every positive belongs to patient 7
+    codes, n_groups = group_codes(groups)
+    counts = np.concatenate(list(resample_counts(n_groups, 300, seed=1)))
+    fast = WeightedEvaluator("multilabel", labels, scores, names, codes, n_groups)(counts)
+    missing = counts[:, 7] == 0
+    assert 60 < missing.sum() < 160  # about (59/60)^60 = 37% of the resamples lack patient 7
+    assert np.isnan(fast["auroc"][missing]).all() and not np.isnan(fast["auroc"][~missing]).any()
+    for b in np.flatnonzero(~missing)[:20]:
+        idx = resampled_rows(codes, counts[b])
+        assert fast["auroc"][b] == pytest.approx(roc_auc_score(labels[idx], scores[idx], average="macro"), abs=1e-12)
+    pred = Prediction(sample_ids=np.arange(240), patient_ids=groups, labels=labels, scores=scores)
+    rows = {r["metric"]: r for r in score_prediction("multilabel", pred, names, n_boot=300, seed=1)}
+    assert rows["auroc"]["n_undefined"] == rows["auroc/c2"]["n_undefined"] == missing.sum()
+    assert rows["auroc/c0"]["n_undefined"] == rows["accuracy"]["n_undefined"] == 0
+    reps = bootstrap_replicates("multilabel", labels, scores, names, groups, n_boot=300, seed=1)["auroc"]
+    assert (rows["auroc"]["ci_low"], rows["auroc"]["ci_high"]) == pytest.approx(
+        tuple(np.percentile(reps[~np.isnan(reps)], [2.5, 97.5])))
 
 
 def test_resampled_rows_keep_patients_whole():
