@@ -132,5 +132,14 @@ def write_html(output: str, markdown_text: str, rows: pd.DataFrame, summary: dic
     names = set(re.findall(r"!\[[^\]]*\]\(([^)\s/]+\.png)\)", markdown_text))
     images = {n: storage.read_bytes(storage.join(output, n)) for n in names if storage.exists(storage.join(output, n))}
     uri = storage.join(output, "report.html")
-    storage.write_text(uri, page(markdown_text, rows, summary, images))
+    data = page(markdown_text, rows, summary, images).encode("utf-8")
+    if not storage.is_remote(uri):
+        storage.write_bytes(uri, data)
+        return uri
+    fs, path = storage.filesystem(uri)  # an object store: served as a page, not as a download
+    try:
+        with fs.open_output_stream(path, metadata={"Content-Type": "text/html; charset=utf-8"}) as f:
+            f.write(data)
+    except OSError as e:
+        raise storage.StorageError(uri, storage.describe(e)) from None
     return uri
