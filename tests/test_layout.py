@@ -45,10 +45,7 @@ def test_the_list_of_exceptions_names_modules_that_exist():
 
 
 # test modules that still import from another test module (to move to helpers.py / conftest.py)
-IMPORTS_A_TEST_MODULE = {
-    "protocols/test_seg_common.py", "protocols/test_attention_mil.py",
-    "protocols/test_seg_heads.py", "test_multinode.py",
-}
+IMPORTS_A_TEST_MODULE = {"test_multinode.py"}
 
 
 def test_no_test_module_imports_another():

@@ -8,7 +8,8 @@ from raddist.protocols import attention_mil
 from raddist.protocols.base import FrozenInputs, SplitData
 from raddist.protocols.selection import macro_auroc
 from raddist.protocols.stopping import Schedule
-from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest.py)
 
 BLOCK, PATCH, SLICES = 8, 8, 12
 

@@ -14,7 +14,8 @@ from raddist.embed.cache import CachedEmbeddings
 from raddist.protocols import seg_common
 from raddist.seg_metrics import case_metrics, mean_dice
 from raddist.spec import TaskSpec
-from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest.py)
 
 AFFINE = np.array([[-0.7, 0.0, 0.0, 12.5], [0.0, -0.9, 0.0, -3.0], [0.0, 0.0, 3.0, 40.0], [0, 0, 0, 1.0]])
 

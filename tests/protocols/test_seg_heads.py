@@ -10,7 +10,8 @@ from raddist import protocols
 from raddist.data.volumes import resize_labels
 from raddist.protocols.base import CaseGeometry, SegCase, SegInputs, SegSplit
 from raddist.seg_metrics import mean_dice
-from tests.backbones.test_embedder import one_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest.py)
 
 CLASSES = ["background", "organ", "lesion"]
 AFFINE = np.array([[-0.8, 0, 0, 10.0], [0, -0.8, 0, 5.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1.0]])
