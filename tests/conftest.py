@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.helpers import SECRET  # noqa: F401  (tests/test_multinode.py still imports it from here)
+from tests.helpers import SECRET
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

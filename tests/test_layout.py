@@ -44,8 +44,8 @@ def test_the_list_of_exceptions_names_modules_that_exist():
     assert not gone, f"{gone} no longer exist: take them off WITHOUT_TEST_MODULE"
 
 
-# test modules that still import from another test module (to move to helpers.py / conftest.py)
-IMPORTS_A_TEST_MODULE = {"test_multinode.py"}
+# test modules that still import from another test module (to move to helpers.py / conftest.py): none
+IMPORTS_A_TEST_MODULE: set = set()
 
 
 def test_no_test_module_imports_another():

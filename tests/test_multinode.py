@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import SECRET
 from tests.fake_cluster import FakeCluster
+from tests.helpers import SECRET
 
 SALT = "multinode-test-salt"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
