@@ -111,6 +111,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Each backbone x task's cached features as Parquet files other tools read (raddist.export)."""
+    from raddist.export import export_embeddings
+
+    written = export_embeddings(run_output(args.output), storage.normalize(args.embeddings))
+    print(f"{len(written)} files written under {args.embeddings}")
+    return 0
+
+
 def cmd_status(args) -> int:
     """The run in flight (progress.json, its state and how long ago it last reported), else the last
     finished one's summary: never an old summary beside a run that is still going."""
@@ -284,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--published", metavar="FILE", help="a CSV of published values (task or dataset, backbone, "
                         "protocol, metric, value, source; shots for few-shot) to show beside this run's")
     report.set_defaults(fn=cmd_report)
+
+    export = sub.add_parser("export", help="a run's embeddings as Parquet files other tools read")
+    export.add_argument("output")
+    export.add_argument("--embeddings", metavar="DIR", required=True, help="where to write <backbone>/<task>/")
+    export.set_defaults(fn=cmd_export)
 
     status = sub.add_parser("status", help="cells done, running and failed of a sweep in flight or finished")
     status.add_argument("output")
