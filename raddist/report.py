@@ -194,7 +194,8 @@ def render(results: pd.DataFrame, summary: dict, task_types: Optional[dict] = No
             f"({summary.get('embedding_jobs_computed', 0)} embedding jobs computed, "
             f"{summary.get('embedding_jobs_cached', 0)} from cache); {summary.get('input_errors', 0)} input errors"
             + (" (see errors.parquet)." if summary.get("input_errors") else "."))
-    lines += ["", "Each entry: test value [95% bootstrap CI, resampling patients]; repeated seeds or draws: "
+    resamples = f" of {summary['bootstrap']:,} patient resamples" if summary.get("bootstrap") else ", resampling patients"
+    lines += ["", f"Each entry: test value [95% bootstrap CI{resamples}]; repeated seeds or draws: "
               "mean ± std (n). Model selection used validation only."]
     board = leaderboard(results, task_types or {})
     if output is not None and not board.empty:

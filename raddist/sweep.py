@@ -178,6 +178,7 @@ def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started:
         "input_errors": input_errors,
         "device": run.device,
         "mode": run.spec.mode,
+        "bootstrap": run.spec.bootstrap,  # patient resamples of the report's CIs
         "wall_seconds": round(time.time() - started, 1),
         "cache": run.cache.root,
     }
