@@ -121,6 +121,9 @@ def _dataset(jobs: List[GroupJob], model: dict, kind: dict, resources, res: dict
                                "entries": [j.entry for j in jobs]},
         compute=ray.data.ActorPoolStrategy(min_size=res["min"], max_size=res["max"], initial_size=res["initial"]),
         num_gpus=res["num_gpus"], num_cpus=res["num_cpus"],
+        # ViT-g / ViT-H ask for the large-GPU nodes' custom resource (resources.large_gpu_resource), so
+        # a small backbone never brings up an 8-GPU node and a large one never lands on a small card
+        resources=resources.custom_resources(model["backbone"]) if res["num_gpus"] else {},
         # rows handed to an actor per call; it cuts them into device batches (embed.forward). A GPU
         # actor's calls gather blocks from many decode tasks; a CPU actor takes each block it decoded
         # whole (no re-batching copies)

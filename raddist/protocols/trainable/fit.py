@@ -42,6 +42,7 @@ class RunBest:
     selection: float
     checkpoint: str  # URI of the checkpoint directory
     memory: Dict = field(default_factory=dict)  # micro_batch, accumulation_steps, grad_checkpointing, strategy
+    config: Dict = field(default_factory=dict)  # a search trial's sampled values (search.search_space)
 
 
 MEMORY_KEYS = ("micro_batch", "accumulation_steps", "grad_checkpointing", "strategy")
@@ -96,7 +97,9 @@ def trainer(datasets: dict, config: dict, storage: str, name: str, settings: Fit
         run_config=RunConfig(
             storage_path=storage_lib.normalize(storage),
             name=name,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
+            # a worker group that cannot start (no GPU within resources.gpu_wait_s) fails the fit,
+            # where Train's default would retry it forever
+            failure_config=FailureConfig(max_failures=settings.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="selection",
                                                checkpoint_score_order="max"),
             callbacks=list(callbacks),
@@ -130,13 +133,14 @@ def run_name(lr: float) -> str:
     return f"lr_{lr:.3g}"
 
 
-def best_of_run(storage: str, lr: float) -> Optional[RunBest]:
-    """The best reported checkpoint of the run for lr, read back from storage (None: nothing reported)."""
+def best_of_run(storage: str, lr: float, name: Optional[str] = None, config: Optional[Dict] = None) -> Optional[RunBest]:
+    """The best reported checkpoint of the run for lr (named name, default run_name(lr)), read back from
+    storage (None: nothing reported)."""
     from ray.train import Result
 
     from raddist import storage as storage_lib
 
-    path = storage_lib.join(storage_lib.normalize(storage), run_name(lr))
+    path = storage_lib.join(storage_lib.normalize(storage), name or run_name(lr))
     try:
         result = Result.from_path(path)
     except RuntimeError:  # the run never reported a checkpoint
@@ -147,7 +151,8 @@ def best_of_run(storage: str, lr: float) -> Optional[RunBest]:
     selection, checkpoint, metrics = max(scored, key=lambda t: t[0])
     val_auroc = metrics["val_auroc"]  # NaN comes back from the run's JSON state as None
     return RunBest(lr, int(metrics["epoch"]), float("nan") if val_auroc is None else float(val_auroc),
-                   float(selection), _uri(checkpoint, storage), {k: metrics[k] for k in MEMORY_KEYS if k in metrics})
+                   float(selection), _uri(checkpoint, storage), {k: metrics[k] for k in MEMORY_KEYS if k in metrics},
+                   dict(config or {}))
 
 
 def _uri(checkpoint, storage: str) -> str:
