@@ -74,6 +74,11 @@ class TaskSpec(Strict):
     # volume tasks (manifest rows with volume_id): the one row per volume the frozen protocols see,
     # the mean (the reference's) or max of its slices' features; attention pooling: attention_mil
     pool: Literal["mean", "max"] = "mean"
+    # manifest columns of coarse patient groups (e.g. sex, age_band, site, manufacturer): the headline
+    # metric per group, the largest gap and its test (raddist.subgroups); a group with fewer test
+    # patients than min_group_patients is pooled into "other" and never listed on its own
+    subgroups: List[str] = []
+    min_group_patients: int = Field(20, ge=1)
 
     @model_validator(mode="before")
     @classmethod

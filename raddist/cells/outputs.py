@@ -10,7 +10,7 @@ results, and predicted label maps. Every id in them is a keyed pseudonym (raddis
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,9 @@ def _cell_columns(cell: Cell, n: int) -> Dict[str, list]:
     return {k: [v] * n for k, v in cell.describe().items()}
 
 
-def predictions_table(cell: Cell, prediction: Prediction, salt: str) -> pa.Table:
+def predictions_table(cell: Cell, prediction: Prediction, salt: str, groups: Optional[dict] = None) -> pa.Table:
+    """groups: subgroup column -> each sample's coarse group, small groups already pooled
+    (raddist.subgroups), written as columns beside the pseudonymous ids."""
     n = len(prediction.sample_ids)
     return pa.table({
         **_cell_columns(cell, n),
@@ -33,6 +35,7 @@ def predictions_table(cell: Cell, prediction: Prediction, salt: str) -> pa.Table
         "patient_id": [pseudonym(p, salt) for p in prediction.patient_ids],
         "labels": pa.array(np.asarray(prediction.labels).reshape(n, -1).tolist(), pa.list_(pa.int64())),
         "scores": pa.array(np.asarray(prediction.scores, dtype=np.float64).tolist(), pa.list_(pa.float64())),
+        **{col: pa.array([str(v) for v in values], pa.string()) for col, values in (groups or {}).items()},
     })
 
 

@@ -48,15 +48,37 @@ def gpus_held(cell: Cell, ctx: CellContext) -> float:
     return float(ctx.resources.gpus_per_cell)
 
 
-def score(cell: Cell, prediction, class_names: List[str], n_boot: int) -> Tuple[List[dict], Optional[dict]]:
-    """(metric rows, per-case values or None): metrics with patient-bootstrap intervals."""
+def score(cell: Cell, prediction, class_names: List[str], n_boot: int,
+          groups: Optional[dict] = None) -> Tuple[List[dict], Optional[dict]]:
+    """(metric rows, per-case values or None): metrics with patient-bootstrap intervals; for
+    classification also calibration (raddist.calibration) and, given groups (column -> each test
+    sample's group), subgroup rows (raddist.subgroups)."""
     if cell.task.type == "segmentation":
         from raddist.seg_metrics import score_cases
 
         return score_cases(prediction.cases, class_names, n_boot=n_boot, seed=cell.seed)
+    from raddist.calibration import score_calibration
     from raddist.metrics import score_prediction
+    from raddist.subgroups import score_subgroups
 
-    return score_prediction(cell.task.type, prediction, class_names, n_boot=n_boot, seed=cell.seed), None
+    rows = score_prediction(cell.task.type, prediction, class_names, n_boot=n_boot, seed=cell.seed)
+    rows += score_calibration(cell.task.type, prediction, class_names, n_boot=n_boot, seed=cell.seed)
+    if groups:
+        rows += score_subgroups(cell.task.type, prediction, class_names, groups, cell.task.min_group_patients,
+                                n_boot=n_boot, seed=cell.seed)
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row every column (a table takes the first's)
+    return [{k: r.get(k) for k in keys} for r in rows], None
+
+
+def subgroup_values(cell: Cell, prediction, salt: str) -> Optional[dict]:
+    """column -> each test sample's group, pooled (raddist.subgroups); None without subgroups."""
+    if not cell.task.subgroups or cell.task.type == "segmentation":
+        return None
+    from raddist.subgroups import manifest_values, pool_small
+
+    table = manifest_lib.load(cell.task.manifest, salt)
+    values = manifest_values(cell.task, table, prediction.sample_ids, prediction.patient_ids)
+    return {c: pool_small(v, prediction.patient_ids, cell.task.min_group_patients) for c, v in values.items()}
 
 
 def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
@@ -75,14 +97,15 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
             inputs = _frozen_inputs(cell.task.model_dump_json(), key, ctx.cache_root, ctx.salt)
         start = time.time()
         prediction = record.run(inputs, record.parse(cell.params), cell.seed)
-        rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot)
+        groups = subgroup_values(cell, prediction, ctx.salt)
+        rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot, groups)
         seconds = time.time() - start
         if per_case is not None:
             tables = {"cases.parquet": cases_table(cell, prediction, per_case, inputs.class_names, ctx.salt)}
             masks = write_masks(prediction, cell_dir, ctx.salt)
             n_test = len(prediction.cases)
         else:
-            tables = {"predictions.parquet": predictions_table(cell, prediction, ctx.salt)}
+            tables = {"predictions.parquet": predictions_table(cell, prediction, ctx.salt, groups)}
             masks, n_test = 0, len(prediction.sample_ids)
         wall = time.time() - wall0
         info = {
