@@ -135,6 +135,8 @@ class ProtocolSpec(Strict):
     # only these backbones (names or aliases); default all. E.g. LoRA only where qkv/fc1/fc2 exist
     backbones: Optional[List[str]] = None
     tasks: Optional[List[str]] = None  # only these tasks; default every task of a matching type
+    # trainable protocols: a Ray Tune search over their params (raddist.protocols.trainable.space)
+    search: Optional[Dict[str, Any]] = None
 
     @model_validator(mode="after")
     def _check(self) -> "ProtocolSpec":
@@ -144,16 +146,20 @@ class ProtocolSpec(Strict):
             record = protocols.get(self.name)
         except KeyError:
             raise ValueError(unknown_name("protocol", self.name, protocols.names())) from None
+        if self.search is not None and "search" not in record.params.model_fields:
+            raise ValueError(f"protocol '{self.name}' search: only the trainable protocols search "
+                             f"({', '.join(n for n in protocols.names() if protocols.get(n).trainable)})")
         try:
-            record.parse(self.params)
+            self.parsed_params()
         except ValidationError as e:
-            raise ValueError(f"protocol '{self.name}' params: {_format(e)}") from None
+            raise ValueError(f"protocol '{self.name}'{'' if self.search else ' params'}: {_format(e)}") from None
         return self
 
     def parsed_params(self):
         from raddist import protocols
 
-        return protocols.get(self.name).parse(self.params)
+        params = self.params if self.search is None else {**self.params, "search": self.search}
+        return protocols.get(self.name).parse(params)
 
 
 class FeatureSpec(Strict):
@@ -323,7 +329,7 @@ def parse(data: dict, source: str = "spec") -> SweepSpec:
         raise ConfigError(f"{source}: {_format(e)}") from None
 
 
-SHIPPED_CONFIGS = ("demo", "paper", "paper-recommended", "smoke")  # raddist/configs/<name>.yaml, installed with the package
+SHIPPED_CONFIGS = ("demo", "paper", "paper-recommended", "radiology-2026", "smoke")  # raddist/configs/<name>.yaml, installed with the package
 
 
 def config_uri(name_or_uri: str) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-SOURCES = ("timm", "open_clip", "transformers")
+SOURCES = ("timm", "open_clip", "transformers", "python")
 FAMILIES = ("vit", "cnn")
+CHANNEL_LAYOUTS = ("3c", "1c", "3d")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,10 +49,22 @@ class BackboneConfig:
     trained_size: Optional[int] = None
     license: str = ""
     notes: str = ""
+    # The weights need an accepted licence on the hub and a token (HF_TOKEN) to download.
+    gated: bool = False
+    # A hub revision (commit or tag) the weights are pinned to; None: the hub's main, resolved at run start.
+    revision: Optional[str] = None
+    # Room for native 3D encoders (nothing 3D-native runs yet): slices per input volume, the voxel
+    # spacing (mm, z y x) it was trained at, and its channel layout ("3c" grey replicated to RGB,
+    # "1c" one grey channel, "3d" a (C, D, H, W) volume).
+    input_depth: Optional[int] = None
+    spacing: Optional[Tuple[float, float, float]] = None
+    channel_layout: str = "3c"
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise ValueError(f"{self.name}: source {self.source!r} not in {SOURCES}")
+        if self.channel_layout not in CHANNEL_LAYOUTS:
+            raise ValueError(f"{self.name}: channel_layout {self.channel_layout!r} not in {CHANNEL_LAYOUTS}")
         if self.family not in FAMILIES:
             raise ValueError(f"{self.name}: family {self.family!r} not in {FAMILIES}")
         if self.family == "cnn" and (self.block_dims is None or len(self.block_dims) != self.num_blocks):
@@ -195,6 +208,47 @@ _cnn("vgg19", "vgg19.tv_in1k", (64, 128, 256, 512, 512), (0, 1, 2, 3, 4), licens
 _cnn("densenet201", "densenet201.tv_in1k", (256, 512, 1792, 1920), (1, 2, 3, 4), license="apache-2.0",
      notes="torchvision IN-1k weights; stages = dense blocks 1-3 and the final norm.")
 
+# --- the models a radiology team weighs today (issue 24) ---------------------------------------------
+# Each contract (size, mean, std) is the model's own: timm's pretrained cfg for timm ids (checked by
+# tests/backbones/test_registry.py), the hub's preprocessor_config.json / config.json for transformers
+# ones (copied here as literals so planning and random init stay offline; source in the comment).
+
+# RAD-DINO, hub microsoft/rad-dino: config.json Dinov2Config (hidden 768, 12 layers, 12 heads, patch 14,
+# image_size 518, layerscale 1.0); preprocessor_config.json BitImageProcessor: crop 518, bicubic,
+# image_mean [0.5307]*3, image_std [0.2583]*3 (its own chest X-ray statistics, not ImageNet's).
+# Licence: MSRLA (research use only) at release, MIT from later revisions: pin the revision you cite.
+_vit("rad_dino", "microsoft/rad-dino", 518, (0.5307,) * 3, (0.2583,) * 3, 14, 768, 12, source="transformers",
+     license="msrla (research use only; later revisions mit)", trained_size=518,
+     notes="RAD-DINO (Microsoft), DINOv2-B/14 continued on chest X-rays; transformers Dinov2Model.",
+     kwargs={"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "mlp_ratio": 4, "image_size": 518, "patch_size": 14, "layer_norm_eps": 1e-6, "layerscale_value": 1.0})
+# DINOv3 (timm vit_*_patch16_dinov3.lvd1689m; pretrained cfg: 256 px, ImageNet mean/std, licence
+# dinov3-license, gated on the hub). RoPE, so any multiple of 16 runs without resampling; run at 224 like
+# DINOv2. One class token and 4 register tokens: timm's forward_intermediates splits all 5 off as
+# prefix tokens (num_prefix_tokens=5), so the patch grid holds patch tokens only.
+for _size, _dim, _depth in (("small", 384, 12), ("base", 768, 12), ("large", 1024, 24), ("huge_plus", 1280, 32)):
+    _vit(f"dinov3_vit{_size[0]}{'p' if _size.endswith('plus') else ''}16", f"vit_{_size}_patch16_dinov3.lvd1689m",
+         224, IMAGENET_MEAN, IMAGENET_STD, 16, _dim, _depth, kwargs={"img_size": 224}, license="dinov3-license",
+         gated=True, notes="DINOv3 LVD-1689M; 256px checkpoint run at 224 (RoPE); 4 register tokens dropped.")
+# MedSigLIP-448, hub google/medsiglip-448 (Health AI Developer Foundations terms, gated): the vision tower
+# of its SiglipModel, SigLIP-400M from MedGemma (hidden 1152, 27 layers, 16 heads, MLP 4304, patch 14)
+# at 448; processor SiglipImageProcessor: 448 x 448, bilinear, mean = std = 0.5. No class token (an
+# attention-pooling head, dropped): 'cls' is the mean token.
+_vit("medsiglip_448", "google/medsiglip-448", 448, HALF, HALF, 14, 1152, 27, source="transformers",
+     has_cls_token=False, gated=True, trained_size=448, license="health-ai-developer-foundations",
+     notes="MedSigLIP-448 vision tower (transformers SiglipVisionModel); 'cls' is the mean token.",
+     kwargs={"model_type": "siglip_vision_model", "hidden_size": 1152, "num_hidden_layers": 27,
+             "num_attention_heads": 16, "intermediate_size": 4304, "image_size": 448, "patch_size": 14,
+             "layer_norm_eps": 1e-6, "vision_use_head": False})
+# General-domain controls. SigLIP 2 So400m/14 (timm ...siglip_224.v2_webli: 224, mean = std = 0.5; no
+# class token). Perception Encoder Core L/14 (timm vit_pe_core_large_patch14_336.fb: 336, 0.5/0.5; class
+# token, attention-pool head dropped).
+_vit("siglip2_so400m14", "vit_so400m_patch14_siglip_224.v2_webli", 224, HALF, HALF, 14, 1152, 27,
+     has_cls_token=False, kwargs=dict(ANY_SIZE), license="apache-2.0",
+     notes="SigLIP 2 So400m/14 image tower (WebLI); 'cls' is the mean token.")
+_vit("pe_core_vitl14", "vit_pe_core_large_patch14_336.fb", 336, HALF, HALF, 14, 1024, 24, kwargs=dict(ANY_SIZE),
+     license="apache-2.0", notes="Perception Encoder Core L/14 image tower (Meta).")
+
 # --- tiny random-init backbones for tests and the demo ----------------------------------------------
 
 _vit("tiny_vit", "test_vit", 64, HALF, HALF, 8, 64, 4, kwargs={"img_size": 64, "patch_size": 8, "depth": 4},
@@ -205,5 +259,9 @@ _cnn("tiny_cnn", "test_resnet", (32, 48, 192, 96), (1, 2, 3, 4), input_size=64, 
 STUDY_BACKBONES = (
     "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "vit_large_in21k", "resnet152", "vgg19",
     "densenet201", "mae_vitl16", "msn_vitl16", "clip_vitl14", "openclip_vith14", "sam_vitl16", "biomedclip_vitb16",
+)
+RADIOLOGY_2026_BACKBONES = (
+    "rad_dino", "dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vithp16", "medsiglip_448",
+    "siglip2_so400m14", "pe_core_vitl14", "biomedclip_vitb16",
 )
 TEST_BACKBONES = ("tiny_vit", "tiny_cnn")

@@ -108,6 +108,10 @@ def _build(config: BackboneConfig, kind: str, path: Optional[str]) -> torch.nn.M
         return _build_open_clip(config, kind, path)
     if config.source == "transformers":
         return _build_transformers(config, kind, path)
+    if config.source == "python":
+        from raddist.backbones.custom import build_python
+
+        return build_python(config, kind, path)
     raise ValueError(f"{config.name}: unknown source {config.source!r}")
 
 
@@ -162,7 +166,8 @@ def _build_transformers(config: BackboneConfig, kind: str, path: Optional[str]) 
     import transformers
 
     if kind == "hub":
-        return HFViTAdapter(transformers.AutoModel.from_pretrained(config.model_id))
+        model = transformers.AutoModel.from_pretrained(config.model_id, revision=config.revision)
+        return HFViTAdapter(getattr(model, "vision_model", model))  # SiglipModel: its vision tower
     hf_kwargs = dict(config.kwargs)
     hf_config = transformers.AutoConfig.for_model(hf_kwargs.pop("model_type"), **hf_kwargs)
     with _seeded():

@@ -37,7 +37,7 @@ SIZES = planned_sizes()
 
 
 def test_the_shipped_configs_plan_the_study_sizes():
-    assert CONFIGS == ["demo", "paper", "paper-recommended", "smoke"]
+    assert CONFIGS == ["demo", "paper", "paper-recommended", "radiology-2026", "smoke"]
     assert {224, 448, 1024} <= set(SIZES)
 
 
