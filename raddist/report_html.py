@@ -94,9 +94,11 @@ def _leaderboard(rows: pd.DataFrame) -> str:
             f'<table id="board"><thead><tr>{heads}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
-def _settings(summary: dict) -> str:
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(summary[k]))}</td></tr>"
-                   for k in SUMMARY_KEYS if k in summary)
+def _settings(summary: dict, board: pd.DataFrame) -> str:
+    items = [(k, summary[k]) for k in SUMMARY_KEYS if k in summary]
+    items += [(f"{f}s", ", ".join(sorted(map(str, board[f].unique())))) for f in ("backbone", "task", "protocol")
+              if len(board)]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
     changes = "".join(f"<li>{html.escape(str(c.get('line', c)))}</li>" for c in summary.get("changes") or [])
     return (f'<h2 id="settings">Run settings</h2><table>{rows}</table>'
             + (f"<p>Changes since the output's last run:</p><ul>{changes}</ul>" if changes else ""))
@@ -122,7 +124,7 @@ def page(markdown_text: str, rows: pd.DataFrame, summary: dict, images: Optional
                                                           ("report", "per task, cost, reference")))
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>raddist report</title>"
             f"<style>{CSS}</style></head><body><h1>raddist report</h1><nav>{nav}</nav>"
-            f"{_leaderboard(rows)}{_settings(summary)}<div id=report>{_body(markdown_text, images or {})}</div>"
+            f"{_leaderboard(rows)}{_settings(summary, rows)}<div id=report>{_body(markdown_text, images or {})}</div>"
             f"<script>{SCRIPT % {'filters': json.dumps(list(FILTERS))}}</script></body></html>")
 
 
