@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from typing import Optional
 
-from common import emit, load_avg, machine, say
+from common import emit, load_avg, machine, parse_args, say
 
 HEADS = ("linear", "fewshot", "attention_mil", "seg_linear", "seg_unet")
 
@@ -146,7 +146,9 @@ def main(argv=None) -> dict:
                    help="stopping parameters of every head in both runs, e.g. lr_drops=0")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the demo's)")
     p.add_argument("--backbones", nargs="+", help="which of the demo's backbones (default: all)")
-    args = p.parse_args(argv)
+    p.add_argument("--tasks", nargs="+", help="which of the tasks (default: all)")
+    args = parse_args(p, argv, {"protocols": ["linear"], "tasks": ["brain_mri"], "backbones": ["tiny_vit"],
+                                "seeds": [0], "small": False})
     settings = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
     from raddist.data.synthetic import write_synthetic
@@ -168,7 +170,12 @@ def main(argv=None) -> dict:
         demo["seeds"] = args.seeds
     if args.backbones:
         demo["backbones"] = [b for b in demo["backbones"] if b["name"] in args.backbones]
-    heads = [pr for pr in demo["protocols"] if pr["name"] in args.protocols]
+    if args.tasks:
+        demo["tasks"] = [t for t in demo["tasks"] if t["name"] in args.tasks]
+    names = {t["name"] for t in demo["tasks"]}
+    heads = [{**pr, **({"tasks": [t for t in pr["tasks"] if t in names]} if pr.get("tasks") else {})}
+             for pr in demo["protocols"] if pr["name"] in args.protocols]
+    heads = [pr for pr in heads if pr.get("tasks") != []]
     cache = os.path.join(workdir, "cache")
     load0 = load_avg()
     try:

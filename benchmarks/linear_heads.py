@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from common import emit, machine, say
+from common import emit, machine, parse_args, say
 
 
 def make_inputs(n: int, dim: int, blocks: int, classes: int, seed: int = 0):
@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to try")
     parser.add_argument("--one-by-one-heads", type=int, default=0,
                         help="time only this many heads one at a time and scale up (0: all of them)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, {"samples": 300, "dim": 32, "classes": 4, "epochs": 2, "threads": [1],
+                                     "one_by_one_heads": 2})
 
     import torch
 
