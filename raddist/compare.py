@@ -1,11 +1,8 @@
 """Paired comparison of two backbones on the same test items.
 
-- :func:`paired_bootstrap`: resample patients jointly for A and B and look at the bootstrap distribution of
-  d* = metric(A*) - metric(B*). Two-sided p-value, with the +1 correction:
-  ``p = min(1, 2 * min((1 + #{d* <= 0}) / (B + 1), (1 + #{d* >= 0}) / (B + 1)))`` over the B replicates where
-  d* is defined. A vs A gives d* = 0 everywhere, so p = 1.
+- :func:`raddist.paired.paired_bootstrap`: the paired patient bootstrap of metric(A) - metric(B), and
+  :func:`raddist.paired.holm`, Holm-Bonferroni step-down adjusted p-values.
 - :func:`raddist.delong.delong_test`: DeLong's test of two correlated AUCs, clustered by patient.
-- :func:`holm`: Holm-Bonferroni step-down adjusted p-values.
 - :func:`compare_predictions`: the whole comparison over two backbones' predictions frames.
 - :func:`compare_cases`: segmentation, a paired patient bootstrap of the report's headline statistics from
   the per-case results.
@@ -24,9 +21,13 @@ Holm families (column ``family``; p_holm adjusts within a family, which controls
   together needs a further correction.
 A bootstrap p-value is at least 2 / (B + 1), so in a family of m tests with m * 2 / (B + 1) > alpha nothing can
 be significant after Holm. So by default (``n_boot="auto"``) B is sized to the family: :func:`family_bootstrap`
-(the paper grid's boot:auroc, 59 tests at alpha 0.05: 5,000 resamples); the column ``n_boot`` says which B each
-row used. An explicit B that cannot reach alpha is warned about. The report's CIs keep their own B
-(spec.bootstrap).
+(the paper grid's boot:auroc, 59 tests at alpha 0.05: 5,000 resamples). To spend that only where it can change
+a decision, a comparison is first bootstrapped BOOTSTRAP times, and rerun with the family's B (same seed: the
+rows a full run would give) when one of its p-values is at most alpha plus REFINE = 5 Monte Carlo standard
+errors (1,000 resamples, alpha 0.05: p <= 0.085). A p-value above that is, all but surely, above alpha at any B,
+so not significant; and it comes later in Holm's order than every refined one, so it changes none of their
+adjusted p-values. The column ``n_boot`` says which B each row used. An explicit B is used for every row, and
+warned about when it cannot reach alpha. The report's CIs keep their own B (spec.bootstrap).
 
 DeLong rows with too few patients on a side (raddist.delong.MIN_PATIENTS) have no p-value; column ``note`` says
 why. A bootstrap row's note counts the replicates where its metric was undefined (macro AUROC: a class without
@@ -37,139 +38,18 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from raddist.delong import delong_test
-from raddist.metrics import (ALPHA, BOOTSTRAP, SCALAR_METRICS, WeightedEvaluator, _nanmean, classification_metrics,
-                             group_codes, normalize, percentile_ci, resample_counts, resampled_rows)
+from raddist.metrics import ALPHA, BOOTSTRAP, SCALAR_METRICS, group_codes, normalize, resample_counts
+from raddist.paired import (REFINE, NBoot, Paired, bootstrap_summary, family_bootstrap, holm, paired_all,
+                            paired_bootstrap, resolve_bootstrap)
 
-MetricFn = Callable[[np.ndarray, np.ndarray], float]
-NBoot = Union[int, str]  # a number of resamples, or "auto": sized to the family (family_bootstrap)
-
-# ----------------------------------------------------------------------------------------------------------------
-# Bootstrap and Holm
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm step-down: p_(i) -> max_{j<=i} min(1, (m - j + 1) p_(j)). NaNs stay NaN, m counts only the defined
-    p-values."""
-    p = np.asarray(p_values, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = len(order)
-    out[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    return out
-
-
-def family_bootstrap(m: int, alpha: float) -> int:
-    """Resamples for a Holm family of m bootstrap tests. The smallest bootstrap p is 2 / (B + 1) and Holm multiplies
-    the smallest by m, so anything can be significant only if B >= 2m / alpha - 1. Twice that (the floor of the
-    adjusted p is then alpha / 2: a test with one replicate past zero can still be significant), rounded up to a
-    thousand, and at least BOOTSTRAP. m = 59 at alpha 0.05: 5,000; m <= 12: 1,000."""
-    need = 2 * int(np.ceil(2 * m / alpha - 1e-9))
-    return int(max(BOOTSTRAP, -(-need // 1000) * 1000))
-
-
-def resolve_bootstrap(n_boot: NBoot, m: int, alpha: float) -> int:
-    """n_boot as a number: "auto" -> family_bootstrap(m, alpha); a number of resamples as it is."""
-    if isinstance(n_boot, str) and n_boot == "auto":
-        return family_bootstrap(m, alpha)
-    if isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot >= 0:
-        return int(n_boot)
-    raise ValueError(f"bootstrap resamples must be a number >= 0 or 'auto', not {n_boot!r}")
-
-
-def _bootstrap_p(d: np.ndarray) -> float:
-    d = d[~np.isnan(d)]
-    if d.size == 0:
-        return float("nan")
-    below, above = (1 + np.sum(d <= 0)) / (d.size + 1), (1 + np.sum(d >= 0)) / (d.size + 1)
-    return float(min(1.0, 2 * min(below, above)))
-
-
-def _summary(a: float, b: float, d: np.ndarray, alpha: float) -> dict:
-    """A bootstrap row's results from the point values and the replicates d of the difference (NaN: undefined)."""
-    low, high = percentile_ci(d, alpha)
-    undefined = int(np.isnan(d).sum())
-    note = f"undefined in {undefined} of {d.size} resamples; p and CI over the rest" if undefined else ""
-    return dict(a=a, b=b, diff=a - b, ci_low=low, ci_high=high, p_value=_bootstrap_p(d), n_boot=d.size, note=note)
-
-
-def _infer_task_type(labels: np.ndarray, scores: np.ndarray) -> str:
-    scores = np.asarray(scores)
-    if scores.ndim == 1 or scores.shape[1] == 1:
-        return "binary"
-    return "multiclass" if np.asarray(labels).ndim == 1 else "multilabel"
-
-
-def _paired_all(task_type, draws, class_names, n_groups, n_boot, seed, alpha) -> Dict[str, dict]:
-    """Paired bootstrap of every metric of raddist.metrics at once. draws: (labels, scores_a, scores_b, codes),
-    codes into the same n_groups patients; a backbone's value is the mean over the draws of the metric (one
-    draw: the metric itself), in every replicate as in the point estimate."""
-    points = [[classification_metrics(task_type, y, s, class_names) for s in (sa, sb)] for y, sa, sb, _ in draws]
-    evals = [[WeightedEvaluator(task_type, y, s, class_names, codes, n_groups) for s in (sa, sb)]
-             for y, sa, sb, codes in draws]
-    diffs: Dict[str, list] = {k: [] for k in points[0][0]}
-    for counts in resample_counts(n_groups, n_boot, seed):  # the same patients for A, B and every draw
-        res = [(ea(counts), eb(counts)) for ea, eb in evals]
-        for k in diffs:
-            diffs[k].append(_nanmean(np.stack([r[0][k] for r in res]), axis=0)
-                            - _nanmean(np.stack([r[1][k] for r in res]), axis=0))
-    out = {}
-    for k, d in diffs.items():
-        a, b = (_nanmean(np.array([p[side][k] for p in points])) for side in (0, 1))
-        out[k] = _summary(a, b, np.concatenate(d) if d else np.zeros(0), alpha)
-    return out
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Two backbones' scores on the same rows: labels, scores_a, scores_b, groups (patient ids). task_type is
-    inferred from the shapes when None (scores with one column: binary; 1-D labels: multiclass; else
-    multilabel); class_names default to "0", "1", ..."""
-    labels: np.ndarray
-    scores_a: np.ndarray
-    scores_b: np.ndarray
-    groups: np.ndarray
-    task_type: Optional[str] = None
-    class_names: Optional[Sequence[str]] = None
-
-
-def paired_bootstrap(data: Paired, metric: Union[str, MetricFn] = "auroc", n_boot: int = BOOTSTRAP, seed: int = 0,
-                     alpha: float = ALPHA) -> dict:
-    """Paired patient-level bootstrap of metric(A) - metric(B).
-
-    metric: a name from raddist.metrics (auroc, accuracy, balanced_accuracy, f1_macro, auroc/<class>;
-    vectorised), or fn(labels, scores) -> float, called once per resample on the resampled rows (slow,
-    general). Returns dict(a, b, diff, ci_low, ci_high, p_value, n_boot, note).
-    """
-    task_type = data.task_type or _infer_task_type(data.labels, data.scores_a)
-    labels, scores_a = normalize(task_type, data.labels, data.scores_a)
-    codes, n_groups = group_codes(data.groups)
-    data = Paired(labels, scores_a, normalize(task_type, labels, data.scores_b)[1], codes, task_type,
-                  data.class_names or [str(c) for c in range(scores_a.shape[1])])
-    if not isinstance(metric, str):
-        return _paired_callable(metric, data, n_groups, n_boot, seed, alpha)
-    res = _paired_all(task_type, [(labels, scores_a, data.scores_b, codes)], data.class_names, n_groups, n_boot, seed,
-                      alpha)
-    if metric not in res:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(res)}")
-    return res[metric]
-
-
-def _paired_callable(metric: MetricFn, data: Paired, n_groups: int, n_boot: int, seed: int, alpha: float) -> dict:
-    """paired_bootstrap for a metric function; data normalised, groups as codes into n_groups patients."""
-    y, sa, sb = data.labels, data.scores_a, data.scores_b
-    d = [metric(y[idx], sa[idx]) - metric(y[idx], sb[idx]) for block in resample_counts(n_groups, n_boot, seed)
-         for idx in (resampled_rows(data.groups, c) for c in block)]
-    a, b = float(metric(y, sa)), float(metric(y, sb))
-    return _summary(a, b, np.asarray(d, dtype=np.float64), alpha)
-
+__all__ = ["Paired", "compare_backbones", "compare_cases", "compare_predictions", "family_bootstrap", "holm",
+           "paired_bootstrap", "with_holm"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prediction frames
@@ -235,7 +115,8 @@ def _compare_rows(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: NBoot, s
     for key in sorted(set(groups_a) ^ set(groups_b), key=str):
         warnings.warn(f"{dict(key)}: only backbone {'A' if key in groups_a else 'B'} has predictions; skipped")
     common = sorted(set(groups_a) & set(groups_b), key=str)
-    n_boot = resolve_bootstrap(n_boot, len(common), alpha)
+    full = resolve_bootstrap(n_boot, len(common), alpha)
+    first = min(BOOTSTRAP, full) if n_boot == "auto" else full
     for i, key in enumerate(common):
         a, base = groups_a[key], dict(key)
         task, task_type = a["task"].iloc[0], a["task_type"].iloc[0]
@@ -246,7 +127,10 @@ def _compare_rows(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: NBoot, s
             draws.append((labels, scores_a, normalize(task_type, labels, _stack(m["scores_b"]))[1], c))
         names = list((class_names or {}).get(task, [str(c) for c in range(draws[0][1].shape[1])]))
         base.update(n_samples=len(set().union(*(m["sample_id"] for m in merged))), n_patients=n_groups)
-        res = _paired_all(task_type, draws, names, n_groups, n_boot, seed, alpha)
+        res = paired_all(task_type, draws, names, n_groups, first, seed, alpha)
+        near = alpha + REFINE * np.sqrt(alpha * (1 - alpha) / max(first, 1))  # Monte Carlo SEs of a p at alpha
+        if full > first and min(res[k]["p_value"] for k in SCALAR_METRICS) <= near:
+            res = paired_all(task_type, draws, names, n_groups, full, seed, alpha)
         rows += [dict(base, metric=k, test="bootstrap", family=f"boot:{k}", **res[k]) for k in SCALAR_METRICS]
         if "_draw" not in a:  # a mean over draws has no DeLong test
             family = f"delong:{task}/{base.get('protocol')}#{i}"
@@ -287,15 +171,16 @@ def compare_predictions(preds_a: pd.DataFrame, preds_b: pd.DataFrame, n_boot: NB
     carry those columns and ``variant`` ("shots=4,probe=linear").
     """
     out = _compare_rows(preds_a, preds_b, n_boot, seed, alpha, class_names, keys)
-    return with_holm(out, keys, alpha=alpha)
+    return with_holm(out, keys, alpha=alpha, warn=n_boot != "auto")
 
 
 ROW_COLUMNS = ["metric", "test", "a", "b", "diff", "ci_low", "ci_high", "p_value", "n_samples", "n_patients"]
 
 
-def with_holm(out: pd.DataFrame, keys: Sequence[str], alpha: float = ALPHA) -> pd.DataFrame:
-    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family'). Warns about bootstrap
-    families of m tests that cannot reach alpha with their rows' n_boot: m * 2 / (n_boot + 1) > alpha. Columns:
+def with_holm(out: pd.DataFrame, keys: Sequence[str], alpha: float = ALPHA, warn: bool = True) -> pd.DataFrame:
+    """p_holm: Holm's adjustment of p_value within each family of tests (rows' 'family'). warn: about bootstrap
+    families of m tests that cannot reach alpha with their rows' n_boot, m * 2 / (n_boot + 1) > alpha (not for
+    n_boot "auto", whose B reaches alpha wherever a p-value is near it). Columns:
     keys, the other key columns (few-shot rows': params, seed, variant), the results, family, n_boot, note."""
     out, hopeless = out.copy(), []
     out["p_holm"] = np.nan
@@ -304,8 +189,8 @@ def with_holm(out: pd.DataFrame, keys: Sequence[str], alpha: float = ALPHA) -> p
     for family, idx in out.groupby("family").groups.items():
         p = out.loc[idx, "p_value"].to_numpy(np.float64)
         out.loc[idx, "p_holm"] = holm(p)
-        m, n_boot = int(np.sum(~np.isnan(p))), out.loc[idx, "n_boot"].min()
-        if (out.loc[idx, "test"] == "bootstrap").all() and m * 2 / (n_boot + 1) > alpha:
+        m, n_boot = int(np.sum(~np.isnan(p))), out.loc[idx, "n_boot"].max()
+        if warn and (out.loc[idx, "test"] == "bootstrap").all() and m * 2 / (n_boot + 1) > alpha:
             hopeless.append(f"{family} ({m} tests, {n_boot:.0f} resamples: needs n_boot >= "
                             f"{int(np.ceil(2 * m / alpha - 1 - 1e-9))})")
     if hopeless:
@@ -356,7 +241,7 @@ def compare_cases(cases_a: pd.DataFrame, cases_b: pd.DataFrame, n_boot: NBoot = 
         for m in SEG_HEADLINE:
             d = np.concatenate(diffs[m]) if diffs[m] else np.zeros(0)
             rows.append(dict(base, metric=m, test="bootstrap", family=f"boot:{m}", n_samples=len(cases),
-                             n_patients=n_groups, **_summary(float(point_a[m][0]), float(point_b[m][0]), d, alpha)))
+                             n_patients=n_groups, **bootstrap_summary(float(point_a[m][0]), float(point_b[m][0]), d, alpha)))
     return pd.DataFrame(rows)
 
 
@@ -388,7 +273,7 @@ def compare_backbones(preds: Optional[pd.DataFrame], a: str, b: str, cases: Opti
         parts.append(compare_cases(cases[cases["backbone"] == a], cases[cases["backbone"] == b], n_boot, seed, alpha,
                                    keys=keys))
     parts = [p for p in parts if len(p)] or parts[:1]
-    return with_holm(pd.concat(parts, ignore_index=True), keys, alpha=alpha)
+    return with_holm(pd.concat(parts, ignore_index=True), keys, alpha=alpha, warn=n_boot != "auto")
 
 
 def _require_common(frames: List[pd.DataFrame], a: str, b: str, keys: Sequence[str]) -> None:

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from raddist.compare import Paired, compare_backbones, compare_predictions, family_bootstrap, holm, paired_bootstrap
+from raddist.compare import compare_backbones, compare_predictions
+from raddist.paired import Paired, family_bootstrap, holm, paired_bootstrap
 from raddist.delong import delong_test
 from raddist.metrics import (classification_metrics, group_codes, percentile_ci, resample_counts,
                              resampled_rows)
@@ -284,6 +285,13 @@ def test_bootstrap_is_sized_to_the_family_so_holm_can_reach_alpha():
     assert family_bootstrap(3, alpha) == 3000 and (boot.n_boot == 3000).all() and auto[auto.test == "delong"].n_boot.isna().all()
     strong = (boot.metric == "auroc").to_numpy()  # diff > 0.2 in every task: never past zero
     assert (boot.p_holm[strong] <= alpha).all() and (fixed[fixed.test == "bootstrap"].p_holm > alpha).all()
+    # the family's B is spent where it can change a decision: the rows a full run gives, or BOOTSTRAP = 1,000
+    full = compare_predictions(a, b, n_boot=3000, alpha=alpha)
+    pd.testing.assert_frame_equal(auto[auto.test == "bootstrap"], full[full.test == "bootstrap"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "auto" does not warn: nothing was near alpha
+        null = compare_predictions(a, a, alpha=alpha)
+    assert (null[null.test == "bootstrap"].n_boot == 1000).all() and (null.p_value == 1).all()
     with pytest.raises(ValueError, match="a number >= 0 or 'auto', not 'lots'"):
         compare_predictions(a, b, n_boot="lots")
 
