@@ -44,9 +44,11 @@ class Stopping(BaseModel):
         """The stopping rule in words, for a cell's record and the report."""
         if self.stopping == "fixed":
             return f"fixed {self.epochs} epochs, cosine to zero"
+        drops = (f"learning rate x{self.lr_factor:g} on each of the first {self.lr_drops} plateaus, then stop"
+                 if self.lr_drops else "constant learning rate, stop on the first plateau")
+        # the cap is recorded on its own (max_epochs)
         return (f"validation plateau: patience {self.patience} epochs (checked every {self.eval_every}), "
-                f"min_delta {self.min_delta:g}, learning rate x{self.lr_factor:g} on each of the first "
-                f"{self.lr_drops} plateaus, then stop")  # the cap is recorded on its own (max_epochs)
+                f"min_delta {self.min_delta:g}, {drops}")
 
 
 @dataclass(frozen=True)
