@@ -56,6 +56,7 @@ def resolve_bootstrap(n_boot: NBoot, m: int, alpha: float) -> int:
 
 
 def bootstrap_p(d: np.ndarray) -> float:
+    """Two-sided p of the replicates d of A - B with the +1 correction, over the defined ones (NaN if none)."""
     d = d[~np.isnan(d)]
     if d.size == 0:
         return float("nan")
