@@ -63,34 +63,31 @@ def _bin_edges(total: np.ndarray, n_bins: int) -> np.ndarray:
     return np.concatenate([np.zeros((len(total), 1), np.int64), np.cumsum(sizes, axis=1)], axis=1)
 
 
-def weighted_ece(y: np.ndarray, p: np.ndarray, row_weights: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
-    """ECE of one column for each row of integer multiplicities row_weights (b, N): the resample's
-    rows (row i repeated row_weights[:, i] times) sorted by p and cut into n_bins equal runs."""
+def weighted_ece(y: np.ndarray, p: np.ndarray, codes: np.ndarray, counts: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """ECE of one column for each row of patient multiplicities counts (b, n_patients); codes: each
+    row's patient. The resample's rows (row i repeated counts[:, codes[i]] times) sorted by p and cut
+    into n_bins equal runs. Prefix sums run down (N, b) arrays: contiguous across resamples."""
     order = np.argsort(p, kind="stable")
-    ys, ps = y[order], p[order]
-    w = np.asarray(row_weights, dtype=np.float64)[:, order]
-    cum_n = np.cumsum(w, axis=1)
-    cum_y, cum_p = np.cumsum(w * ys, axis=1), np.cumsum(w * ps, axis=1)
-    total = cum_n[:, -1].round().astype(np.int64)
+    gap = y[order] - p[order]  # a bin's |sum(y) - sum(p)| is |the sum of its gaps|
+    w = np.ascontiguousarray(np.asarray(counts, dtype=np.float64).T)[codes[order]]  # (N, b)
+    zero = np.zeros((1, w.shape[1]))
+    cum_n = np.concatenate([zero, np.cumsum(w, axis=0)])
+    cum_gap = np.concatenate([zero, np.cumsum(w * gap[:, None], axis=0)])
+    total = cum_n[-1].round().astype(np.int64)
     edges = _bin_edges(total, n_bins)
-    out = np.full(len(w), np.nan)
-    for b in range(len(w)):
-        if total[b] == 0:
-            continue
-        j = np.searchsorted(cum_n[b], edges[b], side="right")  # rows wholly before each edge
-        jj = np.minimum(j, len(ys) - 1)
-        before_n = np.where(j > 0, cum_n[b, j - 1], 0.0)
-        part = edges[b] - before_n  # copies of row j before the edge
-        fy = np.where(j > 0, cum_y[b, j - 1], 0.0) + part * ys[jj]
-        fp = np.where(j > 0, cum_p[b, j - 1], 0.0) + part * ps[jj]
-        out[b] = np.abs(np.diff(fy) - np.diff(fp)).sum() / total[b]
+    out = np.full(w.shape[1], np.nan)
+    for b in np.flatnonzero(total > 0):
+        j = np.searchsorted(cum_n[1:, b], edges[b], side="right")  # rows wholly before each edge
+        part = edges[b] - cum_n[j, b]  # copies of row j before the edge
+        before = cum_gap[j, b] + part * gap[np.minimum(j, len(gap) - 1)]
+        out[b] = np.abs(np.diff(before)).sum() / total[b]
     return out
 
 
 def ece(y, p, n_bins: int = N_BINS) -> float:
     """Equal-mass ECE of 0/1 outcomes y and probabilities p (1-D)."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
-    return float(weighted_ece(y, p, np.ones((1, len(y))), n_bins)[0])
+    return float(weighted_ece(y, p, np.arange(len(y)), np.ones((1, len(y))), n_bins)[0])
 
 
 class CalibrationEvaluator:
@@ -106,8 +103,7 @@ class CalibrationEvaluator:
 
     def __call__(self, counts: np.ndarray) -> Dict[str, np.ndarray]:
         w = np.asarray(counts, dtype=np.float64)
-        row_w = w[:, self.codes]
-        eces = np.stack([weighted_ece(self.y[:, k], self.p[:, k], row_w) for k in range(self.y.shape[1])], axis=1)
+        eces = np.stack([weighted_ece(self.y[:, k], self.p[:, k], self.codes, w) for k in range(self.y.shape[1])], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             briers = (w @ self.sq_sums) / (w @ self.rows)[:, None]
         out = {ECE: eces.mean(axis=1), BRIER: briers.mean(axis=1)}
