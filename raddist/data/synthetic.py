@@ -9,7 +9,8 @@ Two tasks, each a directory with images and a manifest (see raddist.data.manifes
   brain_mri/  T1-contrast-like axial MRI slices as 8-bit PNG, 3 classes told apart by the
               lesion: meningioma (extra-axial, at the skull, homogeneous), glioma (intra-axial,
               ring-enhancing with edema), pituitary (small, midline, anterior).
-2-3 images per patient; splits by patient, 60/20/20. Deterministic by seed (same seed, same
+2-3 images per patient; splits by patient, 60/20/20. Both manifests carry made-up coarse patient
+groups (sex, age_band, site; SUBGROUPS) for the subgroup analyses. Deterministic by seed (same seed, same
 bytes). Shapes are simple, but the labels carry real, localised signal.
 """
 
@@ -93,6 +94,20 @@ def _write_manifest(out_dir: str, columns: dict) -> str:
     return path
 
 
+SUBGROUPS = {"sex": ("F", "M"), "age_band": ("18-39", "40-64", "65+"), "site": ("site_a", "site_b", "site_c")}
+
+
+def _with_subgroups(columns: dict, seed: int, task: int) -> dict:
+    """Coarse patient groups (raddist.subgroups) beside a manifest's columns: drawn per patient from
+    their own generator, so the images and labels stay what they were."""
+    rng = np.random.default_rng([seed, task, 7])
+    patients = sorted(set(columns["patient_id"].to_pylist()))
+    draws = {col: dict(zip(patients, rng.choice(values, size=len(patients)).tolist()))
+             for col, values in SUBGROUPS.items()}
+    ids = columns["patient_id"].to_pylist()
+    return {**columns, **{col: pa.array([d[p] for p in ids], pa.string()) for col, d in draws.items()}}
+
+
 # ----------------------------------------------------------------------------- chest CR (DICOM)
 
 def write_chest(out_dir: str, seed: int = 0, n_patients: int = 60, size: int = 256) -> str:
@@ -115,7 +130,7 @@ def write_chest(out_dir: str, seed: int = 0, n_patients: int = 60, size: int = 2
             for f in CHEST_FINDINGS:
                 rows[f].append(findings[f])
     columns = {k: pa.array(v, pa.int64() if k in CHEST_FINDINGS else pa.string()) for k, v in rows.items()}
-    return _write_manifest(out_dir, columns)
+    return _write_manifest(out_dir, _with_subgroups(columns, seed, 1))
 
 
 def _chest_patient(rng, seed, p) -> dict:
@@ -248,7 +263,7 @@ def write_brain_mri(out_dir: str, seed: int = 0, n_patients: int = 60, size: int
                          ("split", splits[p]), ("modality", "MR"), ("label", label)):
                 rows[k].append(v)
     columns = {k: pa.array(v, pa.int64() if k == "label" else pa.string()) for k, v in rows.items()}
-    return _write_manifest(out_dir, columns)
+    return _write_manifest(out_dir, _with_subgroups(columns, seed, 2))
 
 
 def _brain_patient(rng, label) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from raddist import storage
 from raddist.data import manifest
 from raddist.data.contract import PreprocessContract
-from raddist.data.synthetic import BRAIN_CLASSES, CHEST_FINDINGS, truncate_file, write_synthetic
+from raddist.data.synthetic import BRAIN_CLASSES, CHEST_FINDINGS, SUBGROUPS, truncate_file, write_synthetic
 from raddist.data.transforms import decode
 from raddist.errors import InputError
 
@@ -39,7 +39,10 @@ def test_manifests_are_valid_and_relative(data):
     chest, brain = manifest.load(paths["chest"]), manifest.load(paths["brain_mri"])
     manifest.validate(chest, paths["chest"], label_columns=CHEST_FINDINGS, task_type="multilabel")
     manifest.validate(brain, paths["brain_mri"], label_columns=["label"], task_type="multiclass", num_classes=3)
-    assert chest.column_names == ["sample_id", "uri", "patient_id", "split", "modality", *CHEST_FINDINGS]
+    assert chest.column_names == ["sample_id", "uri", "patient_id", "split", "modality", *CHEST_FINDINGS, *SUBGROUPS]
+    for col, values in SUBGROUPS.items():  # coarse, one value per patient
+        assert set(chest[col].to_pylist()) <= set(values)
+        assert len(set(zip(chest["patient_id"].to_pylist(), chest[col].to_pylist()))) == len(set(chest["patient_id"].to_pylist()))
     assert set(chest["modality"].to_pylist()) == {"CR"} and set(brain["modality"].to_pylist()) == {"MR"}
     raw = storage.read_parquet(paths["chest"])["uri"].to_pylist()
     assert all(re.fullmatch(r"images/p\d{4}_s\d\.dcm", u) for u in raw)
