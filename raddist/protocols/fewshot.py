@@ -16,8 +16,13 @@ intersected over ALL their images, contain the class; a patient taken for an ear
 skipped and not replaced, so later classes can get fewer than k. Every other dataset, segmentation
 included: k samples IN TOTAL (not per class), at evenly spaced indices of the sorted training set.
 
+Validation (`validation`): a k-shot user has no full validation split, so by default ('kshot') the
+probe selects and stops on a k-shot draw from validation, drawn as the training set is (same rule,
+seeded by (seed, shots, draw) on its own stream); 'full' uses the whole validation split, as raddist
+did before (and as the reference code did). cell.json records which, with the validation size.
+
 Probes: 'linear' (the multi-head grid of linear.py) and 'knn' (knn.py, k clipped to the draw size).
-Both choose their hyperparameters on validation, then score test with the model fitted on the draw
+Both choose their hyperparameters on that validation set, then score test with the model fitted on the draw
 ALONE: unlike the full protocols there is no refit on train+val, since adding validation data would
 no longer be a k-shot training set (a defect of the reference code, which added its whole val split
 to the k-shot set for the final fit). The linear heads train on the draw until their validation
@@ -58,6 +63,7 @@ class Params(BaseModel):
     draws: PositiveInt = 5  # draws per shot count
     draw: Optional[NonNegativeInt] = None  # set in a cell: which draw
     probe: Union[Probe, List[Probe]] = ["linear", "knn"]
+    validation: Literal["kshot", "full"] = "kshot"  # what selection and early stopping see (module doc)
     linear: linear_probe.Params = Field(default_factory=lambda: linear_probe.Params(**FEWSHOT_LINEAR))
     knn: knn_probe.Params = Field(default_factory=knn_probe.Params)
 
@@ -89,9 +95,10 @@ class Draw:
     per_class: Dict[int, np.ndarray]  # class -> the units drawn for it (sample ids; patient ids if multilabel)
 
 
-def draw_fewshot(task_type: str, pool: SplitData, shots: int, seed: int, draw: int) -> Draw:
-    """The draw (seed, shots, draw) from pool; a class with fewer than `shots` units gives all it has."""
-    rng = np.random.default_rng([seed, shots, draw])
+def draw_fewshot(task_type: str, pool: SplitData, shots: int, seed: int, draw: int, stream: int = 0) -> Draw:
+    """The draw (seed, shots, draw) from pool; a class with fewer than `shots` units gives all it has.
+    stream: 0 for the training draw, VALIDATION_STREAM for its k-shot validation set."""
+    rng = np.random.default_rng([seed, shots, draw] + ([stream] if stream else []))
     if task_type == "multiclass":
         classes = {c: pool.labels == c for c in np.unique(pool.labels).astype(int)}
     elif task_type == "binary":
@@ -109,6 +116,9 @@ def draw_fewshot(task_type: str, pool: SplitData, shots: int, seed: int, draw: i
     return Draw(np.flatnonzero(np.isin(units, chosen)), per_class)
 
 
+VALIDATION_STREAM = 1
+
+
 def _cell(params: Params) -> tuple:
     if isinstance(params.shots, list) or isinstance(params.probe, list) or params.draw is None:
         raise ValueError("fewshot runs one cell (scalar shots and probe, a draw index); expand the entry with variants()")
@@ -122,8 +132,10 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     test = inputs.splits["test"]
     drawn = draw_fewshot(inputs.task_type, pool, shots, seed, draw_index)
     train = pool.subset(drawn.indices)
+    if params.validation == "kshot":  # what a k-shot user has to choose with
+        val = val.subset(draw_fewshot(inputs.task_type, val, shots, seed, draw_index, VALIDATION_STREAM).indices)
     selected = {"shots": shots, "draw": draw_index, "probe": probe, "n_train": len(train),
-                "n_patients": len(np.unique(train.patient_ids))}
+                "n_patients": len(np.unique(train.patient_ids)), "validation": params.validation, "n_val": len(val)}
     if probe == "linear":
         heads, best, val_score = linear_probe.fit_select(inputs, train, val, params.linear, seed)
         scores = linear_probe.predict(heads, test)[best]  # the head trained on the draw alone, at its best epoch

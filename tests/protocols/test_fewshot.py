@@ -139,3 +139,31 @@ def test_linear_probe_stops_on_a_validation_plateau_and_records_its_epochs():
     again = fewshot.run(inputs, cell.model_copy(update={"linear": cell.linear.model_copy(update={"epochs": 8000})}), seed=0)
     assert again.selected["best_epoch"] == sel["best_epoch"] and again.selected["lr"] == sel["lr"]
     np.testing.assert_array_equal(again.scores, pred.scores)
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn"])
+def test_selection_sees_a_kshot_draw_of_validation_unless_full(monkeypatch, probe):
+    """A k-shot user has k examples per class to validate with, not the whole val split: by default the
+    probe selects on a k-shot draw from val (seeded, its own stream); validation: full uses all of val."""
+    inputs = blob_inputs("multiclass", 3, sizes=(150, 60, 30), separation=1.0)
+    _, val = train_val_split(inputs, seed=0)
+    seen = []
+
+    def spy(fn, arg):
+        def wrapped(*args):
+            seen.append(args[arg])
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(linear, "fit_select", spy(linear.fit_select, 2))  # (inputs, train, val, ...)
+    monkeypatch.setattr(knn, "select_k", spy(knn.select_k, 3))  # (bank_x, bank_y, val_x, ...)
+    for validation, expected in (("kshot", 12), ("full", 60)):
+        seen.clear()
+        cell = fewshot.Params(shots=4, draw=1, probe=probe, validation=validation, linear={"epochs": 20})
+        pred = fewshot.run(inputs, cell, seed=0)
+        assert len(seen[0]) == expected and pred.selected["n_val"] == expected
+        assert pred.selected["validation"] == validation
+    kshot_val = val.subset(fewshot.draw_fewshot("multiclass", val, 4, 0, 1, fewshot.VALIDATION_STREAM).indices)
+    assert sorted(np.unique(kshot_val.labels, return_counts=True)[1]) == [4, 4, 4]
+    train_draw = fewshot.draw_fewshot("multiclass", val, 4, 0, 1)
+    assert not np.array_equal(train_draw.indices, fewshot.draw_fewshot("multiclass", val, 4, 0, 1, 1).indices)
