@@ -24,7 +24,7 @@ from cumulative sums without materialising the rows. All ones reproduces the poi
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -152,3 +152,23 @@ def reliability_curve(task_type: str, labels, scores, n_bins: int = N_BINS) -> T
     order = np.argsort(p, kind="stable")
     bins = [b for b in np.array_split(order, min(n_bins, len(order))) if len(b)]
     return np.array([p[b].mean() for b in bins]), np.array([y[b].mean() for b in bins])
+
+
+def reliability_png(output: str, cells) -> Optional[bytes]:
+    """One task's reliability diagrams (raddist.figures.reliability_plot): a panel per row of cells
+    (DataFrame: cell_id, task_type, backbone, column), read from each cell's predictions.parquet."""
+    from raddist import figures, storage
+    from raddist.results import cell_dir
+
+    curves = {}
+    for r in cells.itertuples():
+        uri = storage.join(cell_dir(output, r.cell_id), "predictions.parquet")
+        if not storage.exists(uri):
+            continue
+        preds = storage.read_parquet(uri)
+        labels = np.array(preds["labels"].to_pylist())
+        x, y = reliability_curve(r.task_type, labels if r.task_type != "multiclass" else labels[:, 0],
+                                 np.array(preds["scores"].to_pylist()))
+        if len(x):
+            curves[(r.backbone, r.column)] = (x, y)
+    return figures.reliability_plot(curves, cells["task"].iloc[0], N_BINS) if curves else None

@@ -127,3 +127,34 @@ def score_subgroups(task_type: str, prediction, class_names: Sequence[str], valu
             if gap:
                 rows.append(dict(metric=f"subgroup/{col}/gap/{m}", n_undefined=0, **gap))
     return rows
+
+
+def summary(results, seed_column: str = "seed"):
+    """Per task x backbone x protocol column (results carry a 'column' label) x subgroup column: each
+    listed group's value [CI] (patients), the largest gap [CI] and its p-value; the lowest seed only.
+    results: results.parquet rows as a DataFrame."""
+    import pandas as pd
+
+    df = results[results["metric"].str.startswith("subgroup/")].copy()
+    if df.empty:
+        return pd.DataFrame()
+    if seed_column in df:
+        df = df[df[seed_column] == df.groupby(["task", "backbone", "column"])[seed_column].transform("min")]
+    parts = df["metric"].str.split("/")
+    df["attr"] = [p[1].split("=")[0] for p in parts]
+    df["group"] = [p[1].split("=", 1)[1] if "=" in p[1] else None for p in parts]
+    df["what"] = [p[-1] for p in parts]
+    out = []
+    for (task, backbone, column, attr, what), g in df.groupby(["task", "backbone", "column", "attr", "what"]):
+        groups = g[g["group"].notna()].sort_values("group")
+        gap = g[g["group"].isna()]
+        text = "; ".join(f"{r.group} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] (n={int(r.n_patients)})"
+                         for r in groups.itertuples())
+        row = {"task": task, "backbone": backbone, "protocol": column, "subgroup": attr, "metric": what,
+               "groups": text, "largest gap [95% CI]": "—", "p": "—"}
+        if len(gap):
+            r = gap.iloc[0]
+            row["largest gap [95% CI]"] = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({r['groups']})"
+            row["p"] = f"{r['p_value']:.3f}"
+        out.append(row)
+    return pd.DataFrame(out)

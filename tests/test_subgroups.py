@@ -134,3 +134,15 @@ def test_a_cell_writes_subgroup_columns_and_rows(tmp_path):
     assert metrics.loc["subgroup/sex=M/auroc", "n_patients"] == 6
     assert 0 <= metrics.loc["subgroup/sex/gap/auroc", "p_value"] <= 1
     assert metrics.loc["brier", "ci_low"] <= metrics.loc["brier", "value"] <= metrics.loc["brier", "ci_high"]
+    # the report's sections, from the cell's rows and its predictions.parquet
+    from raddist import report
+
+    results = metrics.reset_index()
+    calib = "\n".join(report.calibration_lines(results, str(tmp_path / "out")))
+    assert "## Calibration" in calib and "ece_mass15: 15 equal-mass bins" in calib
+    assert f"{metrics.loc['brier', 'value']:.3f} [{metrics.loc['brier', 'ci_low']:.3f}" in calib
+    assert (tmp_path / "out" / "reliability_t.png").read_bytes()[:4] == b"\x89PNG"
+    sub = "\n".join(report.subgroup_lines(results))
+    gap = metrics.loc["subgroup/sex/gap/auroc"]
+    assert f"| {gap['value']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}] (F - M) | {gap['p_value']:.3f} |" in sub
+    assert "M 0." in sub and "(n=6)" in sub and "other" not in sub.split("not listed alone")[1]
