@@ -15,8 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from raddist.errors import ConfigError, StorageError
+from raddist.tasks import TASK_TYPES
 
-TaskType = Literal["multilabel", "binary", "multiclass", "segmentation"]
+TaskType = Literal[TASK_TYPES]
 
 
 class Strict(BaseModel):

@@ -22,8 +22,8 @@ import pyarrow as pa
 
 from raddist import storage
 from raddist.errors import ManifestError
+from raddist.tasks import SPLITS
 
-SPLITS = ("train", "val", "test")
 REQUIRED = ("sample_id", "uri", "patient_id", "split")
 OPTIONAL = ("modality", "volume_id", "slice_index", "mask_uri")
 

@@ -14,8 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-TASK_TYPES = ("multilabel", "binary", "multiclass", "segmentation")
-CLASSIFICATION = ("multilabel", "binary", "multiclass")
+from raddist.tasks import CLASSIFICATION, TASK_TYPES  # noqa: F401  (the protocols import them from here)
 
 
 @dataclass
