@@ -299,47 +299,6 @@ def subgroup_lines(results: pd.DataFrame) -> list:
     return lines
 
 
-def calibration_lines(results: pd.DataFrame, output: Optional[str] = None) -> list:
-    """Per task: ECE (equal-mass bins) and Brier tables with CIs, and its reliability diagrams."""
-    from raddist.calibration import BRIER, ECE, N_BINS, reliability_png
-
-    lines = []
-    for task in sorted(results["task"].unique()) if ECE in set(results.get("metric", [])) else []:
-        sub = results[results["task"] == task]
-        lines += _summary_lines(sub, f"### {task} — ECE ({ECE}: {N_BINS} equal-mass bins; lower is better)", ECE)
-        lines += _summary_lines(sub, f"### {task} — Brier score (lower is better)", BRIER)
-        cells = sub[(sub["metric"] == ECE) & (sub["protocol"] != "fewshot")].copy()
-        if output is not None and not cells.empty:
-            cells["column"] = protocol_labels(cells["protocol"], cells["params"])
-            png = reliability_png(output, cells.sort_values("seed").drop_duplicates(["backbone", "column"]))
-            if png:
-                storage.write_bytes(storage.join(output, f"reliability_{task}.png"), png)
-                lines += ["", f"![reliability diagrams {task}](reliability_{task}.png)"]
-    return ["", "## Calibration", "", f"Expected calibration error over {N_BINS} equal-mass bins of the test "
-            "probabilities (multilabel: per finding, averaged; multiclass: the top label) and the Brier score, "
-            "each with its patient-bootstrap CI."] + lines if lines else []
-
-
-def subgroup_lines(results: pd.DataFrame) -> list:
-    """Per task: the headline metric per subgroup, the largest gap, its CI and test (raddist.subgroups)."""
-    from raddist.subgroups import summary
-
-    df = results[results["metric"].str.startswith("subgroup/") & (results["protocol"] != "fewshot")].copy() \
-        if "metric" in results else pd.DataFrame()
-    if df.empty:
-        return []
-    df["column"] = protocol_labels(df["protocol"], df["params"])
-    table = summary(df)
-    lines = ["", "## Subgroups", "", "Each group: value [95% CI] (n = test patients); groups with fewer than the "
-             "task's min_group_patients are pooled into 'other' and not listed alone. Intervals resample "
-             "patients; the gap is the largest minus the smallest group, its p-value a bootstrap test of the "
-             "range over all groups (first seed)."]
-    for task, t in table.groupby("task"):
-        wide = t.set_index(["backbone", "protocol", "subgroup", "metric"])[["groups", "largest gap [95% CI]", "p"]]
-        lines += ["", f"### {task} — subgroups", "", _markdown(wide, "backbone / protocol / subgroup / metric")]
-    return lines
-
-
 def cost_section(output: str, cell_infos: list) -> str:
     from raddist.cost import paper_gpu_hours, sweep_costs
 
@@ -378,7 +337,6 @@ def write_report(output: str, gathered: dict, summary: dict, published: Optional
     from raddist.report_html import write_html
 
     text = (render(results, summary, task_types, output=output)
-            + "\n".join(calibration_lines(results, output) + subgroup_lines(results)) + "\n"
             + "\n".join(calibration_lines(results, output) + subgroup_lines(results)) + "\n"
             + "\n".join(published_lines(results, load(published))) + "\n"
             + cost_section(output, gathered.get("cells") or []) + "\n"
