@@ -99,3 +99,31 @@ def test_test_scores_vote_over_train_plus_val():
     bank = train_plus_val(inputs.splits["train"], inputs.splits["val"])
     want = reference_knn(bank.features["cls"][:, -8:], bank.labels, inputs.splits["test"].features["cls"][:, -8:], pred.selected["k"], 0.07)
     np.testing.assert_allclose(pred.scores, want, atol=1e-6)
+
+
+def test_reference_settings_bank_of_train_and_votes_over_the_largest_k():
+    """mode: reference's kNN (DINOv2's KnnModule): train alone scores test, and a k's votes are its
+    share of a softmax over the nearest vote_pool, so a row sums to less than 1 when k < pool."""
+    inputs = blob_inputs("multiclass", 3, sizes=(150, 50, 60), separation=0.6)
+    params = knn.Params(ks=[10], bank="train", vote_pool=200, select_by="top1")
+    pred = knn.run(inputs, params, seed=0)
+    assert pred.selected["bank"] == 150  # train only
+    train, test = inputs.splits["train"], inputs.splits["test"]
+    targets = label_matrix(inputs, train.labels)
+    bank, queries = named_features(inputs, train, "cls_last"), named_features(inputs, test, "cls_last")
+    sims = np.stack([[q @ b / np.linalg.norm(q) / np.linalg.norm(b) for b in bank] for q in queries])
+    order = np.argsort(-sims, axis=1)[:, :150]  # the pool is clipped to the bank
+    top = np.take_along_axis(sims, order, 1)
+    soft = np.exp(top / 0.07) / np.exp(top / 0.07).sum(1, keepdims=True)
+    want = np.einsum("qk,qkc->qc", soft[:, :10], targets[order[:, :10]])
+    np.testing.assert_allclose(pred.scores, want, atol=1e-6)
+    assert np.all(pred.scores.sum(1) < 1 - 1e-9)
+    assert 0.5 < pred.val_score <= 1.0 and pred.selected["select_by"] == "top1"
+
+
+def test_top1_selection_scores_argmax_accuracy():
+    targets = np.eye(3)[[0, 1, 2, 0]]
+    scores = np.array([[0.5, 0.2, 0.1], [0.1, 0.3, 0.2], [0.4, 0.1, 0.2], [0.2, 0.1, 0.0]])
+    assert knn.top1_accuracy(targets, scores, scores.sum(1, keepdims=True)) == 0.75
+    # binary: the vote for 1 (0.3) against the rest of the voters' mass (0.6 - 0.3 = 0.3) is no win
+    assert knn.top1_accuracy(np.array([[1.0], [0.0]]), np.array([[0.3], [0.1]]), np.array([[0.6], [0.6]])) == 0.5
