@@ -2,7 +2,8 @@
 manufacturer: coarse columns of its manifest), the largest gap between groups, and a test of it.
 
 - Groups come from the manifest's columns named in the task's `subgroups`, matched to each test
-  sample by its sample id (a pooled volume by its patient). Missing values read "unknown".
+  sample by its sample id (a pooled volume by its patient). Missing values read "unknown". A column
+  of more than MAX_LEVELS distinct values is refused: coarse categories only.
 - A group with fewer than the task's `min_group_patients` test patients is pooled into "other" and
   never appears on its own: not in predictions.parquet, not in results, not in the report. "other"
   itself is scored only when it reaches the minimum.
@@ -29,6 +30,7 @@ from raddist import metrics
 OTHER = "other"
 UNKNOWN = "unknown"
 METRICS = ("auroc",)  # the headline metrics scored per group
+MAX_LEVELS = 16  # a subgroup column with more distinct values is not a coarse category (an exact age, a serial)
 
 
 class SubgroupError(ValueError):
@@ -47,6 +49,10 @@ def manifest_values(task, table, sample_ids, patient_ids) -> Dict[str, np.ndarra
     out = {}
     for col in task.subgroups:
         values = [UNKNOWN if v is None else str(v) for v in table[col].to_pylist()]
+        if len(set(values)) > MAX_LEVELS:
+            raise SubgroupError(f"task {task.name}: subgroup column '{col}' of {task.manifest} has {len(set(values))} "
+                                f"distinct values; subgroups take coarse categories (at most {MAX_LEVELS}), e.g. "
+                                "age bands rather than ages")
         sample_map = dict(zip(by_sample, values))
         patient_map = {}
         for p, v in zip(by_patient, values):

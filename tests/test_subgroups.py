@@ -91,6 +91,10 @@ def test_manifest_values_by_sample_then_patient(tmp_path):
     bad = TaskSpec(name="t", manifest=str(tmp_path / "m.parquet"), type="binary", labels=["y"], subgroups=["age_band"])
     with pytest.raises(subgroups.SubgroupError, match=r"task t: subgroup column\(s\) \['age_band'\] not in manifest"):
         subgroups.manifest_values(bad, table, ["a1"], ["a"])
+    ages = pa.table({"sample_id": [f"s{i}" for i in range(40)], "patient_id": [f"p{i}" for i in range(40)],
+                     "age_band": [str(20 + i) for i in range(40)]})
+    with pytest.raises(subgroups.SubgroupError, match="subgroup column 'age_band' .* has 40 distinct values; subgroups take coarse"):
+        subgroups.manifest_values(bad, ages, ["s1"], ["p1"])
 
 
 def test_a_cell_writes_subgroup_columns_and_rows(tmp_path):
