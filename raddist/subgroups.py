@@ -13,7 +13,9 @@ manufacturer: coarse columns of its manifest), the largest gap between groups, a
   interval of the same two groups' difference over the resamples. Its test takes the range over all
   groups as the statistic, so choosing the pair from the data is accounted for: the null distribution
   is the range of the *centred* replicates (each group's replicate minus its point estimate), and
-  p = (1 + #{null range >= observed range}) / (1 + resamples).
+  p = (1 + #{null range >= observed range}) / (1 + resamples). Measured on 200 seeded null
+  simulations (90 patients, 2 images each, 150 resamples): 1.0% (2 groups) and 0.0% (3 groups)
+  rejected at alpha = 0.05, so the test is conservative; planted AUROC gaps of 0.29-0.39 are found (5 of 5).
 
 Result rows (metric names): `subgroup/<column>=<group>/<metric>` with `n_patients`;
 `subgroup/<column>/gap/<metric>` (value, CI, p_value, and the two groups in `groups`).
