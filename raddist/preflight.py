@@ -119,6 +119,7 @@ def _hub_weights(spec: SweepSpec) -> None:
         if repo is None or any(isinstance(hf.try_to_load_from_cache(repo, f), str) for f in HUB_FILES):
             continue
         where = f"backbones.{i}.weights: hub weights of {b.name} ({repo}) are not in the local cache ({hf.constants.HF_HUB_CACHE})"
+        _gated_token(i, b.name, repo)
         if hf.constants.HF_HUB_OFFLINE:
             raise ConfigError(f"{where} and HF_HUB_OFFLINE is set; download them first, or give a weights file")
         try:
@@ -128,6 +129,18 @@ def _hub_weights(spec: SweepSpec) -> None:
         except Exception as e:  # noqa: BLE001 - unreachable, refused, unknown repository: one line
             raise ConfigError(f"{where} and the hub cannot be reached ({_first_line(e)}); download them where "
                               "there is a network, or give a weights file") from None
+
+
+def _gated_token(i: int, name: str, repo: str) -> None:
+    """A gated model (its licence accepted on the hub) downloads only with a token: none is one line here,
+    not a 401 in every embedding actor."""
+    import huggingface_hub as hf
+
+    from raddist.backbones.registry import get_config
+
+    if get_config(name).gated and not hf.get_token():
+        raise ConfigError(f"backbones.{i}.weights: {name} ({repo}) is gated ({get_config(name).license}) and no "
+                          f"token is set: accept its licence at https://huggingface.co/{repo} and set HF_TOKEN")
 
 
 def _hub_repo(name: str):
@@ -140,7 +153,9 @@ def _hub_repo(name: str):
 
         cfg = timm.models.get_pretrained_cfg(config.model_id)
         return cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else None
-    return config.model_id.removeprefix("hf-hub:")
+    from raddist.provenance import hub_repo
+
+    return hub_repo(name)  # None for a python: factory or a local model directory
 
 
 def _first_line(e: BaseException) -> str:

@@ -12,6 +12,7 @@ nothing. `changes` compares what this run reads with what the last run into the 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, List, Optional, Tuple
 
 from raddist import keys, storage
@@ -56,7 +57,8 @@ class Binder:
             digest = self.sources.manifests.setdefault(job.task.name, ManifestDigest.of(table, masks, job.task.labels))
             weights = self.weights(job.backbone)
             device_jpeg = self.device == "gpu" and self.gpu_jpeg_decode and not (masks or volumes)
-            source = keys.JobSource(job.backbone.name, weights, job.contract, job.features, digest, masks, volumes)
+            source = keys.JobSource(backbone_identity(job.backbone.name), weights, job.contract, job.features, digest,
+                                    masks, volumes)
             self._keys[memo] = keys.job_keys(source, self.device, device_jpeg)
         return self._keys[memo]
 
@@ -68,7 +70,16 @@ class Binder:
 
     def weights(self, backbone) -> str:
         if backbone.label not in self.sources.weights:
-            self.sources.weights[backbone.label] = keys.weights_identity(backbone.weights, hub_repo(backbone.name))
+            from raddist.backbones.registry import get_config
+
+            config, repo = get_config(backbone.name), hub_repo(backbone.name)
+            if backbone.weights == "hub" and config.revision:  # pinned: that revision, never the hub's main
+                identity = f"hub:{repo}@{config.revision}"
+            elif backbone.weights == "hub" and repo is None:  # a local model directory, a python: factory
+                identity = f"hub:{config.source}:{config.model_id}"
+            else:
+                identity = keys.weights_identity(backbone.weights, repo)
+            self.sources.weights[backbone.label] = identity
         return self.sources.weights[backbone.label]
 
     def _table(self, uri: str):
@@ -104,7 +115,22 @@ def hub_repo(backbone_name: str) -> Optional[str]:
     config = get_config(backbone_name)
     if config.source == "timm":
         return f"timm/{config.model_id}"
+    if config.source == "python" or os.path.isdir(config.model_id):  # a team's own code, a local directory
+        return None
+    if config.source == "open_clip" and not config.model_id.startswith("hf-hub:"):
+        return None  # open_clip:<name>:<pretrained>: open_clip's own download, no hub revision
     return config.model_id.removeprefix("hf-hub:")
+
+
+def backbone_identity(backbone_name: str) -> str:
+    """What a job key names the backbone by: a registered name stands for its literals; a name by source
+    (timm:, hf:, open_clip:, python:) adds the digest of the config it resolved to (contract, widths,
+    architecture), so an edited preprocessor_config.json or a python: contract recomputes its features."""
+    from raddist.backbones.registry import get_config, is_named_by_source
+
+    if not is_named_by_source(backbone_name):
+        return backbone_name
+    return f"{backbone_name}|{keys.digest(get_config(backbone_name).to_dict())}"
 
 
 # --- what changed since the last run ---------------------------------------------------------------

@@ -42,8 +42,14 @@ class BackboneSpec(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from raddist.backbones.registry import list_backbones
+        from raddist.backbones.registry import get_config, is_named_by_source, list_backbones
 
+        if is_named_by_source(v):  # timm:, hf:, open_clip:, python: resolve their contract here
+            try:
+                get_config(v)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+            return v
         if v not in list_backbones():
             raise ValueError(unknown_name("backbone", v, list_backbones()))
         return v

@@ -21,5 +21,6 @@ from raddist.backbones.registry import (
     list_backbones,
     register,
 )
+from raddist.backbones import resolve as _resolve  # noqa: E402,F401 - adds the timm:/hf:/open_clip:/python: resolvers
 
 __all__ = ["BackboneConfig", "STUDY_BACKBONES", "TEST_BACKBONES", "get_config", "list_backbones", "register"]

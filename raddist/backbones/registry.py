@@ -9,7 +9,7 @@ against timm's own pretrained cfgs, and against the real models built on the met
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 SOURCES = ("timm", "open_clip", "transformers", "python")
 FAMILIES = ("vit", "cnn")
@@ -98,14 +98,34 @@ def register(config: BackboneConfig, overwrite: bool = False) -> BackboneConfig:
     return config
 
 
+# "prefix:" names (timm:, hf:, open_clip:, python:) resolve to a config on first use
+# (raddist.backbones.resolve adds the resolvers when the package is imported).
+_RESOLVERS: Dict[str, Callable[[str, str], BackboneConfig]] = {}
+
+
+def add_resolver(prefix: str, resolver: Callable[[str, str], BackboneConfig]) -> None:
+    _RESOLVERS[prefix] = resolver
+
+
+def is_named_by_source(name: str) -> bool:
+    """A name like timm:<model> that resolves without a registry entry."""
+    return name.partition(":")[0] in _RESOLVERS and ":" in name
+
+
 def get_config(name: str) -> BackboneConfig:
+    if name not in _REGISTRY and is_named_by_source(name):
+        prefix, _, ref = name.partition(":")
+        _REGISTRY[name] = _RESOLVERS[prefix](name, ref)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}") from None
+        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}; or a model "
+                       "by name: timm:<name>, hf:<org>/<id>[@revision], open_clip:<name>[:<pretrained>], "
+                       "python:<module>:<callable>") from None
 
 
 def list_backbones() -> List[str]:
+    """The registered names (and names by source resolved so far)."""
     return sorted(_REGISTRY)
 
 

@@ -147,7 +147,9 @@ def _build_open_clip(config: BackboneConfig, kind: str, path: Optional[str]) -> 
             raise ImportError(
                 f"backbone {config.name!r} with weights='hub' needs open_clip: pip install open_clip_torch"
             ) from None
-        model = open_clip.create_model(config.model_id)
+        model_name, _, pretrained = config.model_id.partition(":") if not config.model_id.startswith("hf-hub:") \
+            else (config.model_id, "", "")
+        model = open_clip.create_model(model_name, pretrained=pretrained or None)  # open_clip:<name>:<pretrained>
         trunk = getattr(model.visual, "trunk", None)
         if trunk is None:
             raise TypeError(f"{config.name}: open_clip vision tower has no timm trunk")
