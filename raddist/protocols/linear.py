@@ -8,7 +8,8 @@ one variant are one weight tensor (D, heads, C) applied with a single matrix pro
 
 Training: SGD, momentum 0.9, no weight decay, a CONSTANT learning rate lr x batch_size / 256
 (dinov2's scaling). Loss: cross-entropy for multiclass, one-logit-per-label BCE for multilabel and
-binary (summed over labels, so every label learns at the same rate as a CE head).
+binary (summed over labels, so every label learns at the same rate as a CE head; the reference's
+multilabel loss, summed over the batch and averaged over labels, is multilabel_loss="batch_sum").
 Inputs are standardised with the mean and std of the set the head is fitted on (comparable learning
 rates across backbones whose features differ in scale), or, with normalize='l2', scaled per sample
 to norm sqrt(D), which needs no statistics (few-shot sets are too small to estimate them).
@@ -70,7 +71,12 @@ class Params(Stopping):
     min_delta: float = Field(default=1e-4, ge=0)  # in validation macro AUROC
     batch_size: PositiveInt = 256
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    normalize: Literal["standard", "l2"] = "standard"
+    normalize: Literal["standard", "l2", "none"] = "standard"  # none: raw features (the reference)
+    # multilabel BCE: summed over labels, averaged over the batch (raddist: each label learns as a CE
+    # head), or summed over the batch and averaged over labels (the reference: a step batch / labels
+    # times larger, 128 / 15 on NIH)
+    multilabel_loss: Literal["label_sum", "batch_sum"] = "label_sum"
+    lr_batch_scaling: bool = True  # lr x batch_size / 256 (dinov2's rule); the reference: lrs as given
 
 
 @dataclass(frozen=True)
@@ -146,8 +152,9 @@ def _loss(logits, y, multiclass: bool):
 
 
 def _fit_stats(x: np.ndarray, normalize: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) per column of the fitting set; identity for 'l2', which scales per sample instead."""
-    if normalize == "l2":
+    """(mean, scale) per column of the fitting set; identity for 'l2', which scales per sample instead,
+    and for 'none'."""
+    if normalize in ("l2", "none"):
         return np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
     mean, scale = x.mean(0), x.std(0)
     scale[scale < 1e-8] = 1.0  # a constant column carries nothing; leave it centred, not blown up
@@ -169,7 +176,8 @@ def _init_variants(inputs, split, configs, params, n_cls: int, seed: int, device
         init = torch.randn(cols[1] - cols[0], n_cls, generator=torch.Generator().manual_seed(seed)) * 0.01
         weight = init[:, None, :].expand(-1, len(idx), -1).clone().to(device).requires_grad_()
         bias = torch.zeros(len(idx), n_cls, device=device, requires_grad=True)
-        lr = torch.tensor([configs[i].lr * params.batch_size / 256 for i in idx], device=device)  # dinov2's scaling
+        scaling = params.batch_size / 256 if params.lr_batch_scaling else 1.0  # dinov2's rule
+        lr = torch.tensor([configs[i].lr * scaling for i in idx], device=device)
         variants.append(_Variant(cols, idx, weight, bias, lr))
     return variants
 
@@ -191,6 +199,7 @@ class _LinearGrid:
         self.history: List[np.ndarray] = []  # per epoch: each head's mean training loss (0 once stopped)
         self.kept = [(v.weight.detach().clone(), v.bias.detach().clone()) for v in variants]
         self.val = None  # (standardised x, targets) to score on
+        self.batch_sum = False  # multilabel_loss="batch_sum" on a multilabel task
 
     def train_epoch(self, active: np.ndarray) -> None:
         import torch
@@ -205,7 +214,8 @@ class _LinearGrid:
             xb, yb, total = self.x[rows], self.y[rows], 0.0
             for v, on in live:
                 losses = _loss(_logits(v, _prepare(xb, v.cols, self.params.normalize)), yb, self.multiclass)
-                total = total + (losses * on).sum()  # heads share no parameters: each gets its own gradient
+                # heads share no parameters: each gets its own gradient
+                total = total + (losses * on).sum() * (len(rows) / yb.shape[1] if self.batch_sum else 1.0)
                 epoch_loss[v.heads] += losses.detach() * on * len(rows) / n
                 v.weight.grad = v.bias.grad = None
             total.backward()
@@ -277,6 +287,7 @@ def train_heads(
     y = torch.from_numpy(y_np).to(device, torch.long if multiclass else torch.float32)
     variants = _init_variants(inputs, split, configs, params, num_classes(inputs, split.labels), seed, device)
     grid = _LinearGrid(variants, x, y, params, params.cap(schedule), seed)
+    grid.batch_sum = params.multilabel_loss == "batch_sum" and inputs.task_type == "multilabel"
     if val is not None:
         grid.val = (_standardise(torch.from_numpy(stacked(val).astype(np.float32)).to(device), stats),
                     label_matrix(inputs, val.labels))
@@ -368,4 +379,6 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     final = train_heads(inputs, fit_set, [config], params, seed, schedule=schedule)
     selected = {**asdict(config), **epochs_of(heads, best, params), "refit_epochs": schedule.epochs,
                 "normalize": params.normalize, "fit_size": len(fit_set)}
+    if params.multilabel_loss != "label_sum" or not params.lr_batch_scaling:
+        selected.update(multilabel_loss=params.multilabel_loss, lr_batch_scaling=params.lr_batch_scaling)
     return to_prediction(test, predict(final, test)[0], selected, val_score)

@@ -143,3 +143,33 @@ def test_a_fixed_budget_trains_every_head_exactly_epochs_with_a_cosine_schedule(
     constant = linear.train_heads(inputs, inputs.splits["train"], heads.configs, params.model_copy(
         update={"stopping": "plateau"}), seed=0)
     assert not np.allclose(constant.loss[:, -1], heads.loss[:, -1])
+
+
+def _first_step(inputs, **update):
+    """Each head's weight change after one full-batch SGD step."""
+    params = linear.Params(lrs=[1e-2], blocks=[1], pools=["cls"], epochs=1, stopping="fixed",
+                           batch_size=len(inputs.splits["train"]), **update)
+    configs = linear.head_grid(inputs, inputs.splits["train"], params)
+    heads = linear.train_heads(inputs, inputs.splits["train"], configs, params, seed=0)
+    still = [linear.HeadConfig(0.0, c.blocks, c.pool) for c in configs]  # lr 0: the initial weights
+    init = linear.train_heads(inputs, inputs.splits["train"], still, params, seed=0)
+    return (heads.variants[0].weight - init.variants[0].weight).detach().cpu().numpy()
+
+
+@pytest.mark.parametrize("task_type,n_classes,factor", [("multilabel", 4, 80 / 4), ("multiclass", 3, 1.0)])
+def test_reference_multilabel_loss_is_summed_over_the_batch_and_averaged_over_labels(task_type, n_classes, factor):
+    """The reference's multilabel step is batch / labels times raddist's (80 / 4 here); multiclass is unchanged."""
+    inputs = blob_inputs(task_type, n_classes, sizes=(80, 0, 10), separation=1.0)
+    ours, reference = _first_step(inputs), _first_step(inputs, multilabel_loss="batch_sum")
+    np.testing.assert_allclose(reference, factor * ours, rtol=1e-4, atol=1e-9)
+    assert np.abs(ours).max() > 1e-6
+
+
+def test_reference_lrs_as_given_on_raw_features():
+    inputs = blob_inputs("multilabel", 3, sizes=(80, 0, 10), separation=1.0)
+    scaled, given = _first_step(inputs), _first_step(inputs, lr_batch_scaling=False)
+    np.testing.assert_allclose(given, scaled * 256 / 80, rtol=1e-4, atol=1e-9)  # lr x batch / 256 undone
+    params = linear.Params(normalize="none")
+    x = np.random.default_rng(0).normal(3.0, 5.0, size=(50, 4)).astype(np.float32)
+    mean, scale = linear._fit_stats(x, params.normalize)
+    assert np.all(mean == 0) and np.all(scale == 1)  # raw features, as the reference fed them
