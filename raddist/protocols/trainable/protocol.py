@@ -16,10 +16,12 @@ from typing import List, Literal, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      model_serializer, model_validator)
 
 from raddist.protocols.base import CLASSIFICATION, Prediction, TrainInputs
 from raddist.protocols.selection import labels_of, select_best
+from raddist.protocols.trainable.space import SearchSpec, check_against
 
 TASK_TYPES = CLASSIFICATION
 
@@ -37,6 +39,29 @@ class TrainParams(BaseModel):
     scheduler: Literal["grid", "asha"] = "grid"  # asha: stop poor learning rates early
     asha_grace_epochs: PositiveInt = 1
     max_failures: NonNegativeInt = 1  # worker-group restarts (from the last checkpoint) per fit
+    # a Ray Tune search over these fields (space.py) in place of the lrs grid; absent: the lrs grid
+    search: Optional[SearchSpec] = None
+
+    @model_validator(mode="after")
+    def _check_search(self) -> "TrainParams":
+        # with a search, lrs is used only when the space has no lr (one rate), and scheduler not at all
+        if self.search is not None:
+            check_against(self.search, self)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _no_empty_search(self, handler):
+        data = handler(self)
+        if data.get("search", 0) is None:  # absent: the params (and so the cell ids) as before searches
+            data.pop("search")
+        return data
+
+    def with_trial(self, config: dict) -> "TrainParams":
+        """These params with one trial's sampled values (lr goes to lrs)."""
+        update = {k: v for k, v in config.items() if k != "lr"}
+        if "lr" in config:
+            update["lrs"] = [config["lr"]]
+        return type(self).model_validate({**self.model_dump(exclude={"search"}), **update})
 
     def method(self):
         """The training method (a raddist.protocols.trainable.method.Method) these params describe."""
@@ -82,6 +107,14 @@ def memory_plan(params: TrainParams, inputs: TrainInputs, node_types: Optional[S
     return {**est.training_config(), "micro_batch": params.micro_batch}, est
 
 
+def _largest(params: TrainParams) -> TrainParams:
+    """The params the memory estimate sizes: a search's largest batch and rank where it searches them."""
+    if params.search is None:
+        return params
+    return params.with_trial({k: params.search.largest(k, None) for k in ("batch_size", "r")
+                              if k in params.search.space})
+
+
 def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
     from raddist.protocols.trainable import data, fit, search
 
@@ -93,24 +126,31 @@ def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
                          "(which pool slice features per volume) or attention_mil")
     spec = model_spec(params, inputs)
     check_model(spec)
-    memory, estimate = memory_plan(params, inputs)
+    memory, estimate = memory_plan(_largest(params), inputs)
     table = data.assign_splits(inputs.manifest, seed)
     datasets, rows, dropped = data.decode_splits(table, inputs.task_type, inputs.label_columns, inputs.contract)
     config = {"model": spec, "epochs": params.epochs, "batch_size": params.batch_size,
               "weight_decay": params.weight_decay, "seed": seed, "train_rows": datasets["train"].count(),
               "image_size": inputs.contract["size"], "memory": memory}
-    runs = search.search_lr(datasets, config, params.lrs, inputs.checkpoint_dir, fit.FitSettings.of(inputs, params, estimate),
-                            params.scheduler, params.asha_grace_epochs)
-    done = [r for r in runs if r is not None]
+    settings = fit.FitSettings.of(inputs, params, estimate)
+    if params.search is None:
+        runs = search.search_lr(datasets, config, params.lrs, inputs.checkpoint_dir, settings,
+                                params.scheduler, params.asha_grace_epochs)
+        done, record = [r for r in runs if r is not None], None
+    else:
+        done, record = search.search_space(datasets, config, params, inputs.checkpoint_dir, settings, seed)
     if not done:
-        raise RuntimeError(f"{method}: no learning rate reported a validated checkpoint")
-    best, _, _ = select_best(done, lambda r: r.selection)  # lrs ascending: ties go to the lower one
+        raise RuntimeError(f"{method}: no trial reported a validated checkpoint")
+    # on validation only; ties go to the earlier: the lower lr, or the earlier trial
+    best, _, _ = select_best(done, lambda r: r.selection)
     index, scores = fit.score(spec, best.checkpoint, datasets["test"], inputs.num_workers, inputs.use_gpu,
                               inputs.cell_cpus)
     test = rows["test"].take(pa.array(index))
     carved = "val" not in set(inputs.manifest["split"].to_pylist())
-    selected = {"method": method, "lr": best.lr, "epoch": best.epoch, "epochs": params.epochs,
-                "checkpoint": best.checkpoint, "val_auroc_by_lr": {f"{r.lr:g}": r.val_auroc for r in done},
+    selected = {"method": method, "lr": best.lr, "epoch": best.epoch, "epochs": params.with_trial(best.config).epochs,
+                "checkpoint": best.checkpoint,
+                **({"val_auroc_by_lr": {f"{r.lr:g}": r.val_auroc for r in done}} if record is None else
+                   {"search": {**record, "winner": best.config}}),
                 "dropped_rows": dropped, "val_carved_from_train": carved, **best.memory,
                 **({"memory_estimate": estimate.describe()} if estimate is not None else {})}
     return Prediction(

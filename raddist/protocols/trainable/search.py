@@ -15,13 +15,16 @@ order, so ties go to the lower one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from raddist.protocols.trainable.fit import FitSettings, RunBest, best_of_run, placement, run_name, trainer
 
 TRIAL_CPUS = 0.01
 EXPERIMENT = "tune"
+SEARCH_EXPERIMENT = "search"  # a search: block's Tune experiment (search_space)
+TRIAL_RUN = "trial_"  # + the Tune trial id: the Train run of one search trial
 
 
 def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, settings: FitSettings) -> None:
@@ -31,16 +34,21 @@ def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, settin
     trainer(datasets, {**config, "lr": lr}, storage, run_name(lr), settings, callbacks=[TuneReportCallback()]).fit()
 
 
-def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float) -> int:
-    """How many fits the cluster holds at once (at least one)."""
-    import ray
+def concurrent_fits(num_workers: int, use_gpu: bool, cell_cpus: float, lrs: int = 1) -> int:
+    """How many of the lrs fits run at once (at least one): all of them, or as many as the cluster
+    can hold where that is known (its autoscaler included: raddist.cluster.capacity), never as many as
+    happen to fit what is up at the start (0 GPUs on a cluster that scales GPU nodes from zero)."""
+    from raddist.cluster import capacity
 
-    cluster = ray.cluster_resources()
+    wanted = max(1, lrs)
+    most = capacity()
+    if most is None:
+        return wanted
     per_fit = placement(num_workers, use_gpu, cell_cpus).worker
-    fits = (cluster.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
+    fits = (most.get("CPU", 1.0) - cell_cpus) // (per_fit["CPU"] * num_workers + TRIAL_CPUS)
     if use_gpu:
-        fits = min(fits, cluster.get("GPU", 0) // num_workers)
-    return max(1, int(fits))
+        fits = min(fits, most.get("GPU", 0) // num_workers)
+    return max(1, min(wanted, int(fits)))
 
 
 def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, settings: FitSettings,
@@ -52,10 +60,7 @@ def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, 
 
     storage = storage_lib.normalize(storage)
     trial = tune.with_parameters(_trial, datasets=datasets, config=config, storage=storage, settings=settings)
-    # Tune registers trainables by name, per Ray job: cells searching at the same time in one sweep
-    # must not share a name, or one cell's trials run with another's data and config.
-    trial.__name__ = "lr_search_" + hashlib.sha1(storage.encode()).hexdigest()[:12]
-    trainable = tune.with_resources(trial, {"CPU": TRIAL_CPUS})
+    trainable = _trainable(trial, "lr_search_", storage)
     path = storage_lib.join(storage, EXPERIMENT)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -69,11 +74,97 @@ def search_lr(datasets: dict, config: dict, lrs: Sequence[float], storage: str, 
             param_space={"lr": tune.grid_search(sorted(set(lrs)))},
             tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha,
                                         max_concurrent_trials=concurrent_fits(settings.num_workers, settings.use_gpu,
-                                                                              settings.cell_cpus)),
+                                                                              settings.cell_cpus, len(set(lrs)))),
             run_config=tune.RunConfig(storage_path=storage, name=EXPERIMENT, verbose=0),
         )
+    _fit(tuner, "learning-rate fits")
+    return [best_of_run(storage, lr) for lr in sorted(set(lrs))]
+
+
+def _trainable(trial, prefix: str, storage: str):
+    from ray import tune
+
+    # Tune registers trainables by name, per Ray job: cells searching at the same time in one sweep
+    # must not share a name, or one cell's trials run with another's data and config.
+    trial.__name__ = prefix + hashlib.sha1(storage.encode()).hexdigest()[:12]
+    return tune.with_resources(trial, {"CPU": TRIAL_CPUS})
+
+
+def _fit(tuner, what: str):
     grid = tuner.fit()
     if grid.errors:
-        raise RuntimeError(f"{len(grid.errors)} of {len(grid)} learning-rate fits failed; "
-                           f"first: {grid.errors[0]}") from grid.errors[0]
-    return [best_of_run(storage, lr) for lr in sorted(set(lrs))]
+        raise RuntimeError(f"{len(grid.errors)} of {len(grid)} {what} failed; first: {grid.errors[0]}") \
+            from grid.errors[0]
+    return grid
+
+
+def trial_config(config: dict, params, sampled: dict) -> dict:
+    """The training config of one search trial: params (a TrainParams) with the sampled values."""
+    p = params.with_trial(sampled)
+    return {**config, "model": dataclasses.replace(config["model"], method=p.method()), "lr": p.lrs[0],
+            "epochs": p.epochs, "batch_size": p.batch_size, "weight_decay": p.weight_decay}
+
+
+def _search_trial(tune_config: dict, datasets: dict, config: dict, params, storage: str,
+                  settings: FitSettings) -> None:
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    name = TRIAL_RUN + tune.get_context().get_trial_id()
+    trainer(datasets, trial_config(config, params, tune_config), storage, name, settings,
+            callbacks=[TuneReportCallback()]).fit()
+
+
+def search_space(datasets: dict, config: dict, params, storage: str, settings: FitSettings,
+                 seed: int) -> Tuple[List[RunBest], Dict]:
+    """Run params.search (a space.SearchSpec) as Tune trials, each one Ray Train fit chosen and reported
+    on validation only. (each trial's best epoch, in trial order; what cell.json records of the search).
+    An experiment already in storage is restored: finished trials kept, the searcher's state reloaded."""
+    from ray import tune
+
+    from raddist import storage as storage_lib
+    from raddist.protocols.trainable import space
+
+    search = params.search
+    storage = storage_lib.normalize(storage)
+    seed = seed if search.seed is None else search.seed
+    trial = tune.with_parameters(_search_trial, datasets=datasets, config=config, params=params, storage=storage,
+                                 settings=settings)
+    trainable = _trainable(trial, "search_", storage)
+    path = storage_lib.join(storage, SEARCH_EXPERIMENT)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        concurrent = search.max_concurrent or concurrent_fits(settings.num_workers, settings.use_gpu,
+                                                              settings.cell_cpus, search.trials())
+        asha = None
+        if search.scheduler == "asha":
+            asha = tune.schedulers.ASHAScheduler(time_attr="training_iteration", grace_period=search.grace_epochs,
+                                                 max_t=search.largest("epochs", params.epochs), reduction_factor=2)
+        tuner = tune.Tuner(
+            trainable, param_space=space.tune_space(search),
+            tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha,
+                                        search_alg=space.algorithm(search, concurrent, seed),
+                                        num_samples=search.samples),
+            run_config=tune.RunConfig(storage_path=storage, name=SEARCH_EXPERIMENT, verbose=0),
+        )
+    grid = _fit(tuner, "search trials")
+    return _outcome(grid, params, storage, seed)
+
+
+def _outcome(grid, params, storage: str, seed: int) -> Tuple[List[RunBest], Dict]:
+    search, runs, trials = params.search, [], []
+    results = sorted((r for r in grid if "trial_id" in (r.metrics or {})), key=lambda r: r.metrics["trial_id"])
+    for result in results:
+        sampled = {k: result.config[k] for k in search.space}
+        best = best_of_run(storage, params.with_trial(sampled).lrs[0], TRIAL_RUN + result.metrics["trial_id"], sampled)
+        epochs = params.with_trial(sampled).epochs
+        ran = int(result.metrics.get("training_iteration", 0))
+        trials.append({"config": sampled, "epochs_run": ran, "stopped_early": ran < epochs,
+                       "best_val_auroc": None if best is None else best.val_auroc})
+        if best is not None:
+            runs.append(best)
+    record = {"algorithm": search.algorithm, "scheduler": search.scheduler, "num_samples": search.samples,
+              "seed": seed, "trials": len(grid), "stopped_by_asha": sum(t["stopped_early"] for t in trials),
+              "by_trial": trials}
+    return runs, record
