@@ -34,18 +34,22 @@ selected records max_epochs, epochs_trained (how long the chosen head trained), 
 weights scored test), stopped ('plateau' | 'cap' | 'fixed') and every learning rate's best epoch.
 stopping="fixed" is the reference's budget instead: exactly `epochs` epochs, the learning rate
 decayed by a cosine to zero over them, each head validated once, at the end.
+The reference code's other settings (`mode: reference` sets them): optimizer="sgd" (momentum 0.9)
+with weight_decay=0, loss="dice" (MONAI's DiceLoss, softmax, background included), batch_size=128,
+standardize=False (the tokens as cached) and refit=True: the chosen learning rate retrained from
+scratch on train+val for its best epoch's count of epochs (its drops replayed), then test scored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Tuple
+from typing import Callable, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from raddist.protocols.base import SegCase, SegInputs, SegPrediction, SegSplit
-from raddist.protocols.stopping import ModuleGrid, Record, Stopping, train_grid
+from raddist.protocols.stopping import ModuleGrid, Record, Schedule, Stopping, train_grid
 from raddist.protocols.selection import select_best, train_val_split
 
 TASK_TYPES = ("segmentation",)
@@ -62,6 +66,10 @@ class SegParams(Stopping):
     lr_drops: NonNegativeInt = 1  # one plateau lowers the learning rate x lr_factor; the next stops
     batch_size: PositiveInt = 16
     weight_decay: float = Field(default=1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9 (the reference)
+    loss: Literal["dice_ce", "dice"] = "dice_ce"  # MONAI's DiceCELoss, or DiceLoss alone (the reference)
+    standardize: bool = True  # tokens standardised per channel on the fitting set; False: as cached
+    refit: bool = False  # retrain the chosen learning rate on train+val before test (the reference)
 
 
 # a head: (token-grid shapes (D, h, w), last block first; number of classes; output size) ->
@@ -74,23 +82,50 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
     predict test once on its source grid."""
     train, val = train_val_split(inputs, seed)
     n_classes = len(inputs.class_names)
-    data = TokenData(train, val, token_stats(train, blocks), n_classes)
+    data = TokenData(train, val, token_stats(train, blocks, params.standardize), n_classes)
     lrs = sorted(set(params.lrs))
     heads, record = fit_heads(build, lrs, data, params, seed)
     best, score, scores = select_best(list(range(len(heads))), lambda i: record.best_score[i])
-    cases = source_cases(inputs, inputs.splits["test"], heads[best], data.stats, params.batch_size)
+    head, stats, refit = heads[best], data.stats, {}
+    if params.refit:  # selection is done: the chosen rate retrained on train+val, as long as it trained
+        fit_set = concat(train, val)
+        data = TokenData(fit_set, val, token_stats(fit_set, blocks, params.standardize), n_classes)
+        schedule = Schedule.replay(record, best)
+        (head,), _ = fit_heads(build, [lrs[best]], data, params, seed, schedule=schedule)
+        stats, refit = data.stats, {"refit_epochs": schedule.epochs, "fit_size": len(fit_set)}
+    cases = source_cases(inputs, inputs.splits["test"], head, stats, params.batch_size)
     return SegPrediction(
         cases=cases, val_score=score,
         selected={"lr": lrs[best], "val_dice": dict(zip(map(str, lrs), [round(s, 4) for s in scores])),
                   "max_epochs": params.epochs, "epochs_trained": int(record.epochs_run[best]),
                   "best_epoch": int(record.best_epoch[best]), "stopped": record.stopped[best],
                   "best_epochs": dict(zip(map(str, lrs), map(int, record.best_epoch))),
-                  "lr_drops": [int(e) for e in record.lr_drops[best]], "stopping_rule": params.rule()},
+                  "lr_drops": [int(e) for e in record.lr_drops[best]], "stopping_rule": params.rule(), **refit,
+                  **_reference_settings(params)},
     )
 
 
-def token_stats(split: SegSplit, blocks: int, chunk: int = 256) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Per-channel (mean, std) of each of the first `blocks` token grids, accumulated in float64."""
+def _reference_settings(params: SegParams) -> dict:
+    """The training choices selected records where one is not raddist's (the reference's settings)."""
+    if (params.optimizer, params.loss, params.standardize, params.refit) == ("adamw", "dice_ce", True, False):
+        return {}
+    return {"optimizer": params.optimizer, "loss": params.loss, "batch_size": params.batch_size,
+            "weight_decay": params.weight_decay, "standardize": params.standardize, "refit": params.refit}
+
+
+def concat(a: SegSplit, b: SegSplit) -> SegSplit:
+    """Two splits as one fitting set (train+val for a refit)."""
+    return SegSplit([np.concatenate([x, y]) for x, y in zip(a.tokens, b.tokens)], np.concatenate([a.masks, b.masks]),
+                    *(np.concatenate([getattr(a, f), getattr(b, f)])
+                      for f in ("sample_ids", "patient_ids", "case_ids", "slice_index")))
+
+
+def token_stats(split: SegSplit, blocks: int, standardize: bool = True,
+                chunk: int = 256) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (mean, std) of each of the first `blocks` token grids, accumulated in float64;
+    (0, 1), the identity, without standardize."""
+    if not standardize:
+        return [(np.zeros(t.shape[1], np.float32), np.ones(t.shape[1], np.float32)) for t in split.tokens[:blocks]]
     stats = []
     for t in split.tokens[:blocks]:
         s = np.zeros(t.shape[1]), np.zeros(t.shape[1])
@@ -141,12 +176,12 @@ class TokenData:
 
 
 def fit_heads(build: HeadBuilder, lrs: List[float], data: TokenData, params: SegParams,
-              seed: int) -> Tuple[list, Record]:
+              seed: int, schedule: Optional[Schedule] = None) -> Tuple[list, Record]:
     """One head per learning rate, all stepping on the same mini-batches (stopping.train_grid): each
     until its validation Dice plateaus, at most params.epochs, ending at its best epoch's weights; or,
     with stopping="fixed", exactly params.epochs, cosine-decayed, the last weights.
     Returns (heads in eval mode, record); record.best_score is each head's validation Dice at its
-    kept epoch."""
+    kept epoch. With a schedule (a refit): no validation, its epochs and drops, the last weights."""
     import torch
 
     from raddist.device import torch_device
@@ -156,20 +191,29 @@ def fit_heads(build: HeadBuilder, lrs: List[float], data: TokenData, params: Seg
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         heads = [build(shapes, data.n_classes, data.train.masks.shape[-1]).to(device) for _ in lrs]
-    opts = [torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=params.weight_decay) for h, lr in zip(heads, lrs)]
-    steps = params.epochs * max(1, -(-len(data.train) // params.batch_size))
+    opts = [_optimizer(h, lr, params) for h, lr in zip(heads, lrs)]
+    steps = params.cap(schedule) * max(1, -(-len(data.train) // params.batch_size))
     scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts]
               if params.stopping == "fixed" else [])
-    grid = ModuleGrid(heads, opts, _epoch_batches(data, params.batch_size, seed, device), _loss_of(data),
+    batches = _epoch_batches(data, params.batch_size, seed, device)
+    grid = ModuleGrid(heads, opts, batches, _loss_of(data, params.loss),
                       lambda h: val_dice(h, data.val, data.stats, params.batch_size, data.n_classes), scheds)
     for h in heads:
         h.train()
-    record = train_grid(grid, params, validate=True)
+    record = train_grid(grid, params, validate=schedule is None, schedule=schedule)
     for h in heads:
         h.eval()
-    if params.stopping == "fixed":  # validated once, at the end
+    if params.stopping == "fixed" and schedule is None:  # validated once, at the end
         record.best_score = np.array([grid.score(h) for h in heads], np.float64)
     return heads, record
+
+
+def _optimizer(head, lr: float, params: SegParams):
+    import torch
+
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=params.weight_decay)
+    return torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=params.weight_decay)
 
 
 def _epoch_batches(data: TokenData, batch_size: int, seed: int, device) -> Callable[[], Iterator]:
@@ -190,11 +234,12 @@ def _epoch_batches(data: TokenData, batch_size: int, seed: int, device) -> Calla
     return epoch
 
 
-def _loss_of(data: TokenData) -> Callable:
-    """MONAI's DiceCELoss of a head's logits, resized to the mask size, on a batch."""
-    from monai.losses import DiceCELoss
+def _loss_of(data: TokenData, loss: str = "dice_ce") -> Callable:
+    """MONAI's DiceCELoss (or DiceLoss) of a head's logits, resized to the mask size, on a batch."""
+    from monai.losses import DiceCELoss, DiceLoss
 
-    loss_fn, size = DiceCELoss(to_onehot_y=True, softmax=True), data.train.masks.shape[-1]
+    loss_fn = (DiceCELoss if loss == "dice_ce" else DiceLoss)(to_onehot_y=True, softmax=True)
+    size = data.train.masks.shape[-1]
     return lambda head, batch: loss_fn(_logits(head, batch[0], size), batch[1])
 
 

@@ -13,7 +13,9 @@ cosine decay over a fixed 10 epochs), a Dice loss, at 448 px with flips and rota
 best learning rate on train+val; and scored Dice pooled over the test pixels on the 448 grid.
 raddist standardises the cached tokens, keeps PyTorch's initialisation, trains on cached tokens
 without augmentation at the backbone's input size, does not refit, and scores each case on its
-source grid.
+source grid. `mode: reference` (paper.yaml) takes the reference's optimizer, loss, batch, raw tokens
+and refit (seg_common.SegParams); its initialisation, augmentation and pooled 448-grid Dice stay
+raddist's.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ fewer skips. Tokens are standardised per channel (seg_common).
 Trained with MONAI's DiceCELoss and AdamW at a constant learning rate over a learning-rate grid,
 each head until its validation Dice plateaus (patience 40, learning rate x0.1 on the first plateau,
 stopped on the second; seg_common); selected on validation
-Dice; test scored once on the source grid, without refit (seg_common).
+Dice; test scored once on the source grid, without refit (seg_common). Those are raddist's
+defaults: `mode: reference` (paper.yaml) sets the reference's SGD, Dice loss, batch 128, raw tokens
+and refit below (seg_common.SegParams); the decoder stays raddist's.
 
 The reference study's decoder (DINOv2ForRadiology, segmentation/utils.py) shares the idea, not the
 details: no stem (the LayerNorm'd last block is the bottleneck as it is); widths D/2, D/4, D/8, then
