@@ -152,9 +152,19 @@ def search_space(datasets: dict, config: dict, params, storage: str, settings: F
     return _outcome(grid, params, storage, seed)
 
 
+def _created(result) -> Tuple[int, str]:
+    """A trial's place in the search: Tune's trial ids are random, its directory names
+    <trainable>_<trial id>_<index>_<config> count the trials in the order the searcher proposed them."""
+    import os
+
+    trial_id = result.metrics["trial_id"]
+    tag = os.path.basename(str(result.path).rstrip("/")).split(f"_{trial_id}_", 1)[-1].split("_", 1)[0]
+    return (int(tag) if tag.isdigit() else 1 << 30), trial_id
+
+
 def _outcome(grid, params, storage: str, seed: int) -> Tuple[List[RunBest], Dict]:
     search, runs, trials = params.search, [], []
-    results = sorted((r for r in grid if "trial_id" in (r.metrics or {})), key=lambda r: r.metrics["trial_id"])
+    results = sorted((r for r in grid if "trial_id" in (r.metrics or {})), key=_created)
     for result in results:
         sampled = {k: result.config[k] for k in search.space}
         best = best_of_run(storage, params.with_trial(sampled).lrs[0], TRIAL_RUN + result.metrics["trial_id"], sampled)
