@@ -241,11 +241,18 @@ class ResourcesSpec(Strict):
         return {}
 
 
+class WandbSpec(Strict):
+    project: str
+    group: Optional[str] = None  # default: the sweep's name
+
+
 class TrackingSpec(Strict):
     # an MLflow tracking URI (a server, a database, or file:///path with MLFLOW_ALLOW_FILE_STORE=true):
     # each finished cell becomes one MLflow run of its params and metrics (raddist.tracking)
     mlflow: Optional[str] = None
     experiment: Optional[str] = None  # default: the sweep's name
+    # Weights & Biases: each finished cell becomes one W&B run (raddist.tracking_wandb; pip install wandb)
+    wandb: Optional[WandbSpec] = None
 
 
 class SweepSpec(Strict):

@@ -183,12 +183,18 @@ def run_cells(spec, pending: List[Cell], jobs: JobStates, ctx: CellContext, run_
 
 
 def tracking_callbacks(spec, cells: Dict[str, Cell]) -> list:
-    """Tune callbacks that send each finished cell elsewhere: MLflow with spec.tracking.mlflow."""
-    if not spec.tracking.mlflow:
-        return []
-    from raddist.tracking import CellsToMLflow
+    """Tune callbacks that send each finished cell elsewhere: MLflow with spec.tracking.mlflow, W&B with
+    spec.tracking.wandb (a W&B that cannot start loses the log, never the sweep)."""
+    callbacks = []
+    if spec.tracking.mlflow:
+        from raddist.tracking import CellsToMLflow
 
-    return [CellsToMLflow(spec.tracking.mlflow, spec.tracking.experiment or spec.name, cells)]
+        callbacks.append(CellsToMLflow(spec.tracking.mlflow, spec.tracking.experiment or spec.name, cells))
+    if spec.tracking.wandb:
+        from raddist.tracking_wandb import wandb_callbacks
+
+        callbacks += wandb_callbacks(spec.tracking.wandb.project, spec.tracking.wandb.group or spec.name, cells)
+    return callbacks
 
 
 def trial_resources(trains: bool, cpus: float, gpus: float):
