@@ -29,11 +29,13 @@ class Sources:
     device: str
     manifests: Dict[str, ManifestDigest] = dataclasses.field(default_factory=dict)  # task name ->
     weights: Dict[str, str] = dataclasses.field(default_factory=dict)  # backbone label -> identity
+    # backbone label -> its name, licence and gating (the report lists them beside the weights identity)
+    about: Dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def record(self) -> dict:
         return {"device": self.device, "versions": {"embedder": keys.EMBEDDER_VERSION, "decode": keys.DECODE_VERSION},
                 "tasks": {t: dataclasses.asdict(d) for t, d in self.manifests.items()},
-                "backbones": {b: {"weights": w} for b, w in self.weights.items()}}
+                "backbones": {b: {"weights": w, **self.about.get(b, {})} for b, w in self.weights.items()}}
 
 
 class Binder:
@@ -80,6 +82,8 @@ class Binder:
             else:
                 identity = keys.weights_identity(backbone.weights, repo)
             self.sources.weights[backbone.label] = identity
+            self.sources.about[backbone.label] = {"name": backbone.name, "license": config.license,
+                                                  "gated": config.gated}
         return self.sources.weights[backbone.label]
 
     def _table(self, uri: str):
@@ -154,7 +158,7 @@ def changes(output: str, sources: Sources, pending: List[Cell]) -> List[dict]:
             found.append(_change("task", task, what, [c for c in pending if c.task.name == task]))
     for label, entry in now["backbones"].items():
         old = before.get("backbones", {}).get(label)
-        if old is not None and old != entry:
+        if old is not None and old.get("weights") != entry["weights"]:
             found.append(_change("backbone", label, "weights changed",
                                  [c for c in pending if c.backbone.label == label]))
     return [f for f in found if f["cells"]]

@@ -333,14 +333,15 @@ def write_report(output: str, gathered: dict, summary: dict, published: Optional
     task_types = dict(zip(results["task"], results["task_type"])) if "task_type" in results else {}
     from raddist.published import load
     from raddist.reference import markdown as deviations
+    from raddist.report_backbones import backbones_section
     from raddist.report_choices import choices_section
     from raddist.report_html import write_html
 
     text = (render(results, summary, task_types, output=output)
             + "\n".join(calibration_lines(results, output) + subgroup_lines(results)) + "\n"
             + "\n".join(published_lines(results, load(published))) + "\n"
-            + cost_section(output, gathered.get("cells") or []) + "\n"
-            + choices_section(gathered.get("cells") or [], summary) + "\n" + deviations(summary.get("mode", "raddist")))
+            + cost_section(output, gathered.get("cells") or []) + "\n" + backbones_section(output)
+            + choices_section(gathered.get("cells") or [], summary) + "\n" + deviations(summary.get("mode", "raddist"), results))
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
     write_html(output, text, board_rows(results, task_types), summary)

@@ -46,4 +46,7 @@ def test_own_model_runs_through_a_sweep(ray_local, synthetic_data, tmp_path):
     accuracy = results[results["metric"] == "accuracy"]["value"]
     assert len(accuracy) == 2 and accuracy.between(0, 1).all()
     record = json.loads((tmp_path / "out" / "provenance.json").read_text())
-    assert record["backbones"]["ours"]["weights"] == "random"
+    assert record["backbones"]["ours"] == {"weights": "random", "name": OWN, "license": "proprietary (our hospital)",
+                                           "gated": False}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"| ours | {OWN} | proprietary (our hospital) | no | `random` |" in report
