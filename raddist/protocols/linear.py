@@ -43,7 +43,9 @@ standardisation), computed online with augmentation; SGD with cosine decay to ze
 number of epochs (10 by default, batch 128); the head chosen at the end of training, then refitted
 on train+val for as many epochs. Shared: SGD with momentum 0.9 and no weight decay, heads
 initialised N(0, 0.01). raddist's default grid is 7 lrs (1e-4 to 1e-1) x the same blocks and pools:
-28 heads.
+28 heads. `mode: reference` (paper.yaml) takes the reference's grid, budget, normalize="none",
+lr_batch_scaling=False and multilabel_loss="batch_sum", and blocks [1] with CLS alone for CNNs (their
+final pooled feature); its online augmentation is not reproduced (features are cached).
 """
 
 from __future__ import annotations
