@@ -209,6 +209,9 @@ def backbones(spec: SweepSpec) -> None:
             except ImportError as e:
                 raise ConfigError(f"backbones.{i}: {b.name} needs the package {package} ({module} does not import: "
                                   f"{str(e).strip()[:200]}); pip install {package}") from None
+        if spec.features.n_last_blocks > config.num_blocks:
+            raise ConfigError(f"features.n_last_blocks: {spec.features.n_last_blocks} blocks asked for, but {b.name} "
+                              f"has {config.num_blocks}; use at most {config.num_blocks}")
         for task in spec.tasks:
             error = size_error(config, contract_for(spec, b, task)["size"])
             if error:

@@ -21,6 +21,8 @@ from raddist.backbones.registry import (
     list_backbones,
     register,
 )
-from raddist.backbones import resolve as _resolve  # noqa: E402,F401 - adds the timm:/hf:/open_clip:/python: resolvers
+from raddist.backbones import resolve as _resolve  # noqa: E402 - adds the timm:/hf:/open_clip:/python: resolvers
+
+_resolve.load_entry_points()  # backbones installed packages declare (group raddist.backbones)
 
 __all__ = ["BackboneConfig", "STUDY_BACKBONES", "TEST_BACKBONES", "get_config", "list_backbones", "register"]

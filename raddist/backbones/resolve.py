@@ -18,9 +18,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
-from raddist.backbones.registry import ANY_SIZE, CLIP_MEAN, CLIP_STD, BackboneConfig, add_resolver
+from raddist.backbones.registry import ANY_SIZE, CLIP_MEAN, CLIP_STD, BackboneConfig, add_resolver, register
 from raddist.errors import ConfigError
 
 PREFIXES = ("timm", "hf", "open_clip", "python")
@@ -221,3 +221,28 @@ def resolve_open_clip(name: str, ref: str) -> BackboneConfig:
 RESOLVERS = {"timm": resolve_timm, "hf": resolve_hf, "open_clip": resolve_open_clip, "python": resolve_python}
 for _prefix, _resolver in RESOLVERS.items():
     add_resolver(_prefix, _resolver)
+
+
+# --- installed packages: the raddist.backbones entry point group ----------------------------------
+
+ENTRY_POINT_GROUP = "raddist.backbones"
+
+
+def load_entry_points() -> List[str]:
+    """Register the backbones installed packages declare: each entry point of the group names a
+    BackboneConfig, a list of them, or a function returning either (it may also register them itself).
+    Returns the names registered. A broken plugin is one ConfigError naming it."""
+    from importlib.metadata import entry_points
+
+    names: List[str] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found = ep.load()
+            found = found() if callable(found) and not isinstance(found, BackboneConfig) else found
+        except Exception as e:  # noqa: BLE001 - whatever the plugin raises, it is that plugin's
+            raise ConfigError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) fails to load: "
+                              f"{type(e).__name__}: {str(e).strip()[:200]}") from None
+        for config in ([found] if isinstance(found, BackboneConfig) else list(found or [])):
+            register(config, overwrite=True)
+            names.append(config.name)
+    return names

@@ -81,3 +81,42 @@ def test_bad_names_and_contracts_are_one_clear_error(tmp_path, monkeypatch):
         assert len(str(err.value).splitlines()) == 1 and name in str(err.value)
     with pytest.raises(ConfigError, match=r"backbones\.0\.name.*contract misses"):
         spec_of("python:tests.backbones.own_model:incomplete")
+
+
+def test_installed_packages_register_backbones_by_entry_point(tmp_path, monkeypatch):
+    """A package's dist-info declaring `raddist.backbones` entry points: its configs are registered."""
+    from raddist.backbones import registry
+    from raddist.backbones.resolve import load_entry_points
+
+    (tmp_path / "plugin_pkg.py").write_text(
+        "import dataclasses\nfrom raddist.backbones.registry import get_config\n"
+        "def configs():\n    return [dataclasses.replace(get_config('tiny_vit'), name='plugin_vit', license='bsd')]\n")
+    info = tmp_path / "plugin_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[raddist.backbones]\nplugin = plugin_pkg:configs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    assert load_entry_points() == ["plugin_vit"]
+    assert get_config("plugin_vit").license == "bsd"
+    (info / "entry_points.txt").write_text("[raddist.backbones]\nbroken = plugin_pkg:absent\n")
+    with pytest.raises(ConfigError, match=r"entry point broken = plugin_pkg:absent \(raddist.backbones\) fails to load"):
+        load_entry_points()
+
+
+def test_more_feature_blocks_than_the_model_has_is_refused_before_ray():
+    from raddist import preflight
+
+    spec = parse({**spec_of("timm:resnet18").model_dump(exclude_none=True), "features": {"n_last_blocks": 5}})
+    with pytest.raises(ConfigError, match=r"features.n_last_blocks: 5 blocks asked for, but timm:resnet18 has 4"):
+        preflight.backbones(spec)
+
+
+def test_a_native_3d_encoder_can_be_described():
+    import dataclasses
+
+    volume = dataclasses.replace(get_config("tiny_vit"), name="vol", input_depth=64, spacing=(1.5, 1.0, 1.0),
+                                 channel_layout="3d")
+    assert (volume.input_depth, volume.spacing, volume.channel_layout) == (64, (1.5, 1.0, 1.0), "3d")
+    with pytest.raises(ValueError, match="channel_layout 'rgbd' not in"):
+        dataclasses.replace(volume, channel_layout="rgbd")
