@@ -96,3 +96,24 @@ def test_radiology_2026_checks_with_random_weights(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.strip().splitlines()[-1] == "25/25 (backbone, image size) ok; 2/2 trainable cells placed"
+
+
+def test_biomedclip_open_clip_checkpoint_loads_into_its_timm_trunk(tmp_path):
+    """BiomedCLIP's vision tower as open_clip builds it (its open_clip_config.json vision_cfg: timm
+    vit_base_patch16_224, no pool, linear projection): a checkpoint of the whole tower loads, every tensor,
+    into the trunk raddist builds, and gives the same features."""
+    from open_clip.model import _build_vision_tower
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    tower = _build_vision_tower(512, {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
+                                      "timm_pool": "", "timm_proj": "linear", "image_size": 224}).eval()
+    state = {f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}
+    save_file(state, str(tmp_path / "biomedclip.safetensors"))
+    config = get_config("biomedclip_vitb16")
+    trunk = build_model(config, str(tmp_path / "biomedclip.safetensors"))
+    assert all(torch.equal(v, state[f"visual.trunk.{k}"]) for k, v in trunk.state_dict().items())
+    images = torch.randint(0, 256, (1, 224, 224), dtype=torch.uint8)
+    x = Embedder(config, trunk).normalize(images)
+    with torch.no_grad():
+        assert torch.allclose(trunk.forward_features(x), tower.trunk.forward_features(x), atol=1e-5)
