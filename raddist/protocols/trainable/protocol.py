@@ -133,16 +133,19 @@ def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
               "weight_decay": params.weight_decay, "seed": seed, "train_rows": datasets["train"].count(),
               "image_size": inputs.contract["size"], "memory": memory}
     settings = fit.FitSettings.of(inputs, params, estimate)
+    tuning = {k: datasets[k] for k in ("train", "val")}  # the test split never reaches a trial
     if params.search is None:
-        runs = search.search_lr(datasets, config, params.lrs, inputs.checkpoint_dir, settings,
+        runs = search.search_lr(tuning, config, params.lrs, inputs.checkpoint_dir, settings,
                                 params.scheduler, params.asha_grace_epochs)
         done, record = [r for r in runs if r is not None], None
     else:
-        done, record = search.search_space(datasets, config, params, inputs.checkpoint_dir, settings, seed)
+        done, record = search.search_space(tuning, config, params, inputs.checkpoint_dir, settings, seed)
     if not done:
         raise RuntimeError(f"{method}: no trial reported a validated checkpoint")
     # on validation only; ties go to the earlier: the lower lr, or the earlier trial
     best, _, _ = select_best(done, lambda r: r.selection)
+    if record is not None:  # the winner's own model (its rank, dropout)
+        spec = model_spec(params.with_trial(best.config), inputs)
     index, scores = fit.score(spec, best.checkpoint, datasets["test"], inputs.num_workers, inputs.use_gpu,
                               inputs.cell_cpus)
     test = rows["test"].take(pa.array(index))
