@@ -41,9 +41,9 @@ def test_bad_enum_value_lists_allowed():
         spec_lib.parse(data)
 
 
-def test_unknown_backbone_and_protocol_list_the_registry():
-    with pytest.raises(ConfigError, match=r"unknown backbone 'dinov3'; allowed: \[.*'tiny_vit'"):
-        spec_lib.parse(_data(backbones=[{"name": "dinov3"}]))
+def test_unknown_backbone_suggests_the_closest_and_protocol_lists_the_registry():
+    with pytest.raises(ConfigError, match=r"unknown backbone 'dinov2_vitb'; did you mean 'dinov2_vitb14'"):
+        spec_lib.parse(_data(backbones=[{"name": "dinov2_vitb"}]))
     with pytest.raises(ConfigError, match=r"unknown protocol 'svm'; allowed: \[.*'knn'"):
         spec_lib.parse(_data(protocols=[{"name": "svm"}]))
 
