@@ -204,14 +204,24 @@ def _constraints():
     return _pins(" ".join(line for line in lines if line))
 
 
+def _installed(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def test_constraints_are_the_tested_versions_and_every_node_installs_with_them():
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     pinned = {canonicalize_name(k): v for k, v in _constraints().items()}
     assert len(pinned) > 50 and "raddist" not in pinned
-    stale = {name: (version, importlib.metadata.version(name)) for name, version in pinned.items()
-             if importlib.metadata.version(name) != version}
+    installed = {name: _installed(name) for name in pinned}
+    # the pins cover raddist's extras too (mlflow, search, wandb): what this venv lacks is not checked
+    stale = {name: (version, installed[name]) for name, version in pinned.items()
+             if installed[name] is not None and installed[name] != version}
+    assert sum(v is not None for v in installed.values()) > 50
     assert not stale, f"constraints.txt is not this venv's (pinned, installed): {stale}; sh jobs/freeze_constraints.sh"
     for req in map(Requirement, importlib.metadata.requires("raddist") or []):
         if req.marker is None or req.marker.evaluate():
