@@ -156,6 +156,9 @@ def keys(client, prefix):
 @pytest.fixture(scope="module")
 def reference(cluster, s3, config):
     """The uninterrupted sweep: every cell done, on a GPU node the autoscaler brought up."""
+    for prefix in ("reference/", "cache-reference/"):  # the bucket outlives a cluster: each autoscaler runs afresh
+        for key in keys(s3[1], prefix):
+            s3[1].delete_object(Bucket="runs", Key=key)
     proc = sweep(cluster, s3, config, "s3://runs/reference", cache="s3://runs/cache-reference")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
