@@ -88,6 +88,14 @@ def test_unknown_key_is_refused():
         fewshot.Params(linear={"lr": 0.1})
 
 
+def _spy(fn, arg, into):
+    """fn, recording its positional argument `arg` of each call into `into`."""
+    def wrapped(*args):
+        into.append(args[arg])
+        return fn(*args)
+    return wrapped
+
+
 @pytest.mark.parametrize("with_val", [True, False])
 @pytest.mark.parametrize("probe", ["linear", "knn"])
 def test_run_fits_the_probe_on_the_draw_alone(monkeypatch, probe, with_val):
@@ -100,17 +108,9 @@ def test_run_fits_the_probe_on_the_draw_alone(monkeypatch, probe, with_val):
     assert not set(drawn.sample_ids) & set(inputs.splits["test"].sample_ids)
 
     fitted_on = []
-
-    def spy(fn, arg):
-        def wrapped(*args):
-            fitted_on.append(args[arg])
-            return fn(*args)
-
-        return wrapped
-
-    monkeypatch.setattr(linear, "fit_select", spy(linear.fit_select, 1))  # (inputs, train, val, ...)
-    monkeypatch.setattr(knn, "select_k", spy(knn.select_k, 0))  # (bank_x, ...)
-    monkeypatch.setattr(knn, "predict", spy(knn.predict, 0))
+    monkeypatch.setattr(linear, "fit_select", _spy(linear.fit_select, 1, fitted_on))  # (inputs, train, val, ...)
+    monkeypatch.setattr(knn, "select_k", _spy(knn.select_k, 0, fitted_on))  # (bank_x, ...)
+    monkeypatch.setattr(knn, "predict", _spy(knn.predict, 0, fitted_on))
     cell = fewshot.Params(shots=4, draw=1, probe=probe, linear={"epochs": 20})
     pred = fewshot.run(inputs, cell, seed=0)
 
@@ -148,15 +148,8 @@ def test_selection_sees_a_kshot_draw_of_validation_unless_full(monkeypatch, prob
     inputs = blob_inputs("multiclass", 3, sizes=(150, 60, 30), separation=1.0)
     _, val = train_val_split(inputs, seed=0)
     seen = []
-
-    def spy(fn, arg):
-        def wrapped(*args):
-            seen.append(args[arg])
-            return fn(*args)
-        return wrapped
-
-    monkeypatch.setattr(linear, "fit_select", spy(linear.fit_select, 2))  # (inputs, train, val, ...)
-    monkeypatch.setattr(knn, "select_k", spy(knn.select_k, 3))  # (bank_x, bank_y, val_x, ...)
+    monkeypatch.setattr(linear, "fit_select", _spy(linear.fit_select, 2, seen))  # (inputs, train, val, ...)
+    monkeypatch.setattr(knn, "select_k", _spy(knn.select_k, 3, seen))  # (bank_x, bank_y, val_x, ...)
     for validation, expected in (("kshot", 12), ("full", 60)):
         seen.clear()
         cell = fewshot.Params(shots=4, draw=1, probe=probe, validation=validation, linear={"epochs": 20})
