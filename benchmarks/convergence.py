@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
 
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
-    from raddist.spec import load
+    from raddist.config import load
 
     started, info = time.perf_counter(), machine()
     say(f"machine: {info}")

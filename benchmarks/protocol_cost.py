@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     import ray
     import torch
 
-    from raddist import spec as spec_lib
+    from raddist import config as config_lib
     from raddist.cells import CellContext, evaluate_cell
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         say(f"synthetic datasets written in {time.perf_counter() - t0:.1f}s")
     os.environ["RADDIST_DEMO_DATA"] = data
     cache_dir, output = os.path.join(workdir, "cache"), os.path.join(workdir, "output")
-    spec = spec_lib.load(args.config, {"storage.cache": cache_dir, **overrides})
+    spec = config_lib.load(args.config, {"storage.cache": cache_dir, **overrides})
     plan = make_plan(spec)
     cells = [c for c in plan.cells if c.embedding_job is not None]  # the frozen-protocol grid
     per_job = defaultdict(list)

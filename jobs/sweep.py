@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from raddist import storage
     from raddist.errors import RaddistError
     from raddist.privacy import require_durable_salt
-    from raddist.spec import load
+    from raddist.config import load
     from raddist.sweep import ensure_ray, run_sweep
 
     try:

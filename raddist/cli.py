@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 def cmd_plan(args) -> int:
     from raddist.plan import make_plan
-    from raddist.spec import load
+    from raddist.config import load
 
     spec = load(args.config)
     plan = make_plan(spec)  # planning reads no data: unset variables are only noted
@@ -37,13 +37,13 @@ def cmd_check(args) -> int:
     """Every (backbone, image size) of the plan built and run once, trainable protocols one step: no Ray."""
     from raddist.check import report
     from raddist.plan import make_plan
-    from raddist.spec import load
+    from raddist.config import load
 
     return report(make_plan(load(args.config)), weights=args.weights, device=args.device, json_out=args.json)
 
 
 def cmd_run(args) -> int:
-    from raddist.spec import load
+    from raddist.config import load
     from raddist.sweep import run_sweep
 
     overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from raddist.data.synthetic import write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
-    from raddist.spec import load
+    from raddist.config import load
     from raddist.sweep import run_sweep
 
     data = storage.normalize(args.data)

@@ -58,7 +58,7 @@ def paper_gpu_hours(config: Optional[str] = None) -> pd.DataFrame:
     each trainable cell (fine-tuning, LoRA, BitFit): every learning rate for its epochs."""
     from raddist import protocols
     from raddist.plan import make_plan
-    from raddist.spec import load
+    from raddist.config import load
 
     plan = make_plan(load(config or "paper"))
     rows = []

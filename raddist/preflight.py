@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 from raddist import storage
 from raddist.data import manifest as manifest_lib
 from raddist.errors import ConfigError, StorageError
-from raddist.spec import SweepSpec, require_vars
+from raddist.config import require_vars
+from raddist.spec import SweepSpec
 
 RUN_RECORD = "run.json"  # in the output: what every run into it must agree on
 

@@ -7,7 +7,7 @@ import yaml
 from raddist import check as check_lib
 from raddist.cli import main
 from raddist.plan import make_plan
-from raddist.spec import load
+from raddist.config import load
 
 
 def test_probes_cover_every_backbone_and_size_of_the_paper_plan():

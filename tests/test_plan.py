@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from raddist import spec as spec_lib
+from raddist import config as config_lib, spec as spec_lib
 from raddist.plan import make_plan
 
 
@@ -60,7 +60,7 @@ def test_plan_json_cli(tmp_path):
 
 
 def test_paper_grid_has_at_least_200_cells():
-    spec = spec_lib.load("paper")
+    spec = config_lib.load("paper")
     plan = make_plan(spec)
     assert len(spec.backbones) == 14
     assert len(plan.cells) >= 200

@@ -9,7 +9,7 @@ import yaml
 import raddist
 from raddist import preflight
 from raddist.errors import ConfigError
-from raddist.spec import load
+from raddist.config import load
 
 
 def spec_with(tmp_path, **changes):

@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 
-from raddist import protocols, spec as spec_lib
+from raddist import config as config_lib, protocols, spec as spec_lib
 from raddist.reference import ALWAYS, RADDIST_ONLY, SETTINGS, deviations, in_force, markdown
 
 CNNS = {"resnet152", "vgg19", "densenet201"}
@@ -36,7 +36,7 @@ def test_markdown_is_one_table_row_per_difference():
 def _paper_params(monkeypatch):
     monkeypatch.setenv("DATA", "/data")
     monkeypatch.setenv("OUTPUT", "/out")
-    paper = spec_lib.load("paper")
+    paper = config_lib.load("paper")
     assert paper.mode == "reference"
     return paper, [(p, protocols.get(p.name).params.model_validate(p.parsed_params().model_dump()).model_dump())
                    for p in paper.protocols]

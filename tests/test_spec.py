@@ -59,20 +59,6 @@ def test_multiclass_needs_class_names():
         spec_lib.parse(data)
 
 
-def test_load_expands_env_vars_and_reports_missing_file(tmp_path, monkeypatch):
-    import yaml
-
-    monkeypatch.setenv("DATA", "/mnt/data")
-    data = _data()
-    data["tasks"][0]["manifest"] = "${DATA}/m.parquet"
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    s = spec_lib.load(str(tmp_path / "s.yaml"), overrides={"storage.cache": "/tmp/c"})
-    assert s.tasks[0].manifest == "/mnt/data/m.parquet"
-    assert s.storage.cache_uri() == "/tmp/c"
-    with pytest.raises(ConfigError, match="config not found"):
-        spec_lib.load(str(tmp_path / "missing.yaml"))
-
-
 def test_segmentation_task_names_mask_classes_not_label_columns():
     seg = {"name": "lungs", "manifest": "/d/s.parquet", "type": "segmentation", "classes": ["background", "lung"]}
     s = spec_lib.parse(_data(tasks=[seg]))

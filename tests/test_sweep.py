@@ -11,7 +11,8 @@ import pytest
 from raddist import provenance
 from raddist.errors import ConfigError
 from raddist.plan import make_plan
-from raddist.spec import load, parse
+from raddist.config import load
+from raddist.spec import parse
 from raddist.sweep import run_sweep
 from raddist.trials import JobStates, ReadyCells, batches, trial_resources
 

@@ -18,7 +18,7 @@ from raddist.backbones.embedder import Embedder
 from raddist.backbones.registry import get_config, libraries, list_backbones, size_error, size_note
 from raddist.backbones.weights import any_size, build_model
 from raddist.plan import make_plan
-from raddist.spec import load
+from raddist.config import load
 
 CONFIGS = sorted(p.stem for p in (Path(raddist.__file__).parent / "configs").glob("*.yaml"))
 

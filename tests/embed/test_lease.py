@@ -53,13 +53,13 @@ def test_of_many_racing_for_an_absent_local_lease_exactly_one_takes_it_at_once(t
 RUN_ONE_JOB = """
 import json, sys
 import ray
-from raddist import spec as spec_lib
+from raddist import config as config_lib
 from raddist.embed.cache import EmbeddingCache
 from raddist.embed.jobs import run_embedding_job
 from raddist.plan import make_plan
 
 ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
-spec = spec_lib.load(sys.argv[1])
+spec = config_lib.load(sys.argv[1])
 job = next(iter(make_plan(spec).jobs.values()))
 outcome = run_embedding_job(job, EmbeddingCache(spec.storage.cache), spec.resources)
 print("OUTCOME " + json.dumps({"computed": outcome.computed, "images": outcome.images, "key": outcome.key}))

@@ -1,10 +1,12 @@
-"""A config is named or given by path: a shipped config's name wins over a folder of that name (a
+"""A config is read from a file with ${VARS} and overrides; it is named or given by path: a shipped config's name wins over a folder of that name (a
 research directory holding its manuscript in `paper/`), a path wins only when it is a file, and any
 error reading a config is one line."""
 
 import pytest
 
+from raddist import config as config_lib
 from raddist.cli import main
+from raddist.errors import ConfigError
 
 
 def _plan(capsys, *argv):
@@ -46,3 +48,18 @@ def test_any_error_reading_a_config_is_one_line(tmp_path, monkeypatch, capsys, n
     code, out, err = _plan(capsys, name)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"raddist: error: {says}"), err
+
+
+def test_load_expands_env_vars_and_reports_missing_file(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("DATA", "/mnt/data")
+    data = {"backbones": [{"name": "tiny_vit", "weights": "random"}], "protocols": [{"name": "knn"}],
+            "tasks": [{"name": "chest", "manifest": "", "type": "multilabel", "labels": ["a", "b"]}]}
+    data["tasks"][0]["manifest"] = "${DATA}/m.parquet"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    s = config_lib.load(str(tmp_path / "s.yaml"), overrides={"storage.cache": "/tmp/c"})
+    assert s.tasks[0].manifest == "/mnt/data/m.parquet"
+    assert s.storage.cache_uri() == "/tmp/c"
+    with pytest.raises(ConfigError, match="config not found"):
+        config_lib.load(str(tmp_path / "missing.yaml"))
