@@ -24,12 +24,12 @@ def run_output(path: str) -> str:
 def cmd_report(args) -> int:
     """The finished run's report.md; for a run in flight (or one that stopped before its report), the
     report of the cells finished so far, rendered from their files without writing anything."""
-    from raddist.report import in_flight
+    from raddist.report_write import in_flight
 
     output = run_output(args.output)
     text = in_flight(output)
     if text is None and getattr(args, "published", None):  # written again with the user's published values
-        from raddist.report import rewrite
+        from raddist.report_write import rewrite
 
         rewrite(output, args.published)
     print(text if text is not None else storage.read_text(storage.join(output, "report.md")))

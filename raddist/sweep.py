@@ -186,7 +186,7 @@ def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started:
         summary["exit_code"] = stop.exit_code
     storage.write_json(storage.join(output, "summary.json"), summary)
     run.progress.finish(summary["state"])
-    from raddist.report import write_report
+    from raddist.report_write import write_report
 
     write_report(output, gathered, summary)
     if interrupted:

@@ -10,7 +10,7 @@ import pytest
 
 from raddist import cli
 from raddist.published import PublishedError, load, read_csv, shipped
-from raddist.report import write_report
+from raddist.report_write import write_report
 
 
 def test_shipped_table_has_the_reference_figures_with_citations():

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raddist.ranking import mean_rank, task_ranks
-from raddist.report import write_report
+from raddist.report_write import write_report
 
 
 def _board(values: dict) -> pd.DataFrame:

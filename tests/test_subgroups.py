@@ -139,7 +139,7 @@ def test_a_cell_writes_subgroup_columns_and_rows(tmp_path):
     assert 0 <= metrics.loc["subgroup/sex/gap/auroc", "p_value"] <= 1
     assert metrics.loc["brier", "ci_low"] <= metrics.loc["brier", "value"] <= metrics.loc["brier", "ci_high"]
     # the report's sections, from the cell's rows and its predictions.parquet
-    from raddist import report
+    from raddist import report_trust as report
 
     results = metrics.reset_index()
     calib = "\n".join(report.calibration_lines(results, str(tmp_path / "out")))

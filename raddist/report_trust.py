@@ -1,0 +1,52 @@
+"""The report's sections on whether a headline number holds up: calibration (ECE, Brier, reliability
+diagrams) and subgroups (per-group values, the largest gap and its test)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pandas as pd
+
+from raddist import storage
+from raddist.report import _markdown, _summary_lines, protocol_labels
+
+
+def calibration_lines(results: pd.DataFrame, output: Optional[str] = None) -> list:
+    """Per task: ECE (equal-mass bins) and Brier tables with CIs, and its reliability diagrams."""
+    from raddist.calibration import BRIER, ECE, N_BINS, reliability_png
+
+    lines = []
+    for task in sorted(results["task"].unique()) if ECE in set(results.get("metric", [])) else []:
+        sub = results[results["task"] == task]
+        lines += _summary_lines(sub, f"### {task} — ECE ({ECE}: {N_BINS} equal-mass bins; lower is better)", ECE)
+        lines += _summary_lines(sub, f"### {task} — Brier score (lower is better)", BRIER)
+        cells = sub[(sub["metric"] == ECE) & (sub["protocol"] != "fewshot")].copy()
+        if output is not None and not cells.empty:
+            cells["column"] = protocol_labels(cells["protocol"], cells["params"])
+            png = reliability_png(output, cells.sort_values("seed").drop_duplicates(["backbone", "column"]))
+            if png:
+                storage.write_bytes(storage.join(output, f"reliability_{task}.png"), png)
+                lines += ["", f"![reliability diagrams {task}](reliability_{task}.png)"]
+    return ["", "## Calibration", "", f"Expected calibration error over {N_BINS} equal-mass bins of the test "
+            "probabilities (multilabel: per finding, averaged; multiclass: the top label) and the Brier score, "
+            "each with its patient-bootstrap CI."] + lines if lines else []
+
+
+def subgroup_lines(results: pd.DataFrame) -> list:
+    """Per task: the headline metric per subgroup, the largest gap, its CI and test (raddist.subgroups)."""
+    from raddist.subgroups import summary
+
+    df = results[results["metric"].str.startswith("subgroup/") & (results["protocol"] != "fewshot")].copy() \
+        if "metric" in results else pd.DataFrame()
+    if df.empty:
+        return []
+    df["column"] = protocol_labels(df["protocol"], df["params"])
+    table = summary(df)
+    lines = ["", "## Subgroups", "", "Each group: value [95% CI] (n = test patients); groups with fewer than the "
+             "task's min_group_patients are pooled into 'other' and not listed alone. Intervals resample "
+             "patients; the gap is the largest minus the smallest group, its p-value a bootstrap test of the "
+             "range over all groups (first seed)."]
+    for task, t in table.groupby("task"):
+        wide = t.set_index(["backbone", "protocol", "subgroup", "metric"])[["groups", "largest gap [95% CI]", "p"]]
+        lines += ["", f"### {task} — subgroups", "", _markdown(wide, "backbone / protocol / subgroup / metric")]
+    return lines
