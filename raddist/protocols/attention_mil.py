@@ -29,7 +29,7 @@ from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, Spl
 from raddist.protocols.features import _FEATURE_SETS, FeatureSet, column_range, label_matrix, num_classes
 from raddist.protocols.stopping import ModuleGrid, Schedule, Stopping, train_grid
 from raddist.protocols.registry import register_protocol
-from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.selection import macro_auroc, scored, select_best, train_plus_val, train_val_split
 
 BATCH_ORDER_STREAM = 0xA11  # keeps the batch order's random stream apart from the seed's other uses
 
@@ -167,11 +167,10 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     fit_set = train_plus_val(train, val)
     [model], stats, _ = fit(bags(inputs, fit_set, params.features), label_matrix(inputs, fit_set.labels), [lrs[best]],
                             params, multiclass, seed, schedule=schedule)
-    test = inputs.splits["test"]
-    test_scores = predict(model, bags(inputs, test, params.features), stats, multiclass)
     selected = {"lr": lrs[best], "features": params.features, "val_auroc": [round(s, 4) for s in scores],
                 "max_epochs": params.epochs, "epochs_trained": int(record.epochs_run[best]),
                 "best_epoch": refit_epochs, "refit_epochs": refit_epochs, "stopped": record.stopped[best],
                 "best_epochs": [int(e) for e in record.best_epoch], "lr_drops": [int(e) for e in record.lr_drops[best]],
                 "stopping_rule": params.rule()}
-    return to_prediction(test, test_scores, selected, val_score)
+    return scored(inputs.splits, lambda split: predict(model, bags(inputs, split, params.features), stats, multiclass),
+                  selected, val_score)

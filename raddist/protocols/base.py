@@ -50,7 +50,9 @@ class FrozenInputs:
     task_type: str  # multilabel | binary | multiclass
     class_names: List[str]
     block_dims: List[int]  # widths of the blocks concatenated in features['cls']
-    splits: Dict[str, SplitData]  # 'train', 'test' and, when the manifest has one, 'val'
+    # 'train', 'test' and, when the manifest has one, 'val'; 'test:<name>' for each further test set
+    # (selection.EXTRA_TEST)
+    splits: Dict[str, SplitData]
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Prediction:
     scores: np.ndarray
     selected: Dict[str, object] = field(default_factory=dict)  # hyperparameters chosen on validation
     val_score: Optional[float] = None
+    # further test sets scored by the same selected head (selection.EXTRA_TEST): name -> its scores
+    extra: Dict[str, "Prediction"] = field(default_factory=dict)
 
 
 @dataclass

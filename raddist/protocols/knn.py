@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction
 from raddist.protocols.features import FeatureSet, features_and_targets, named_features
 from raddist.protocols.registry import register_protocol
-from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.selection import macro_auroc, scored, select_best, train_plus_val, train_val_split
 
 
 class Params(BaseModel):
@@ -102,7 +102,6 @@ def predict(bank_x: np.ndarray, bank_targets: np.ndarray, query_x: np.ndarray, k
 @register_protocol("knn", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
-    test = inputs.splits["test"]
 
     def xy(split):
         return features_and_targets(inputs, split, params.features)
@@ -110,7 +109,7 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     k, val_score = select_k(*xy(train), *xy(val), params)
     # Selection is done: the chosen k now votes over train+val (or train alone), and test is scored once.
     bank_x, bank_targets = xy(train_plus_val(train, val) if params.bank == "train+val" else train)
-    scores = predict(bank_x, bank_targets, named_features(inputs, test, params.features), k, params)
     selected = {"k": k, "temperature": params.temperature, "features": params.features, "bank": len(bank_x),
                 **({"vote_pool": params.vote_pool, "select_by": params.select_by} if params.vote_pool else {})}
-    return to_prediction(test, scores, selected, val_score)
+    return scored(inputs.splits, lambda split: predict(bank_x, bank_targets, named_features(inputs, split, params.features),
+                                                       k, params), selected, val_score)

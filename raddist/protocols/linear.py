@@ -61,7 +61,7 @@ from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction, Spl
 from raddist.protocols.features import column_range, has_patch_mean, label_matrix, num_classes, stacked
 from raddist.protocols.registry import register_protocol
 from raddist.protocols.stopping import Schedule, Stopping, train_grid
-from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.selection import macro_auroc, scored, select_best, train_plus_val, train_val_split
 
 Pool = Literal["cls", "cls_patch"]
 
@@ -372,7 +372,6 @@ def epochs_of(heads: Heads, i: int, params: Params) -> Dict[str, object]:
 @register_protocol("linear", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
-    test = inputs.splits["test"]
     heads, best, val_score = fit_select(inputs, train, val, params, seed)
     config, schedule = heads.configs[best], Schedule.replay(heads, best)
     # Selection is done: retrain the chosen configuration from scratch on train+val for its best
@@ -383,4 +382,4 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
                 "normalize": params.normalize, "fit_size": len(fit_set)}
     if params.multilabel_loss != "label_sum" or not params.lr_batch_scaling:
         selected.update(multilabel_loss=params.multilabel_loss, lr_batch_scaling=params.lr_batch_scaling)
-    return to_prediction(test, predict(final, test)[0], selected, val_score)
+    return scored(inputs.splits, lambda split: predict(final, split)[0], selected, val_score)

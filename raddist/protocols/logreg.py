@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from raddist.protocols.base import CLASSIFICATION, FrozenInputs, Prediction
 from raddist.protocols.features import FeatureSet, label_matrix, named_features, num_classes
 from raddist.protocols.registry import register_protocol
-from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.selection import macro_auroc, scored, select_best, train_plus_val, train_val_split
 
 
 class Params(BaseModel):
@@ -69,7 +69,6 @@ def _scaled(x_fit: np.ndarray, x_query: np.ndarray):
 @register_protocol("logreg", task_types=CLASSIFICATION, params=Params)
 def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     train, val = train_val_split(inputs, seed)
-    test = inputs.splits["test"]
 
     def x(split):
         return named_features(inputs, split, params.features)
@@ -82,7 +81,10 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     )
     # Selection is done: refit the chosen C on train+val (scaler included) and score test once.
     fit_set = train_plus_val(train, val)
-    x_fit, x_test = _scaled(x(fit_set), x(test))
-    scores = fit_predict(inputs, x_fit, fit_set.labels, x_test, c, params.max_iter)
     selected = {"C": c, "features": params.features, "fit_size": len(fit_set)}
-    return to_prediction(test, scores, selected, val_score)
+
+    def scores(split):
+        x_fit, x_split = _scaled(x(fit_set), x(split))
+        return fit_predict(inputs, x_fit, fit_set.labels, x_split, c, params.max_iter)
+
+    return scored(inputs.splits, scores, selected, val_score)

@@ -24,7 +24,7 @@ from raddist.protocols.base import FrozenInputs, Prediction
 from raddist.protocols.features import FeatureSet, features_and_targets, named_features
 from raddist.protocols.knn import clip_ks
 from raddist.protocols.registry import register_protocol
-from raddist.protocols.selection import macro_auroc, select_best, to_prediction, train_plus_val, train_val_split
+from raddist.protocols.selection import macro_auroc, scored, select_best, train_plus_val, train_val_split
 
 TASK_TYPES = ("multilabel",)
 
@@ -106,7 +106,6 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     if inputs.task_type not in TASK_TYPES:
         raise ValueError(f"mlknn applies to {TASK_TYPES} tasks, not '{inputs.task_type}'")
     train, val = train_val_split(inputs, seed)
-    test = inputs.splits["test"]
 
     def xy(split):
         return features_and_targets(inputs, split, params.features)
@@ -119,7 +118,11 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     bank = train_plus_val(train, val)
     bank_x, bank_targets = xy(bank)
     k = min(k, _bank_size(bank, params))
-    [(_, scores)] = fit_predict(bank_x, bank_targets, named_features(inputs, test, params.features), [k], params,
-                                bank.patient_ids)
     selected = {"k": k, "smoothing": params.smoothing, "features": params.features, "bank": len(bank_x)}
-    return to_prediction(test, scores, selected, val_score)
+
+    def scores(split):
+        [(_, split_scores)] = fit_predict(bank_x, bank_targets, named_features(inputs, split, params.features), [k],
+                                          params, bank.patient_ids)
+        return split_scores
+
+    return scored(inputs.splits, scores, selected, val_score)

@@ -8,7 +8,7 @@ after the choice is made, to score the chosen configuration once.
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -98,3 +98,25 @@ def to_prediction(test: SplitData, scores: np.ndarray, selected: dict, val_score
         selected=selected,
         val_score=val_score,
     )
+
+
+# Splits named test:<name> are further test sets (another hospital's test split, the test images
+# corrupted): the head selected on validation scores each of them, as it scores test, and nothing
+# else reads them.
+EXTRA_TEST = "test:"
+
+
+def extra_tests(splits: Dict[str, SplitData]) -> Dict[str, SplitData]:
+    return {name[len(EXTRA_TEST):]: split for name, split in splits.items() if name.startswith(EXTRA_TEST)}
+
+
+def scored(splits: Dict[str, SplitData], predict: Callable[[SplitData], np.ndarray], selected: dict,
+           val_score: float) -> Prediction:
+    """The test split's prediction by the selected head (predict: a split -> its scores), with every
+    further test set's in .extra, by the same head."""
+    test = splits["test"]
+    prediction = to_prediction(test, predict(test), selected, val_score)
+    prediction.extra = {name: to_prediction(split, predict(split), selected, val_score)
+                        for name, split in extra_tests(splits).items()}
+    return prediction
+

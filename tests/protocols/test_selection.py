@@ -62,3 +62,27 @@ def test_column_ranges_of_stacked_features():
     assert column_range(dims, 2, True, 5) == (4, 23)
     with pytest.raises(ValueError, match="holds 3 block"):
         column_range(dims, 4, False, 5)
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn", "logreg", "mlknn"])
+def test_further_test_sets_are_scored_by_the_head_selected_for_test(protocol):
+    """A test:<name> split (an external site, the test images corrupted) changes nothing the protocol
+    selects or scores on test, and gets the selected head's scores: a subset of test gets test's rows."""
+    import dataclasses
+
+    from raddist import protocols
+    from raddist.protocols.selection import EXTRA_TEST
+
+    inputs = blob_inputs(task_type="multilabel" if protocol == "mlknn" else "multiclass", sizes=(80, 30, 40))
+    record = protocols.get(protocol)
+    params = record.parse({"epochs": 20} if protocol == "linear" else {})
+    plain = record.run(inputs, params, 0)
+    idx = np.array([3, 0, 7, 21, 39])
+    extra = inputs.splits["test"].subset(idx)
+    extra = dataclasses.replace(extra, labels=extra.labels * 0)  # its labels are never read to score it
+    both = record.run(dataclasses.replace(inputs, splits={**inputs.splits, f"{EXTRA_TEST}site_b": extra}), params, 0)
+    assert plain.extra == {} and list(both.extra) == ["site_b"]
+    np.testing.assert_array_equal(both.scores, plain.scores)
+    assert both.selected == plain.selected and both.val_score == plain.val_score
+    np.testing.assert_allclose(both.extra["site_b"].scores, plain.scores[idx], atol=1e-9)
+    assert list(both.extra["site_b"].sample_ids) == list(inputs.splits["test"].sample_ids[idx])
