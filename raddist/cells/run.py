@@ -70,6 +70,18 @@ def score(cell: Cell, prediction, class_names: List[str], n_boot: int,
     return [{k: r.get(k) for k in keys} for r in rows], None
 
 
+def score_extra(cell: Cell, prediction, class_names: List[str], n_boot: int) -> List[dict]:
+    """The metric rows of the further test sets the selected head scored (protocols.selection.EXTRA_TEST),
+    each metric named <test set>/<metric> (e.g. external/shenzhen/auroc), with its own patient bootstrap."""
+    from raddist.metrics import score_prediction
+
+    rows = []
+    for name, extra in sorted(getattr(prediction, "extra", {}).items()):
+        for row in score_prediction(cell.task.type, extra, class_names, n_boot=n_boot, seed=cell.seed):
+            rows.append({**row, "metric": f"{name}/{row['metric']}"})
+    return rows
+
+
 def subgroup_values(cell: Cell, prediction, salt: str) -> Optional[dict]:
     """column -> each test sample's group, pooled (raddist.subgroups); None without subgroups."""
     if not cell.task.subgroups or cell.task.type == "segmentation":
@@ -99,6 +111,7 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
         prediction = record.run(inputs, record.parse(cell.params), cell.seed)
         groups = subgroup_values(cell, prediction, ctx.salt)
         rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot, groups)
+        rows += score_extra(cell, prediction, inputs.class_names, ctx.n_boot)
         seconds = time.time() - start
         if per_case is not None:
             tables = {"cases.parquet": cases_table(cell, prediction, per_case, inputs.class_names, ctx.salt)}

@@ -86,3 +86,27 @@ def test_a_cache_entry_that_misses_manifest_rows_fails_the_cell_clearly(frozen_c
     cache.finish("k2", [short], {k: meta[k] for k in ("feature_names", "block_dims")})
     outcome = evaluate_cell(cell, "k2", ctx)
     assert not outcome["ok"] and "cover 10 of 110 manifest rows" in outcome["error"]
+
+
+def test_further_test_sets_are_scored_under_their_own_names():
+    from raddist.cells.run import score_extra
+    from raddist.protocols.base import Prediction
+
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 30)
+
+    def prediction(noise):
+        scores = np.clip(labels + rng.normal(0, noise, 60), 0, 1)[:, None]
+        return Prediction(sample_ids=np.arange(60).astype(str), patient_ids=(np.arange(60) // 2).astype(str),
+                          labels=labels[:, None], scores=scores)
+
+    main = prediction(0.1)
+    main.extra = {"external/site_b": prediction(0.5), "corruption/jpeg/3": prediction(2.0)}
+    task = TaskSpec(name="t", manifest="m", type="binary", labels=["finding"])
+    cell = Cell(id="c", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol="knn",
+                params={}, seed=0, embedding_job="j")
+    rows = {r["metric"]: r for r in score_extra(cell, main, ["finding"], n_boot=50)}
+    assert {"external/site_b/auroc", "corruption/jpeg/3/auroc"} <= set(rows)
+    assert rows["external/site_b/auroc"]["value"] > rows["corruption/jpeg/3/auroc"]["value"] + 0.1
+    assert rows["external/site_b/auroc"]["ci_low"] < rows["external/site_b/auroc"]["value"]
+    assert score_extra(cell, prediction(0.1), ["finding"], n_boot=10) == []
