@@ -23,13 +23,15 @@ def write_report(output: str, gathered: dict, summary: dict, published: Optional
     from raddist.report_backbones import backbones_section
     from raddist.report_choices import choices_section
     from raddist.report_html import write_html
+    from raddist.report_search import search_section
     from raddist.report_trust import calibration_lines, subgroup_lines
 
     text = (render(results, summary, task_types, output=output)
             + "\n".join(calibration_lines(results, output) + subgroup_lines(results)) + "\n"
             + "\n".join(published_lines(results, load(published))) + "\n"
             + cost_section(output, gathered.get("cells") or []) + "\n" + backbones_section(output)
-            + choices_section(gathered.get("cells") or [], summary) + "\n" + deviations(summary.get("mode", "raddist"), results))
+            + choices_section(gathered.get("cells") or [], summary) + "\n"
+            + search_section(gathered.get("cells") or [], output) + deviations(summary.get("mode", "raddist"), results))
     uri = storage.join(output, "report.md")
     storage.write_text(uri, text)
     write_html(output, text, board_rows(results, task_types), summary)
