@@ -7,8 +7,13 @@ A corruption is deterministic per image and seed: its noise comes from a generat
 (seed, a stable hash of the image's sample id), so a rerun, another worker or another order of the
 rows corrupts each image identically, and the result can be cached like any other embedding job.
 
-Not wired yet: the sweep spec's `robustness:` block, re-embedding the test split under each
-(corruption, severity) at decode time, and `raddist plan`'s count of those jobs.
+Wired as the sweep spec's `robustness:` block (spec.RobustnessSpec): raddist.plan makes one embedding
+job per backbone x task x corruption x severity, its contract carrying `corruption` (so its cache key
+does); raddist.embed.jobs sends it the test rows only; the decode step (data.transforms) corrupts each
+image after windowing, before quantising and resizing; raddist.cells.corrupted adds the corrupted
+features as further test sets `test:corruption/<kind>/<severity>`, scored by the heads selected on the
+clean validation split, with the paired drop from the clean test set. 2D classification only: volumes
+(3D) and segmentation are left out.
 """
 
 from __future__ import annotations
@@ -31,8 +36,31 @@ PARAMS: Dict[str, tuple] = {
 }
 
 
+# the frozen protocols whose selected head scores further test sets (protocols.selection.scored)
+SCORES_EXTRA = ("attention_mil", "knn", "linear", "logreg", "mlknn")
+PREFIX = "corruption/"  # a corrupted test set is named corruption/<kind>/<severity>
+
+
 class CorruptionError(ValueError):
     pass
+
+
+def check_names(corruptions=(), severities=(), protocols=()) -> None:
+    """One line naming the first unknown corruption, severity or protocol (the spec's `robustness:` block)."""
+    for name in corruptions:
+        if name not in CORRUPTIONS:
+            raise CorruptionError(f"unknown corruption {name!r}; allowed: {list(CORRUPTIONS)}")
+    for level in severities:
+        if level not in SEVERITIES:
+            raise CorruptionError(f"severity {level!r} is not one of {list(SEVERITIES)}")
+    for name in protocols or ():
+        if name not in SCORES_EXTRA:
+            raise CorruptionError(f"protocol {name!r} does not score further test sets; allowed: {list(SCORES_EXTRA)}")
+
+
+def test_set_name(corruption: dict) -> str:
+    """The further test set a corrupted job's features are scored as: corruption/<kind>/<severity>."""
+    return f"{PREFIX}{corruption['name']}/{corruption['severity']}"
 
 
 def image_seed(seed: int, sample_id: str) -> np.random.Generator:

@@ -253,6 +253,25 @@ class TrackingSpec(Strict):
     wandb: Optional[WandbSpec] = None
 
 
+class RobustnessSpec(Strict):
+    """Robustness (issue 26 item 4): the test split re-embedded under each corruption x severity
+    (raddist.robustness), scored by the heads selected on the clean validation split."""
+
+    corruptions: List[str] = Field(min_length=1)
+    severities: List[int] = Field([1, 3, 5], min_length=1)
+    seed: int = 0  # the corruptions' noise: per image, from (seed, its sample id)
+    tasks: Optional[List[str]] = None  # default: every 2D classification task
+    protocols: Optional[List[str]] = None  # default: every frozen protocol that scores further test sets
+
+    @field_validator("corruptions", "severities", "protocols")
+    @classmethod
+    def _known(cls, v, info):
+        from raddist.robustness import check_names
+
+        check_names(**{info.field_name: v})
+        return v
+
+
 class SweepSpec(Strict):
     _unset_vars: List[Tuple[str, str]] = PrivateAttr(default_factory=list)  # (field, variable); see config.load
 
@@ -275,6 +294,7 @@ class SweepSpec(Strict):
     # an embedding job in which more rows than this fail to decode fails instead of caching: a
     # dataset that is mostly unreadable is a wrong path or a broken copy, not a result
     max_input_error_rate: float = Field(0.05, ge=0, le=1)
+    robustness: Optional[RobustnessSpec] = None  # corrupted test splits (raddist.robustness)
 
     @property
     def unset_vars(self) -> List[Tuple[str, str]]:
@@ -292,6 +312,9 @@ class SweepSpec(Strict):
             unknown = sorted(set(proto.tasks or []) - set(tasks))
             if unknown:
                 raise ValueError(f"protocols.{i}.tasks: unknown task(s) {unknown}; allowed: {tasks}")
+        unknown = sorted(set((self.robustness.tasks or []) if self.robustness else []) - {t.name for t in self.tasks})
+        if unknown:
+            raise ValueError(f"robustness.tasks: unknown task(s) {unknown}; allowed: {[t.name for t in self.tasks]}")
         return self
 
     @model_validator(mode="after")

@@ -1,5 +1,7 @@
 """Corruptions: deterministic per image and seed, shape and dtype kept, worse with severity."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,26 @@ def test_channels_and_bad_inputs():
         robustness.corrupt(rgb, "jpeg", 6, 0, "a")
     with pytest.raises(robustness.CorruptionError, match="dtype uint8: expected floats"):
         robustness.corrupt((rgb * 255).astype(np.uint8), "jpeg", 1, 0, "a")
+
+
+def _spec(robustness, tasks=None):
+    from raddist import spec
+
+    tasks = tasks or [{"name": "cxr", "manifest": "/tmp/m.parquet", "type": "binary", "labels": ["y"]}]
+    return spec.parse({"backbones": [{"name": "tiny_vit", "weights": "random"}], "tasks": tasks,
+                       "protocols": [{"name": "knn"}, {"name": "linear"}], "robustness": robustness})
+
+
+def test_spec_names_a_bad_corruption_severity_protocol_or_task_in_one_line():
+    from raddist.errors import ConfigError
+
+    ok = _spec({"corruptions": ["jpeg", "contrast"], "severities": [1, 5]}).robustness
+    assert (ok.corruptions, ok.severities, ok.seed, ok.tasks, ok.protocols) == (["jpeg", "contrast"], [1, 5], 0, None, None)
+    for bad, line in [({"corruptions": ["fog"]}, "robustness.corruptions: unknown corruption 'fog'; allowed: ['gaussian_noise'"),
+                      ({"corruptions": ["jpeg"], "severities": [6]}, "robustness.severities: severity 6 is not one of"),
+                      ({"corruptions": ["jpeg"], "protocols": ["fewshot"]},
+                       "robustness.protocols: protocol 'fewshot' does not score further test sets"),
+                      ({"corruptions": ["jpeg"], "tasks": ["nih"]}, "robustness.tasks: unknown task(s) ['nih']; allowed: ['cxr']")]:
+        with pytest.raises(ConfigError, match=re.escape(line)) as e:
+            _spec(bad)
+        assert "\n" not in str(e.value)
