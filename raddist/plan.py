@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 
 from raddist import protocols
 from raddist.keys import JobKeys, digest
+from raddist.protocols.trainable.space import check_budgets
 from raddist.spec import BackboneSpec, ProtocolSpec, SweepSpec, TaskSpec
 
 
@@ -114,6 +115,7 @@ def make_plan(spec: SweepSpec) -> Plan:
             for proto in spec.protocols:
                 if applies(proto, backbone, task):
                     plan.cells.extend(_cells(spec, job, proto, plan))
+    check_budgets(plan.cells)  # backbones compared under one search run the same number of trials
     return plan
 
 

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
+from raddist.errors import ConfigError
+
 ALGORITHMS = ("grid", "random", "optuna", "hyperopt")
 PACKAGES = {"optuna": "optuna", "hyperopt": "hyperopt"}
 INSTALL = {"optuna": "pip install 'raddist[search]'", "hyperopt": "pip install hyperopt"}
@@ -134,6 +136,22 @@ def check_against(search: SearchSpec, params) -> None:
                 raise ValueError(f"search.space.{name}: {value!r} is not a valid value ({first})") from None
     if "lr" not in search.space and len(params.lrs) != 1:
         raise ValueError("search.space has no lr: add one, or give one learning rate in params.lrs")
+
+
+def check_budgets(cells) -> None:
+    """Backbones compared under one search get one budget: per task and protocol, every backbone's
+    searched cells (plan.Cell) run the same numbers of trials. Else one line (ConfigError), at planning."""
+    budgets: Dict[tuple, Dict[str, set]] = {}
+    for cell in cells:
+        search = cell.params.get("search")
+        if search:
+            trials = SearchSpec.model_validate(search).trials()
+            budgets.setdefault((cell.task.name, cell.protocol), {}).setdefault(cell.backbone.label, set()).add(trials)
+    for (task, protocol), per in sorted(budgets.items()):
+        if len({frozenset(v) for v in per.values()}) > 1:
+            each = "; ".join(f"{b}: {', '.join(map(str, sorted(v)))}" for b, v in sorted(per.items()))
+            raise ConfigError(f"protocol '{protocol}' on task '{task}': backbones compared under unequal search "
+                              f"budgets (trials per backbone: {each}); give their search blocks the same num_samples")
 
 
 def tune_space(search: SearchSpec) -> Dict[str, Any]:

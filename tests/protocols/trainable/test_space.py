@@ -92,3 +92,21 @@ def test_a_trial_gets_params_with_its_sampled_values():
     trial = params.with_trial({"lr": 2e-4, "r": 16, "weight_decay": 0.0})
     assert (trial.lrs, trial.r, trial.weight_decay, trial.epochs, trial.search) == ([2e-4], 16, 0.0, 3, None)
     assert trial.method().r == 16
+
+
+def test_backbones_compared_under_one_search_get_the_same_budget():
+    """Two entries of one protocol, each on its own backbone: the same num_samples plans; another is refused."""
+    two = {**BASE, "backbones": [{"name": "tiny_vit"}, {"name": "tiny_cnn"}]}
+
+    def entries(samples_vit, samples_cnn):
+        return [{"name": "finetune", "backbones": [b], "search": {**LORA_SEARCH, "space": {"lr": LORA_SEARCH["space"]["lr"]},
+                                                                    "num_samples": n}}
+                for b, n in (("tiny_vit", samples_vit), ("tiny_cnn", samples_cnn))]
+
+    plan = make_plan(spec.parse({**two, "protocols": entries(4, 4)}))
+    assert sorted(c.params["search"]["num_samples"] for c in plan.cells) == [4, 4]
+    with pytest.raises(spec.ConfigError) as e:
+        make_plan(spec.parse({**two, "protocols": entries(4, 8)}))
+    assert str(e.value) == ("protocol 'finetune' on task 't': backbones compared under unequal search budgets "
+                            "(trials per backbone: tiny_cnn: 8; tiny_vit: 4); give their search blocks the same "
+                            "num_samples")
