@@ -41,6 +41,10 @@ class Cell:
     contract: dict = field(default_factory=dict)  # the preprocessing contract of its images
     # what defines it beyond its inputs: task fields, protocol, params, seed, bootstrap (raddist.keys)
     definition: dict = field(default_factory=dict, hash=False, compare=False)
+    # its task's external test sets (raddist.external): test-set name -> the job embedding it, and once
+    # bound, -> that job's feature cache key
+    external_jobs: Dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    external_keys: Dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def describe(self) -> dict:
         return {
@@ -61,9 +65,11 @@ class Plan:
     jobs: Dict[str, EmbeddingJob] = field(default_factory=dict)
 
     def summary(self) -> dict:
+        external = sum(":external/" in j.task.name for j in self.jobs.values())
         return {
             "cells": len(self.cells),
             "embedding_jobs": len(self.jobs),
+            **({"external_jobs": external} if external else {}),  # of them, those of external test sets
             "backbones": [b.label for b in self.spec.backbones],
             "tasks": [t.name for t in self.spec.tasks],
             "protocols": sorted({c.protocol for c in self.cells}),
@@ -83,7 +89,8 @@ class Plan:
         s = self.summary()
         lines.append("")
         lines.append(
-            f"{s['cells']} cells, {s['embedding_jobs']} embedding jobs, "
+            f"{s['cells']} cells, {s['embedding_jobs']} embedding jobs"
+            + (f" ({s['external_jobs']} of external test sets)" if "external_jobs" in s else "") + ", "
             f"{len(s['backbones'])} backbones × {len(s['tasks'])} tasks × {len(protos)} protocols"
         )
         lines += [f"note: {n}" for n in self.size_notes()]
@@ -123,22 +130,28 @@ def _cells(spec: SweepSpec, job: EmbeddingJob, proto: ProtocolSpec, plan: Plan) 
     """The cells of one protocol entry on one backbone x task: a variant x seed each."""
     record = protocols.get(proto.name)
     needs = record.needs_embeddings
+    externals = external_jobs(spec, job) if needs else {}
     if needs:
         plan.jobs.setdefault(job.id, job)
+        for ext_job in externals.values():  # a manifest embedded once per backbone, however many use it
+            plan.jobs.setdefault(ext_job.id, ext_job)
     cells = []
     for params in record.variants(proto.parsed_params()):
         for seed in spec.seeds:
             definition = {
                 "backbone": job.backbone.name,
                 # dataset, image_size and manifest act through the fields, the contract and the content
-                "task": job.task.model_dump(exclude={"dataset", "image_size", "manifest"}),
+                "task": job.task.model_dump(exclude={"dataset", "image_size", "manifest", "external"}),
                 "protocol": proto.name, "params": params, "seed": seed, "bootstrap": spec.bootstrap,
             }
             where = {"weights": job.backbone.weights, "manifest": job.task.manifest, "job": job.id}
+            if externals:  # only then, so the ids of cells without external test sets stay as they were
+                definition["external"] = [e.model_dump(exclude={"manifest"}) for e in job.task.external]
+                where["external"] = {name: j.id for name, j in externals.items()}
             cells.append(Cell(id=digest({**definition, **where}), backbone=job.backbone, task=job.task,
                               protocol=proto.name, params=params, seed=seed,
                               embedding_job=job.id if needs else None, contract=job.contract,
-                              definition=definition))
+                              definition=definition, external_jobs={n: j.id for n, j in externals.items()}))
     return cells
 
 
@@ -166,3 +179,18 @@ def embedding_job_for(spec: SweepSpec, backbone: BackboneSpec, task: TaskSpec) -
     where = {"backbone": backbone.name, "weights": backbone.weights, "contract": contract, "features": features,
              "manifest": task.manifest}
     return EmbeddingJob(id=digest(where), backbone=backbone, task=task, contract=contract, features=features)
+
+
+def external_jobs(spec: SweepSpec, job: EmbeddingJob) -> Dict[str, EmbeddingJob]:
+    """The embedding jobs of a backbone x task's external test sets (raddist.external), by test-set name:
+    each external manifest under the task's own contract and features."""
+    from raddist.external import external_task, test_name
+
+    out = {}
+    for ext in job.task.external:
+        where = {"backbone": job.backbone.name, "weights": job.backbone.weights, "contract": job.contract,
+                 "features": job.features, "manifest": ext.manifest}
+        out[test_name(ext)] = EmbeddingJob(id=digest(where), backbone=job.backbone, task=external_task(job.task, ext),
+                                           contract=job.contract, features=job.features)
+    return out
+

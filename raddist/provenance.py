@@ -64,11 +64,31 @@ class Binder:
             self._keys[memo] = keys.job_keys(source, self.device, device_jpeg)
         return self._keys[memo]
 
-    def cell(self, cell: Cell, job: EmbeddingJob) -> Cell:
+    def cell(self, cell: Cell, job: EmbeddingJob, externals: Optional[Dict[str, EmbeddingJob]] = None) -> Cell:
+        """The cell with its content id; externals: its external test sets' jobs (raddist.external), whose
+        features and manifests (labels included) its id then covers too, and whose keys it carries."""
         job_keys = self.job_keys(job)
         reads = job_keys.features if cell.embedding_job else job_keys.inputs
-        return dataclasses.replace(cell, id=keys.cell_key(cell.definition, reads,
-                                                          self.sources.manifests[cell.task.name].results))
+        results = self.sources.manifests[cell.task.name].results
+        external_keys = {}
+        if externals:
+            external_keys = {name: self.job_keys(j).features for name, j in sorted(externals.items())}
+            reads = keys.digest([reads, external_keys])
+            results = keys.digest([results, self._external_digests(cell.task)])
+        return dataclasses.replace(cell, id=keys.cell_key(cell.definition, reads, results), external_keys=external_keys)
+
+    def _external_digests(self, task) -> Dict[str, str]:
+        """Each external test set's results digest over its own label columns (after the label map),
+        recorded as the task <task>:external/<name>; a manifest without them is refused here, up front."""
+        from raddist.external import check_manifest, external_task
+
+        out = {}
+        for ext in task.external:
+            derived, table = external_task(task, ext), self._table(ext.manifest)
+            check_manifest(task, ext, table)
+            out[derived.name] = self.sources.manifests.setdefault(
+                derived.name, ManifestDigest.of(table, False, derived.labels)).results
+        return out
 
     def weights(self, backbone) -> str:
         if backbone.label not in self.sources.weights:
@@ -101,7 +121,7 @@ def bind(plan: Plan, device: str, gpu_jpeg_decode: bool = True) -> Tuple[Plan, S
     cells = []
     for cell in plan.cells:
         job = jobs.get(cell.embedding_job) or embedding_job_for(plan.spec, cell.backbone, cell.task)
-        cells.append(binder.cell(cell, job))
+        cells.append(binder.cell(cell, job, {name: jobs[j] for name, j in cell.external_jobs.items()}))
     return Plan(spec=plan.spec, cells=cells, jobs=jobs), binder.sources
 
 

@@ -62,6 +62,24 @@ class PreprocessSpec(Strict):
     clip_percentiles: Optional[Tuple[float, float]] = None
 
 
+class ExternalSpec(Strict):
+    """A further test set of a task: another dataset's manifest, scored by the heads selected on the
+    task's own validation split (raddist.external). label_map: the external manifest's label column ->
+    this task's label, where the names differ; split: which of its splits to score ('all': every row)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    manifest: str
+    label_map: Dict[str, str] = {}
+    split: Literal["train", "val", "test", "all"] = "test"
+
+    @field_validator("manifest")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        from raddist import storage
+
+        return storage.normalize(v)
+
+
 class TaskSpec(Strict):
     name: str
     manifest: str
@@ -84,6 +102,7 @@ class TaskSpec(Strict):
     # patients than min_group_patients is pooled into "other" and never listed on its own
     subgroups: List[str] = []
     min_group_patients: int = Field(20, ge=1)
+    external: List[ExternalSpec] = []  # other datasets scored by this task's heads (raddist.external)
 
     @model_validator(mode="before")
     @classmethod
@@ -127,6 +146,13 @@ class TaskSpec(Strict):
                 raise ValueError("a multiclass task needs 'classes': the class names, at least two")
         if self.type == "binary" and len(self.labels) != 1:
             raise ValueError(f"a binary task has one 0/1 label column; got {self.labels}")
+        return self
+
+    @model_validator(mode="after")
+    def _external(self) -> "TaskSpec":
+        from raddist.external import check_externals
+
+        check_externals(self)
         return self
 
     @property

@@ -62,8 +62,10 @@ class JobStates:
             if job is None:
                 ready = self.train_during_embedding or self.finished
                 return {"cell_id": cell.id, "key": None, "job_error": None} if ready else None
-            if job in self.keys or job in self.errors:
-                return {"cell_id": cell.id, "key": self.keys.get(job), "job_error": self.errors.get(job)}
+            needed = [job, *cell.external_jobs.values()]  # and its external test sets' (raddist.external)
+            if all(j in self.keys or j in self.errors for j in needed):
+                error = next((self.errors[j] for j in needed if j in self.errors), None)
+                return {"cell_id": cell.id, "key": self.keys.get(job), "job_error": error}
             if self.finished:  # the embedding side stopped without this job: never wait forever
                 return {"cell_id": cell.id, "key": None, "job_error": "its embedding job did not run"}
             return None
