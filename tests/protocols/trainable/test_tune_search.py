@@ -1,20 +1,35 @@
 """A search: block end to end: a 4-trial seeded search (Optuna's TPE, or Tune's random search where
 optuna is not installed) with ASHA, over Ray Train fits of a tiny ViT on 2 CPUs.
 
+The search runs once, the way an interrupted sweep runs it: a driver process starts it (its own local
+Ray) and is killed (SIGKILL, its process group) once Tune's experiment state on disk holds a finished
+trial; the same cell run again restores the experiment. Finished trials are not trained again, the
+searcher's state is restored (the configurations are the seeded sequence an uninterrupted search
+proposes), and 4 trials train in all.
+
 Selection is on validation only: the trials never get the test split, and the search restored with
 the test labels flipped chooses the same trial and scores test with the very same probabilities."""
 
+import glob
 import importlib.util
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from raddist import protocols
 from raddist.cluster import TRAIN_START_TIMEOUT_ENV
 from raddist.metrics import score_prediction
 from raddist.protocols.base import TrainInputs
+from raddist.protocols.trainable import space
+from raddist.protocols.trainable.search import SEARCH_EXPERIMENT, TRIAL_RUN
 from tests.protocols.trainable import write_halves
 
 ALGORITHM = "optuna" if importlib.util.find_spec("optuna") else "random"
@@ -58,8 +73,103 @@ def auroc(prediction) -> float:
     return next(r["value"] for r in rows if r["metric"] == "auroc")
 
 
-def test_a_seeded_search_with_asha_selects_on_validation_only(halves, tmp_path):
-    clean = run(halves, tmp_path / "clean")
+# the driver: a process of its own with its own local Ray, as `raddist run` is
+DRIVER = """import sys
+import pyarrow.parquet as pq
+import ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+from tests.protocols.trainable.test_tune_search import run
+run(pq.read_table(sys.argv[1]), sys.argv[2])
+"""
+MARK = "RADDIST_TEST_KILLED_DRIVER"  # in the environment of the driver and every process it starts
+
+
+def trials_on_disk(checkpoint_dir) -> dict:
+    """Tune's experiment state as a restore reads it: trial id -> status ({} before Tune wrote one)."""
+    states = sorted(glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, "experiment_state-*.json")))
+    try:
+        data = json.load(open(states[-1])) if states else {"trial_data": []}
+    except ValueError:  # caught mid-write
+        return {}
+    return {t["trial_id"]: t["status"] for t in (json.loads(d[0]) for d in data["trial_data"])}
+
+
+def results_of(checkpoint_dir, trial_id: str):
+    """What a trial left: its Tune result.json and its Train run's files (retraining changes both)."""
+    trial = glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, f"*_{trial_id}_*"))
+    run_dir = os.path.join(checkpoint_dir, TRIAL_RUN + trial_id)
+    files = sorted(os.path.relpath(os.path.join(d, f), run_dir) for d, _, fs in os.walk(run_dir) for f in fs)
+    return open(os.path.join(trial[0], "result.json")).read(), files
+
+
+def _marked(token: str) -> list:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if f"{MARK}={token}".encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                pids.append(int(pid))
+        except OSError:  # gone, or not ours
+            pass
+    return pids
+
+
+def kill_driver_mid_search(manifest: str, checkpoint_dir: str, timeout: float = 900) -> dict:
+    """Start the search in a driver process and SIGKILL its process group once the experiment state on
+    disk has a finished trial (and not all 4); then any process it started that outlived it, by pid.
+    The finished trials' (result.json, Train run files) as the kill left them."""
+    token = str(os.getpid())
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, manifest, checkpoint_dir], start_new_session=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
+                            env={**os.environ, MARK: token}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    start = time.monotonic()
+    try:
+        while "TERMINATED" not in trials_on_disk(checkpoint_dir).values():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() - start < timeout, "no trial finished"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for _ in range(40):  # Ray's processes die with their driver; wait for them, then end the rest
+        if not _marked(token):
+            break
+        time.sleep(0.5)
+    for pid in _marked(token):
+        os.kill(pid, signal.SIGKILL)
+    finished = [t for t, status in trials_on_disk(checkpoint_dir).items() if status == "TERMINATED"]
+    assert 1 <= len(finished) < SEARCH["num_samples"], trials_on_disk(checkpoint_dir)
+    return {t: results_of(checkpoint_dir, t) for t in finished}
+
+
+@pytest.fixture(scope="module")
+def resumed(halves, tmp_path_factory):
+    """The search killed mid-way and run again: (the cell's prediction, its checkpoint dir, the trials
+    that had finished at the kill with what they had left)."""
+    root = tmp_path_factory.mktemp("resumed")
+    pq.write_table(halves, root / "halves.parquet")
+    checkpoint_dir = str(root / "cell")
+    finished = kill_driver_mid_search(str(root / "halves.parquet"), checkpoint_dir)
+    return run(halves, checkpoint_dir), checkpoint_dir, finished
+
+
+def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again(resumed):
+    prediction, checkpoint_dir, finished = resumed
+    search = prediction.selected["search"]
+    # the finished trials kept what they had: not one of them trained again
+    assert {t: results_of(checkpoint_dir, t) for t in finished} == finished
+    # num_samples trials in all: 4 Tune trials, 4 Train runs, each finished
+    states = trials_on_disk(checkpoint_dir)
+    assert sorted(states.values()) == ["TERMINATED"] * 4 and search["trials"] == 4
+    assert sorted(d for d in os.listdir(checkpoint_dir) if d.startswith(TRIAL_RUN)) == \
+        sorted(TRIAL_RUN + t for t in states)
+    # the searcher's state was restored: the seeded sequence an uninterrupted search proposes (a fresh
+    # searcher would have proposed the first configuration again), in the order the trials were created
+    params = protocols.get("lora").parse({"epochs": 2, "batch_size": 8, "search": SEARCH})
+    assert [t["config"] for t in search["by_trial"]] == space.configurations(params.search, SEARCH["seed"])
+
+
+def test_a_seeded_search_with_asha_selects_on_validation_only(halves, resumed):
+    clean, checkpoint_dir, _ = resumed
     search = clean.selected["search"]
     trials = search["by_trial"]
     assert (search["algorithm"], search["scheduler"], search["num_samples"], search["seed"]) == (ALGORITHM, "asha", 4, 7)
@@ -75,9 +185,9 @@ def test_a_seeded_search_with_asha_selects_on_validation_only(halves, tmp_path):
     # The trials see train and val only (protocol.run hands them no test split). The same search
     # again with the test labels flipped: Tune restores it (no trial trains again), the same
     # trial wins, its checkpoint scores test with the same probabilities, and the AUROC flips.
-    fits = sorted(os.listdir(tmp_path / "clean"))
-    flipped = run(poisoned(halves), tmp_path / "clean")
-    assert sorted(os.listdir(tmp_path / "clean")) == fits
+    fits = sorted(os.listdir(checkpoint_dir))
+    flipped = run(poisoned(halves), checkpoint_dir)
+    assert sorted(os.listdir(checkpoint_dir)) == fits
     assert flipped.selected["search"]["winner"] == search["winner"]
     assert flipped.selected["checkpoint"] == clean.selected["checkpoint"]
     assert flipped.selected["search"]["by_trial"] == trials
