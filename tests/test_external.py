@@ -103,3 +103,69 @@ def test_the_external_manifest_content_is_part_of_the_cell_id(tmp_path):
     with pytest.raises(ConfigError, match=r"external 'sz' \(.*sz.parquet\): no label column 'tb' for the task's "
                                           r"label 'tb' \(map it with label_map\); its columns: \["):
         provenance.bind(make_plan(unmapped), "cpu")
+
+
+# --- a cell scored on another site -----------------------------------------------------------------
+
+def _cache_entry(cache, key, data_by_split, shift=0.0):
+    cls = np.concatenate([d.features["cls"] for d in data_by_split.values()]) + shift
+    patch = np.concatenate([d.features["patch_mean"] for d in data_by_split.values()]) + shift
+    n = len(cls)
+    part = write_part(cache.entry(key), block_table({"row": np.arange(n), "slice": np.full(n, -1),
+                                                     "error": np.array([""] * n, dtype=object), "cls": cls, "patch_mean": patch}))
+    cache.finish(key, [part], {"feature_names": ["cls", "patch_mean"], "block_dims": [8, 8, 8, 8]})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """An in-domain binary task (blobs) and a second site: the same findings, other patients, its features
+    shifted, its label column named otherwise; its train rows are not scored (split: test)."""
+    d = tmp_path_factory.mktemp("external")
+    home = blob_inputs("binary", 1, sizes=(60, 20, 30), separation=2.0)
+    away = blob_inputs("binary", 1, sizes=(24, 0, 40), separation=2.0)
+    _manifest(d / "tb.parquet", home.splits, "tb")
+    cache = EmbeddingCache(str(d / "cache"))
+    _cache_entry(cache, "home", home.splits)
+    _cache_entry(cache, "away", away.splits, shift=0.7)
+    for name, flip in (("sz", False), ("sz_poisoned", True)):
+        rows = _manifest(d / f"{name}.parquet", away.splits, "Tuberculosis", prefix="site-b-")
+        if flip:
+            pq.write_table(pa.Table.from_pylist([{**r, "Tuberculosis": 1 - r["Tuberculosis"]} for r in rows]),
+                           d / f"{name}.parquet")
+    return d
+
+
+def _evaluate(d, protocol, params, manifest, out):
+    from raddist.plan import Cell
+
+    external = [{"name": "sz", "manifest": str(d / manifest), "label_map": {"Tuberculosis": "tb"}}] if manifest else []
+    task = TaskSpec(name="tb", manifest=str(d / "tb.parquet"), type="binary", labels=["tb"], external=external)
+    cell = Cell(id="c", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol=protocol,
+                params=params, seed=0, embedding_job="j", external_keys={"external/sz": "away"} if manifest else {})
+    ctx = CellContext(str(d / "cache"), str(d / out), n_boot=200, salt=SALT, resources=ResourcesSpec())
+    outcome = evaluate_cell(cell, "home", ctx)
+    assert outcome["ok"], outcome
+    cell_dir = d / out / "cells" / "c"
+    metrics = pq.read_table(cell_dir / "metrics.parquet").to_pandas().set_index("metric")
+    return json.loads((cell_dir / "cell.json").read_text()), metrics[["value", "ci_low", "ci_high"]]
+
+
+@pytest.mark.parametrize("protocol, params", [("knn", {"ks": [1, 5, 20]}), ("logreg", {"cs": [0.001, 1.0]})])
+def test_external_labels_are_read_only_to_score(site, protocol, params):
+    info, clean = _evaluate(site, protocol, params, "sz.parquet", f"{protocol}-clean")
+    poisoned_info, poisoned = _evaluate(site, protocol, params, "sz_poisoned.parquet", f"{protocol}-poisoned")
+    alone_info, alone = _evaluate(site, protocol, params, None, f"{protocol}-alone")
+    # the same head, chosen on the task's own validation split, whatever the external labels or none
+    assert info["selected"] == poisoned_info["selected"] == alone_info["selected"]
+    assert info["val_score"] == poisoned_info["val_score"] == alone_info["val_score"]
+    inside = [m for m in clean.index if not m.startswith("external/")]
+    assert inside == list(alone.index)  # in-domain rows unchanged by adding an external set
+    np.testing.assert_array_equal(clean.loc[inside].to_numpy(), alone.to_numpy())
+    np.testing.assert_array_equal(poisoned.loc[inside].to_numpy(), alone.to_numpy())
+    # the same external scores: flipped labels give exactly 1 - AUROC
+    auc = clean.loc["external/sz/auroc", "value"]
+    assert 0.6 < auc < clean.loc["auroc", "value"], (auc, clean.loc["auroc", "value"])
+    assert poisoned.loc["external/sz/auroc", "value"] == pytest.approx(1 - auc, abs=1e-12)
+    drop = clean.loc["external/sz/drop/auroc"]
+    assert drop["value"] == pytest.approx(clean.loc["auroc", "value"] - auc, abs=1e-12)
+    assert drop["ci_low"] < drop["value"] < drop["ci_high"]

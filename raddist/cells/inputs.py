@@ -76,6 +76,61 @@ def frozen_inputs(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings):
     return FrozenInputs(task_type=task.type, class_names=task.class_names, block_dims=cached.block_dims, splits=splits)
 
 
+def with_external(inputs: FrozenInputs, task: TaskSpec, tables: Dict[str, pa.Table],
+                  cached: Dict[str, CachedEmbeddings]) -> FrozenInputs:
+    """The inputs with a further test split `test:external/<name>` per external test set (raddist.external):
+    its chosen rows' features, joined by manifest row as the task's own, and PLACEHOLDER labels (zeros):
+    the true ones are read only after the protocol returned (external.attach_labels).
+    tables, cached: test-set name -> its manifest (salted, in its order) and its job's features."""
+    from raddist.external import rows_scored, test_name
+    from raddist.protocols.selection import EXTRA_TEST
+
+    splits = dict(inputs.splits)
+    for ext in task.external:
+        name = test_name(ext)
+        table, entry = tables[name], cached[name]
+        check_coverage(task, table, entry)
+        if "volume_id" in table.column_names:
+            table, entry = pooled_volumes(task, _placeholder_labels(task, table), entry, task.pool)
+        position = np.full(table.num_rows, -1, np.int64)
+        position[entry.rows] = np.arange(len(entry.rows))
+        keep = np.flatnonzero((position >= 0) & rows_scored(ext, table["split"].to_pylist()))
+        if len(keep) == 0:
+            raise ValueError(f"task '{task.name}': external '{ext.name}': no decodable '{ext.split}' images in {ext.manifest}")
+        labels = np.zeros(len(keep), np.int64) if task.type == "multiclass" else np.zeros((len(keep), len(task.labels)), np.int64)
+        splits[EXTRA_TEST + name] = SplitData(
+            features={k: v[position[keep]] for k, v in entry.features.items()},
+            labels=labels,
+            sample_ids=np.asarray(table["sample_id"].to_pylist(), dtype=object)[keep],
+            patient_ids=np.asarray(table["patient_id"].to_pylist(), dtype=object)[keep],
+        )
+    return dataclasses.replace(inputs, splits=splits)
+
+
+def load_external(inputs: FrozenInputs, task: TaskSpec, external_keys: Dict[str, str], cache_root: str,
+                  salt: str) -> FrozenInputs:
+    """with_external over each external manifest (salted like the task's, its label columns dropped
+    unread) and its job's cached features (external_keys: test-set name -> cache key)."""
+    from raddist.embed.cache import EmbeddingCache
+    from raddist.external import source_columns, test_name
+
+    tables, cached = {}, {}
+    for ext in task.external:
+        table = manifest_lib.load(ext.manifest, salt)
+        tables[test_name(ext)] = table.drop_columns([c for c in source_columns(task, ext) if c in table.column_names])
+        cached[test_name(ext)] = EmbeddingCache(cache_root).load(external_keys[test_name(ext)])
+    return with_external(inputs, task, tables, cached)
+
+
+def _placeholder_labels(task: TaskSpec, table: pa.Table) -> pa.Table:
+    """The table with every label column of the task set to 0, so pooling volumes reads no external label."""
+    for column in task.labels:
+        zeros = pa.array(np.zeros(table.num_rows, np.int64))
+        table = (table.set_column(table.column_names.index(column), column, zeros) if column in table.column_names
+                 else table.append_column(column, zeros))
+    return table
+
+
 def check_coverage(task: TaskSpec, table: pa.Table, cached: CachedEmbeddings) -> None:
     """Every manifest row is in the features or in the errors, and nothing else is: a cache entry that
     does not cover its manifest would score a different test set without a word."""

@@ -6,6 +6,7 @@ images. A failing cell writes failed.json and reports it; it never ends the swee
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -31,14 +32,17 @@ class CellContext:
 
 
 @lru_cache(maxsize=2)
-def _frozen_inputs(task_json: str, key: str, cache_root: str, salt: str):
-    """Per worker process: the joined inputs of one (task, embeddings), reused by its cells."""
-    from raddist.cells.inputs import frozen_inputs
+def _frozen_inputs(task_json: str, key: str, cache_root: str, salt: str, external_keys: str = "{}"):
+    """Per worker process: the joined inputs of one (task, embeddings), reused by its cells; with its
+    external test sets' (external_keys: JSON of test-set name -> cache key; raddist.external)."""
+    from raddist.cells.inputs import frozen_inputs, load_external
     from raddist.spec import TaskSpec
 
     task = TaskSpec.model_validate_json(task_json)
     cached = EmbeddingCache(cache_root).load(key)
-    return frozen_inputs(task, manifest_lib.load(task.manifest, salt), cached)
+    inputs = frozen_inputs(task, manifest_lib.load(task.manifest, salt), cached)
+    external = json.loads(external_keys)
+    return load_external(inputs, task, external, cache_root, salt) if external else inputs
 
 
 def gpus_held(cell: Cell, ctx: CellContext) -> float:
@@ -97,6 +101,7 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
     """Run the cell and write its outputs; key: its embedding job's cache key (None: it trains)."""
     from raddist.cells.inputs import train_inputs
     from raddist.cells.outputs import cases_table, predictions_table, write_masks
+    from raddist.external import attach_labels, drop_rows
 
     wall0, cpu0 = time.time(), time.process_time()
     record = protocols.get(cell.protocol)
@@ -106,12 +111,15 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
             table = manifest_lib.load(cell.task.manifest, ctx.salt)
             inputs = train_inputs(cell, table, storage.join(cell_dir, "checkpoints"), ctx.resources, ctx.train_gpu)
         else:
-            inputs = _frozen_inputs(cell.task.model_dump_json(), key, ctx.cache_root, ctx.salt)
+            inputs = _frozen_inputs(cell.task.model_dump_json(), key, ctx.cache_root, ctx.salt,
+                                    json.dumps(cell.external_keys, sort_keys=True))
         start = time.time()
         prediction = record.run(inputs, record.parse(cell.params), cell.seed)
+        attach_labels(cell, prediction, ctx.salt)  # the external test sets' labels: read only now, to score
         groups = subgroup_values(cell, prediction, ctx.salt)
         rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot, groups)
         rows += score_extra(cell, prediction, inputs.class_names, ctx.n_boot)
+        rows += drop_rows(cell, prediction, inputs.class_names, ctx.n_boot)
         seconds = time.time() - start
         if per_case is not None:
             tables = {"cases.parquet": cases_table(cell, prediction, per_case, inputs.class_names, ctx.salt)}

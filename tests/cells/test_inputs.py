@@ -76,3 +76,23 @@ def test_a_volume_whose_slices_disagree_on_the_label_is_refused():
     table = table.set_column(table.column_names.index("finding"), "finding", pa.array(labels))
     with pytest.raises(ValueError, match="volume 'v0' has slices with different labels"):
         pooled_volumes(TASK, table, cached(range(12)), "mean")
+
+
+@pytest.mark.parametrize("split, volumes, n", [("test", False, 3), ("all", False, 11), ("test", True, 1), ("all", True, 4)])
+def test_an_external_test_set_joins_its_chosen_rows_with_placeholder_labels(split, volumes, n):
+    """test:external/<name>: the external manifest's chosen split (or every row), joined by row like the
+    task's own (volumes pooled), with zeros for labels: its label column is not even in the table."""
+    from raddist.cells.inputs import with_external
+
+    task = TaskSpec(**{**TASK.model_dump(), "external": [{"name": "b", "manifest": "/x/b.parquet", "split": split}]})
+    home = frozen_inputs(task, manifest(), cached(range(12)))
+    away = manifest(volumes=volumes).drop_columns(["finding"])  # as load_external hands it over
+    rows = [i for i in range(12) if i != 4]  # row 4 failed to decode
+    inputs = with_external(home, task, {"external/b": away}, {"external/b": cached(rows, failed=[4])})
+    assert set(inputs.splits) == {"train", "val", "test", "test:external/b"} and set(home.splits) == {"train", "val", "test"}
+    ext = inputs.splits["test:external/b"]
+    assert len(ext) == n and ext.labels.shape == (n, 1) and not ext.labels.any()
+    if not volumes:
+        expected = [r for r in rows if split == "all" or r >= 9]
+        np.testing.assert_array_equal(ext.features["cls"][:, 0], expected)
+        assert list(ext.sample_ids) == [f"s{r}" for r in expected]
