@@ -50,3 +50,38 @@ def subgroup_lines(results: pd.DataFrame) -> list:
         wide = t.set_index(["backbone", "protocol", "subgroup", "metric"])[["groups", "largest gap [95% CI]", "p"]]
         lines += ["", f"### {task} — subgroups", "", _markdown(wide, "backbone / protocol / subgroup / metric")]
     return lines
+
+
+def external_lines(results: pd.DataFrame, metric: str = "auroc") -> list:
+    """Per task: each backbone x protocol's in-domain value, its value on each external test set and the
+    drop, each with its CI (raddist.external; the lowest seed of each cell)."""
+    from raddist.external import DROP, PREFIX
+
+    if "metric" not in results or not results["metric"].str.startswith(PREFIX).any():
+        return []
+    df = results[results["protocol"] != "fewshot"].copy()
+    df["column"] = protocol_labels(df["protocol"], df["params"])
+    df = df[df["seed"] == df.groupby(["task", "backbone", "column"])["seed"].transform("min")]
+    at = df.set_index(["task", "backbone", "column", "metric"])
+    names = sorted({m[len(PREFIX):-len(metric) - 1] for m in df["metric"]
+                    if m.startswith(PREFIX) and m.endswith("/" + metric) and f"/{DROP}/" not in m})
+    text = lambda r: f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"  # noqa: E731
+    rows = []
+    for (task, backbone, column), _ in df.groupby(["task", "backbone", "column"]):
+        for name in names:
+            key = lambda m: (task, backbone, column, m)  # noqa: E731
+            if key(f"{PREFIX}{name}/{metric}") in at.index and key(metric) in at.index:
+                rows.append({"task": task, "backbone": backbone, "protocol": column, "external": name,
+                             "in-domain": text(at.loc[key(metric)]),
+                             "external test set": text(at.loc[key(f"{PREFIX}{name}/{metric}")]),
+                             "drop": text(at.loc[key(f"{PREFIX}{name}/{DROP}/{metric}")])
+                             if key(f"{PREFIX}{name}/{DROP}/{metric}") in at.index else "—"})
+    lines = ["", "## External validation", "", f"{metric.upper()} of the heads selected on each task's own "
+             "validation split, on its test split (in-domain) and on each external test set, with patient-bootstrap "
+             "95% CIs; the drop is in-domain minus external, its CI the percentiles of the difference of the two "
+             "bootstraps, drawn independently (the two test sets hold different patients). Lowest seed of each cell."]
+    for task, t in pd.DataFrame(rows).groupby("task") if rows else []:
+        lines += ["", f"### {task} — external validation", "",
+                  _markdown(t.drop(columns="task").set_index(["backbone", "protocol", "external"]),
+                            "backbone / protocol / external")]
+    return lines if rows else []

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from raddist.report_trust import calibration_lines, subgroup_lines
+from raddist.report_trust import calibration_lines, external_lines, subgroup_lines
 
 
 def _row(metric, value, lo, hi, backbone="vit", **extra):
@@ -30,3 +30,16 @@ def test_subgroup_section_lists_each_group_and_the_gap_with_its_test():
     assert "F 0.910 [0.850, 0.960] (n=40); M 0.740 [0.610, 0.860] (n=12)" in text
     assert "| 0.170 [0.040, 0.310] (F - M) | 0.012 |" in text
     assert subgroup_lines(results[results["metric"] == "auroc"]) == []
+
+
+def test_external_section_lists_in_domain_external_and_the_drop_with_their_intervals():
+    results = pd.DataFrame([
+        _row("auroc", 0.91, 0.86, 0.95), _row("external/sz/auroc", 0.78, 0.70, 0.85),
+        _row("external/sz/drop/auroc", 0.13, 0.04, 0.22), _row("external/sz/auroc/tb", 0.78, 0.70, 0.85),
+        _row("auroc", 0.95, 0.9, 0.97, seed=1), _row("external/sz/auroc", 0.5, 0.4, 0.6, seed=1),
+        _row("auroc", 0.85, 0.80, 0.90, backbone="cnn"), _row("external/sz/auroc", 0.80, 0.72, 0.87, backbone="cnn")])
+    text = "\n".join(external_lines(results))
+    assert "## External validation" in text and "drawn independently" in text
+    assert "| vit / linear / sz | 0.910 [0.860, 0.950] | 0.780 [0.700, 0.850] | 0.130 [0.040, 0.220] |" in text
+    assert "| cnn / linear / sz | 0.850 [0.800, 0.900] | 0.800 [0.720, 0.870] | — |" in text  # lowest seed; no drop row
+    assert external_lines(results[~results["metric"].str.startswith("external/")]) == []
