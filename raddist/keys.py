@@ -156,12 +156,16 @@ class JobSource:
 def job_keys(source: JobSource, device: str, device_jpeg: bool) -> JobKeys:
     """The keys of a job read on `device` ("gpu" | "cpu"), its JPEGs decoded there or not."""
     images = digest([source.manifest.images, "masks"]) if source.masks else source.manifest.images
+    corrupted = source.contract.get("corruption")  # raddist.robustness: decoded on the CPU, test rows only
+    device_jpeg = device_jpeg and not corrupted
     common = {"backbone": source.backbone, "weights": source.weights_id, "contract": source.contract,
               "manifest": images, "decode_version": DECODE_VERSION, "device": device}
     if source.volumes:
         common["slices"] = "axis2"
     if device_jpeg:
         common["decoder"] = DEVICE_DECODER
+    if corrupted:  # which rows are the test split
+        common["rows"] = source.manifest.rows
     return JobKeys(
         features=digest({**common, "features": source.features, "version": EMBEDDER_VERSION}),
         pixels=digest({"pixels": images, "contract": source.contract, "decode_version": DECODE_VERSION,

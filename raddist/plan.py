@@ -66,10 +66,12 @@ class Plan:
 
     def summary(self) -> dict:
         external = sum(":external/" in j.task.name for j in self.jobs.values())
+        corrupted = sum("corruption" in j.contract for j in self.jobs.values())  # raddist.robustness
         return {
             "cells": len(self.cells),
             "embedding_jobs": len(self.jobs),
             **({"external_jobs": external} if external else {}),  # of them, those of external test sets
+            **({"corrupted_jobs": corrupted} if corrupted else {}),  # ...and of corrupted test splits
             "backbones": [b.label for b in self.spec.backbones],
             "tasks": [t.name for t in self.spec.tasks],
             "protocols": sorted({c.protocol for c in self.cells}),
@@ -90,7 +92,8 @@ class Plan:
         lines.append("")
         lines.append(
             f"{s['cells']} cells, {s['embedding_jobs']} embedding jobs"
-            + (f" ({s['external_jobs']} of external test sets)" if "external_jobs" in s else "") + ", "
+            + (f" ({s['external_jobs']} of external test sets)" if "external_jobs" in s else "")
+            + (f" ({s['corrupted_jobs']} of corrupted test splits)" if "corrupted_jobs" in s else "") + ", "
             f"{len(s['backbones'])} backbones × {len(s['tasks'])} tasks × {len(protos)} protocols"
         )
         lines += [f"note: {n}" for n in self.size_notes()]
@@ -130,7 +133,8 @@ def _cells(spec: SweepSpec, job: EmbeddingJob, proto: ProtocolSpec, plan: Plan) 
     """The cells of one protocol entry on one backbone x task: a variant x seed each."""
     record = protocols.get(proto.name)
     needs = record.needs_embeddings
-    externals = external_jobs(spec, job) if needs else {}
+    # further test sets: other datasets (raddist.external), corrupted test splits (raddist.robustness)
+    externals = {**external_jobs(spec, job), **corrupted_jobs(spec, job, proto)} if needs else {}
     if needs:
         plan.jobs.setdefault(job.id, job)
         for ext_job in externals.values():  # a manifest embedded once per backbone, however many use it
@@ -194,3 +198,25 @@ def external_jobs(spec: SweepSpec, job: EmbeddingJob) -> Dict[str, EmbeddingJob]
                                            contract=job.contract, features=job.features)
     return out
 
+
+def corrupted_jobs(spec: SweepSpec, job: EmbeddingJob, proto: ProtocolSpec) -> Dict[str, EmbeddingJob]:
+    """The corrupted test splits a cell of this protocol entry scores (spec.robustness; raddist.robustness),
+    by test-set name (corruption/<kind>/<severity>): the clean job's contract with `corruption` added, which
+    sends it the test rows only and corrupts them at decode time. Segmentation is left out; volumes too
+    (their corrupted jobs fail in one line, and the cells score without them)."""
+    from raddist.robustness import SCORES_EXTRA, test_set_name
+
+    rob = spec.robustness
+    if (rob is None or job.task.type == "segmentation" or proto.name not in (rob.protocols or SCORES_EXTRA)
+            or (rob.tasks is not None and job.task.name not in rob.tasks)):
+        return {}
+    out = {}
+    for name in rob.corruptions:
+        for severity in rob.severities:
+            corruption = {"name": name, "severity": int(severity), "seed": int(rob.seed)}
+            contract = {**job.contract, "corruption": corruption}
+            where = {"backbone": job.backbone.name, "weights": job.backbone.weights, "contract": contract,
+                     "features": job.features, "manifest": job.task.manifest}
+            out[test_set_name(corruption)] = EmbeddingJob(id=digest(where), backbone=job.backbone, task=job.task,
+                                                          contract=contract, features=job.features)
+    return out

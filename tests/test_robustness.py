@@ -74,3 +74,108 @@ def test_spec_names_a_bad_corruption_severity_protocol_or_task_in_one_line():
         with pytest.raises(ConfigError, match=re.escape(line)) as e:
             _spec(bad)
         assert "\n" not in str(e.value)
+
+
+def _chest_subset(synthetic_data, tmp_path, n=20):
+    """n rows of the synthetic chest set (every split), as a manifest of their own."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    from raddist.data import manifest as manifest_lib
+
+    table = manifest_lib.load(os.path.join(synthetic_data, "chest", "manifest.parquet")).slice(0, n)
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    return str(tmp_path / "manifest.parquet"), table
+
+
+def _robust_plan(manifest_uri, cache_dir, robustness, protocols=({"name": "knn"}, {"name": "fewshot"})):
+    from raddist import spec as spec_lib
+    from raddist.plan import make_plan
+
+    spec = spec_lib.parse({
+        "backbones": [{"name": "tiny_vit", "weights": "random"}],
+        "tasks": [{"name": "t", "manifest": manifest_uri, "type": "multilabel", "labels": ["opacity"]}],
+        "protocols": list(protocols), "storage": {"cache": str(cache_dir)},
+        "resources": {"embed_batch_size": 8}, "robustness": robustness})
+    return spec, make_plan(spec)
+
+
+def test_corrupted_job_embeds_the_test_rows_only_deterministically(ray_local, synthetic_data, tmp_path):
+    from raddist.embed.cache import EmbeddingCache
+    from raddist.embed.jobs import run_embedding_jobs
+
+    manifest_uri, table = _chest_subset(synthetic_data, tmp_path)
+    spec, plan = _robust_plan(manifest_uri, tmp_path / "cache", {"corruptions": ["gaussian_noise"], "severities": [5]})
+    from raddist.plan import corrupted_jobs
+
+    clean = next(j for j in plan.jobs.values() if "corruption" not in j.contract)
+    noisy = corrupted_jobs(spec, clean, spec.protocols[0])["corruption/gaussian_noise/5"]
+    cache = EmbeddingCache(str(tmp_path / "cache"))
+    outcomes = run_embedding_jobs([clean, noisy], cache, spec.resources)
+    a, b = (cache.load(o.key) for o in outcomes)
+    test_rows = [i for i, s in enumerate(table["split"].to_pylist()) if s == "test"]
+    assert 0 < len(test_rows) < table.num_rows
+    assert list(a.rows) == list(range(table.num_rows)) and list(b.rows) == test_rows  # the test rows, exactly
+    assert outcomes[1].images == len(test_rows) and cache.meta(outcomes[1].key)["manifest_rows"] == len(test_rows)
+    clean_test = a.features["cls"][test_rows]
+    assert not np.allclose(clean_test, b.features["cls"], atol=1e-3)  # the corruption reached the features
+
+
+def test_decode_corrupts_after_windowing_deterministically_per_sample_id(synthetic_data):
+    """The decode step: the same row decodes to the same corrupted pixels (another batch, order, worker),
+    another sample id or seed to others, and without a corruption to the clean pixels."""
+    import os
+
+    from raddist.data import manifest as manifest_lib
+    from raddist.data.decode import DecodeBatch
+
+    table = manifest_lib.load(os.path.join(synthetic_data, "chest", "manifest.parquet")).slice(0, 3)
+    batch = {"row": np.arange(3), "uri": np.asarray(table["uri"].to_pylist(), object),
+             "mask_uri": np.asarray([""] * 3, object), "modality": np.asarray([""] * 3, object),
+             "sample_id": np.asarray(table["sample_id"].to_pylist(), object)}
+    contract = {"size": 64, "window": "auto", "clip_percentiles": None}
+    noisy = {**contract, "corruption": {"name": "gaussian_noise", "severity": 3, "seed": 0}}
+    clean, a = DecodeBatch(contract)(batch)["image"], DecodeBatch(noisy)(batch)["image"]
+    reversed_batch = {k: v[::-1] for k, v in batch.items()}
+    np.testing.assert_array_equal(DecodeBatch(noisy)(reversed_batch)["image"][::-1], a)
+    other_seed = DecodeBatch({**noisy, "corruption": {**noisy["corruption"], "seed": 1}})(batch)["image"]
+    assert not np.array_equal(other_seed, a) and not np.array_equal(a, clean)
+    renamed = DecodeBatch(noisy)({**batch, "sample_id": np.asarray(["x", "y", "z"], object)})["image"]
+    assert not np.array_equal(renamed, a)
+    diff = np.abs(a.astype(int) - clean.astype(int))
+    assert 3 < diff.mean() < 40  # noise of std 0.08 on [0, 1]: ~20 grey levels at 255, softened by the resize
+
+
+def test_plan_counts_the_corrupted_jobs_and_their_keys_differ(tmp_path):
+    import dataclasses
+
+    from raddist import keys
+
+    robustness = {"corruptions": ["jpeg", "contrast"], "severities": [1, 5], "protocols": ["knn"]}
+    spec, plan = _robust_plan(str(tmp_path / "m.parquet"), tmp_path, robustness,
+                              protocols=({"name": "knn"}, {"name": "linear"}, {"name": "fewshot"}))
+    assert plan.summary()["embedding_jobs"] == 1 + 4 and plan.summary()["corrupted_jobs"] == 4
+    assert "5 embedding jobs (4 of corrupted test splits)" in plan.table()
+    knn = [c for c in plan.cells if c.protocol == "knn"]
+    assert sorted(knn[0].external_jobs) == ["corruption/contrast/1", "corruption/contrast/5",
+                                            "corruption/jpeg/1", "corruption/jpeg/5"]
+    assert all(not c.external_jobs for c in plan.cells if c.protocol != "knn")  # robustness.protocols: knn
+    _, without = _robust_plan(str(tmp_path / "m.parquet"), tmp_path, None,
+                              protocols=({"name": "knn"}, {"name": "linear"}, {"name": "fewshot"}))
+    assert {c.id for c in without.cells if c.protocol != "knn"} == {c.id for c in plan.cells if c.protocol != "knn"}
+    assert not {c.id for c in without.cells} & {c.id for c in knn}  # cells that score them are new cells
+    # the cache key: by corruption, severity and seed, and by which rows are the test split
+    manifest = keys.ManifestDigest("images", "labels", "rows", "results")
+    job = plan.jobs[knn[0].embedding_job]
+    source = keys.JobSource("tiny_vit", "random", job.contract, job.features, manifest, False, False)
+    variants = [None, {"name": "jpeg", "severity": 1, "seed": 0}, {"name": "jpeg", "severity": 5, "seed": 0},
+                {"name": "contrast", "severity": 1, "seed": 0}, {"name": "jpeg", "severity": 1, "seed": 1}]
+    found = [keys.job_keys(dataclasses.replace(source, contract={**job.contract, **({"corruption": c} if c else {})}),
+                           "gpu", True) for c in variants]
+    assert len({k.features for k in found}) == len({k.pixels for k in found}) == 5
+    assert found[0].device_jpeg and not any(k.device_jpeg for k in found[1:])  # corrupted on the CPU decode
+    resplit = dataclasses.replace(source, contract=found[1] and {**job.contract, "corruption": variants[1]},
+                                  manifest=dataclasses.replace(manifest, rows="other rows"))
+    assert keys.job_keys(resplit, "gpu", True).features != found[1].features
+    assert keys.job_keys(dataclasses.replace(source, manifest=resplit.manifest), "gpu", True).features == found[0].features

@@ -37,7 +37,9 @@ class DecodeBatch:
 
         self.contract = PreprocessContract.from_dict(contract)
         self.masks, self.volumes = masks, volumes
-        self.device_jpeg = device_jpeg and not (masks or volumes)
+        # a corrupted test split (raddist.robustness): each image corrupted after windowing, on the CPU
+        self.corruption = contract.get("corruption")
+        self.device_jpeg = device_jpeg and not (masks or volumes or self.corruption)
 
     def __call__(self, batch: dict) -> dict:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["uri"]))]
@@ -51,7 +53,7 @@ class DecodeBatch:
             data = storage.read_bytes(row["uri"])
             if self.device_jpeg and defer_to_device(str(row["uri"]), data, self.contract):
                 return self._rows(row, 1, {"encoded": np.array([data], dtype=object)}, "")
-            decoded = {"image": decode(row["uri"], data, self.contract)[None]}
+            decoded = {"image": decode(row["uri"], data, self.contract, self._corrupt(row))[None]}
             if self.masks:
                 mask = read_mask(_mask_uri(row), storage.read_bytes(_mask_uri(row)))
                 decoded["mask"] = resize_labels(mask, (self.contract.size,) * 2)[None]
@@ -62,7 +64,20 @@ class DecodeBatch:
         except Exception as e:  # noqa: BLE001 - one bad image must not end the run
             return self._rows(row, 1, {}, failure_reason(e, str(row["uri"])))
 
+    def _corrupt(self, row: dict):
+        """The row's corruption (a function of its [0, 1] image), deterministic per sample id and seed."""
+        if not self.corruption:
+            return None
+        from raddist.robustness import corrupt
+
+        c, sample_id = self.corruption, _text(row.get("sample_id"))
+        if not sample_id:
+            raise InputError(str(row["uri"]), "a corrupted row needs its sample_id (the corruption's seed)")
+        return lambda unit: corrupt(unit, c["name"], int(c["severity"]), int(c["seed"]), sample_id)
+
     def _volume(self, row: dict) -> dict:
+        if self.corruption:
+            raise InputError(str(row["uri"]), "corruptions of volumes are not supported (2D images only)")
         mask_uri = _mask_uri(row) if self.masks else None
         vol = decode_volume(row["uri"], storage.read_bytes(row["uri"]), self.contract, _text(row.get("modality")),
                             mask_uri, storage.read_bytes(mask_uri) if mask_uri else None)

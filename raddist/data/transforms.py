@@ -15,7 +15,7 @@ Normalisation (mean/std) belongs to the backbone and runs on the accelerator.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -62,8 +62,15 @@ def _window_for(decoded: Decoded, contract: PreprocessContract) -> Optional[Tupl
     return float(center), float(width)
 
 
-def to_model_input(decoded: Decoded, contract: PreprocessContract) -> np.ndarray:
-    """uint8 (size, size) model input from a decoded image (or the middle slice of a volume)."""
+def to_model_input(decoded: Decoded, contract: PreprocessContract, corrupt: Optional[Callable] = None) -> np.ndarray:
+    """uint8 (size, size) model input from a decoded image (or the middle slice of a volume); corrupt:
+    a function of the windowed [0, 1] image applied before quantising and resizing (raddist.robustness)."""
+    unit = to_unit(decoded, contract)
+    return resize_square(quantise(unit if corrupt is None else corrupt(unit)), contract.size)
+
+
+def to_unit(decoded: Decoded, contract: PreprocessContract) -> np.ndarray:
+    """The image windowed (and clipped, inverted) to float32 [0, 1], before quantising and resizing."""
     uri = decoded.uri
     pixels = np.asarray(decoded.pixels, dtype=np.float32)
     if pixels.ndim == 3:
@@ -84,18 +91,20 @@ def to_model_input(decoded: Decoded, contract: PreprocessContract) -> np.ndarray
             unit = np.clip(minmax(unit, p_lo, p_hi), 0.0, 1.0)
     if decoded.invert:
         unit = 1.0 - unit
-    return resize_square(quantise(unit), contract.size)
+    return unit
 
 
-def decode(uri: str, data: bytes, contract: PreprocessContract) -> np.ndarray:
+def decode(uri: str, data: bytes, contract: PreprocessContract, corrupt: Optional[Callable] = None) -> np.ndarray:
     """Bytes of one file -> uint8 (size, size) model input. The one function the pipeline calls.
 
     Fast path for 8-bit PNG/JPEG with window "auto" and no percentile clip (the common case for
     public X-ray sets): stay in Pillow, stretch min..max with a 256-entry lookup table and
     resize, skipping the float round trip; JPEG also decodes at reduced scale (Image.draft).
-    For PNG the result is identical to the general path.
+    For PNG the result is identical to the general path. corrupt: see to_model_input (no fast path).
     """
     fmt = detect_format(uri, data)
+    if corrupt is not None:
+        return to_model_input(read_array(uri, data), contract, corrupt)
     if fmt in ("png", "jpeg") and contract.window == "auto" and contract.clip_percentiles is None:
         img = open_pil(uri, data, draft_size=contract.size)
         gray = pil_to_gray8(img)

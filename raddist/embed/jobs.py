@@ -174,12 +174,19 @@ class EmbeddingRun:
             return JobOutcome(job.id, key, False, 0, int(meta.get("errors", 0)), time.time() - start, Source.CACHED)
         if reason != "absent":
             self.say(f"  embeddings {job.backbone.label} × {job.task.name}: cache entry incomplete ({reason}); recomputing")
+        if job.contract.get("corruption") and keys.volumes:  # raddist.robustness: 2D images only
+            return JobOutcome(job.id, key, False, 0, 0, 0.0, Source.FAILED,
+                              error="corruptions of volumes are not supported (2D images only)")
         if not self.leases.try_take(self.cache.uri(key, "lease.json")):
             return None
         self.cache.clear(key)
         table = manifest_lib.load(job.task.manifest)  # raw: rows sent to decode by position; never stored
-        prepared = _Job(job, key, table.num_rows, keys.masks, keys.volumes, keys.device_jpeg)
-        if not keys.device_jpeg and job.contract["size"] <= PIXEL_CACHE_MAX_SIZE and self.resources.pixel_cache:
+        rows = pa.array(range(table.num_rows), pa.int64())
+        if job.contract.get("corruption"):  # a corrupted test split (raddist.robustness): the test rows only
+            rows = pa.array([i for i, s in enumerate(table["split"].to_pylist()) if s == "test"], pa.int64())
+        prepared = _Job(job, key, len(rows), keys.masks, keys.volumes, keys.device_jpeg)
+        cacheable = not keys.device_jpeg and not job.contract.get("corruption")
+        if cacheable and job.contract["size"] <= PIXEL_CACHE_MAX_SIZE and self.resources.pixel_cache:
             prepared.pixel_key = keys.pixels
             if self.pixels.is_complete(prepared.pixel_key):
                 prepared.pixel_parts = self.pixels.part_uris(prepared.pixel_key, self.pixels.meta(prepared.pixel_key))
@@ -187,9 +194,9 @@ class EmbeddingRun:
             prepared.write_pixels = self.leases.try_take(self.pixels.uri(prepared.pixel_key, "lease.json"))
             if prepared.write_pixels:
                 self.pixels.clear(prepared.pixel_key)
-        wanted = [c for c in ("uri", "mask_uri", "modality")
+        wanted = [c for c in ("uri", "mask_uri", "modality", "sample_id")
                   if c in table.column_names and (c != "mask_uri" or keys.masks)]
-        prepared.rows = table.select(wanted).append_column("row", pa.array(range(table.num_rows), pa.int64()))
+        prepared.rows = table.select(wanted).take(rows).append_column("row", rows)
         return prepared
 
     def _run_group(self, group: List[_Job], max_error_rate: float) -> List[JobOutcome]:

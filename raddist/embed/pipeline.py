@@ -161,9 +161,9 @@ def _sources(jobs: List[GroupJob], kind: dict, cpus: float):
     import ray
 
     rows = [{"job": j, "row": r["row"], "uri": r["uri"], "mask_uri": r.get("mask_uri") or "",
-             "modality": r.get("modality") or "", "pixel_part": ""}
+             "modality": r.get("modality") or "", "sample_id": r.get("sample_id") or "", "pixel_part": ""}
             for j, job in enumerate(jobs) if job.rows is not None for r in job.rows.to_pylist()]
-    parts = [{"job": j, "row": -1, "uri": "", "mask_uri": "", "modality": "", "pixel_part": uri}
+    parts = [{"job": j, "row": -1, "uri": "", "mask_uri": "", "modality": "", "sample_id": "", "pixel_part": uri}
              for j, job in enumerate(jobs) for uri in job.pixel_parts or []]
     sources = []
     if rows:
@@ -188,7 +188,7 @@ def _decode_block(batch: dict, specs: List[dict], kind: dict) -> dict:
             meta = {}
         else:
             decoder = DecodeBatch(specs[j]["contract"], kind["masks"], kind["volumes"], kind["device_jpeg"])
-            out = decoder({k: rows[k] for k in ("row", "uri", "mask_uri", "modality")})
+            out = decoder({k: rows[k] for k in ("row", "uri", "mask_uri", "modality", "sample_id")})
             writes = specs[j]["pixel_entry"] and len(out["row"])
             meta = write_part(specs[j]["pixel_entry"], block_table(out)) if writes else {}
         n = len(out["row"])
