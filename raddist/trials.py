@@ -64,7 +64,9 @@ class JobStates:
                 return {"cell_id": cell.id, "key": None, "job_error": None} if ready else None
             needed = [job, *cell.external_jobs.values()]  # and its external test sets' (raddist.external)
             if all(j in self.keys or j in self.errors for j in needed):
-                error = next((self.errors[j] for j in needed if j in self.errors), None)
+                # a corrupted test split that failed (volumes) is left out; the cell scores the rest
+                fatal = [job, *(j for n, j in cell.external_jobs.items() if not n.startswith("corruption/"))]
+                error = next((self.errors[j] for j in fatal if j in self.errors), None)
                 return {"cell_id": cell.id, "key": self.keys.get(job), "job_error": error}
             if self.finished:  # the embedding side stopped without this job: never wait forever
                 return {"cell_id": cell.id, "key": None, "job_error": "its embedding job did not run"}
@@ -74,14 +76,15 @@ class JobStates:
 def batches(cells: List[Cell], per_trial: int) -> List[List[Cell]]:
     """The cells of each embedding job in batches of per_trial, in plan order; trainable cells alone."""
     out: List[List[Cell]] = []
-    open_batch: Dict[str, List[Cell]] = {}
+    open_batch: Dict[tuple, List[Cell]] = {}
     for cell in cells:
         if protocols.get(cell.protocol).trainable:
             out.append([cell])
             continue
-        batch = open_batch.get(cell.embedding_job)
+        reads = (cell.embedding_job, *sorted(cell.external_jobs.values()))  # a batch waits for its first cell's jobs
+        batch = open_batch.get(reads)
         if batch is None or len(batch) == per_trial:
-            batch = open_batch[cell.embedding_job] = []
+            batch = open_batch[reads] = []
             out.append(batch)
         batch.append(cell)
     return out

@@ -179,3 +179,20 @@ def test_plan_counts_the_corrupted_jobs_and_their_keys_differ(tmp_path):
                                   manifest=dataclasses.replace(manifest, rows="other rows"))
     assert keys.job_keys(resplit, "gpu", True).features != found[1].features
     assert keys.job_keys(dataclasses.replace(source, manifest=resplit.manifest), "gpu", True).features == found[0].features
+
+
+def test_cells_wait_for_their_corrupted_jobs_and_a_failed_one_is_left_out(tmp_path):
+    from raddist.trials import JobStates, batches
+
+    robustness = {"corruptions": ["jpeg"], "severities": [1, 5], "protocols": ["knn"]}
+    _, plan = _robust_plan(str(tmp_path / "m.parquet"), tmp_path, robustness,
+                           protocols=({"name": "fewshot", "params": {"shots": [1], "draws": 1}}, {"name": "knn"}))
+    knn = next(c for c in plan.cells if c.protocol == "knn")
+    # one batch per (job, further test sets): a fewshot cell never starts the knn cell before its jobs
+    assert [[c.protocol for c in b] for b in batches(plan.cells, 8)] == [["fewshot"] * 2, ["knn"]]
+    states = JobStates()
+    states.done(knn.embedding_job, "clean-key")
+    assert states.ready(knn) is None  # its corrupted jobs are not done yet
+    states.done(knn.external_jobs["corruption/jpeg/1"], "k1")
+    states.done(knn.external_jobs["corruption/jpeg/5"], "", error="corruptions of volumes are not supported")
+    assert states.ready(knn) == {"cell_id": knn.id, "key": "clean-key", "job_error": None}

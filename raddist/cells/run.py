@@ -35,6 +35,7 @@ class CellContext:
 def _frozen_inputs(task_json: str, key: str, cache_root: str, salt: str, external_keys: str = "{}"):
     """Per worker process: the joined inputs of one (task, embeddings), reused by its cells; with its
     external test sets' (external_keys: JSON of test-set name -> cache key; raddist.external)."""
+    from raddist.cells.corrupted import with_corrupted
     from raddist.cells.inputs import frozen_inputs, load_external
     from raddist.spec import TaskSpec
 
@@ -42,7 +43,8 @@ def _frozen_inputs(task_json: str, key: str, cache_root: str, salt: str, externa
     cached = EmbeddingCache(cache_root).load(key)
     inputs = frozen_inputs(task, manifest_lib.load(task.manifest, salt), cached)
     external = json.loads(external_keys)
-    return load_external(inputs, task, external, cache_root, salt) if external else inputs
+    inputs = load_external(inputs, task, external, cache_root, salt) if task.external else inputs
+    return with_corrupted(inputs, task, external, cache_root, salt)  # corruption/ test sets (robustness)
 
 
 def gpus_held(cell: Cell, ctx: CellContext) -> float:
@@ -101,6 +103,7 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
     """Run the cell and write its outputs; key: its embedding job's cache key (None: it trains)."""
     from raddist.cells.inputs import train_inputs
     from raddist.cells.outputs import cases_table, predictions_table, write_masks
+    from raddist.cells.corrupted import drop_rows as corruption_drops
     from raddist.external import attach_labels, drop_rows
 
     wall0, cpu0 = time.time(), time.process_time()
@@ -120,6 +123,7 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
         rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot, groups)
         rows += score_extra(cell, prediction, inputs.class_names, ctx.n_boot)
         rows += drop_rows(cell, prediction, inputs.class_names, ctx.n_boot)
+        rows += corruption_drops(cell, prediction, inputs.class_names, ctx.n_boot)  # paired, same patients
         seconds = time.time() - start
         if per_case is not None:
             tables = {"cases.parquet": cases_table(cell, prediction, per_case, inputs.class_names, ctx.salt)}
