@@ -59,13 +59,11 @@ def external_lines(results: pd.DataFrame, metric: str = "auroc") -> list:
 
     if "metric" not in results or not results["metric"].str.startswith(PREFIX).any():
         return []
-    df = results[results["protocol"] != "fewshot"].copy()
-    df["column"] = protocol_labels(df["protocol"], df["params"])
-    df = df[df["seed"] == df.groupby(["task", "backbone", "column"])["seed"].transform("min")]
+    df = _first_seeds(results)
     at = df.set_index(["task", "backbone", "column", "metric"])
     names = sorted({m[len(PREFIX):-len(metric) - 1] for m in df["metric"]
                     if m.startswith(PREFIX) and m.endswith("/" + metric) and f"/{DROP}/" not in m})
-    text = lambda r: f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"  # noqa: E731
+    text = _ci_text
     rows = []
     for (task, backbone, column), _ in df.groupby(["task", "backbone", "column"]):
         for name in names:
@@ -85,3 +83,50 @@ def external_lines(results: pd.DataFrame, metric: str = "auroc") -> list:
                   _markdown(t.drop(columns="task").set_index(["backbone", "protocol", "external"]),
                             "backbone / protocol / external")]
     return lines if rows else []
+
+
+def robustness_lines(results: pd.DataFrame, metric: str = "auroc") -> list:
+    """Per task: each backbone x protocol's clean test value and, per corruption, the drop at each severity
+    with its paired patient-bootstrap CI (raddist.robustness, raddist.cells.corrupted; lowest seed of each cell)."""
+    from raddist.cells.corrupted import DROP
+    from raddist.robustness import PREFIX
+
+    if "metric" not in results or not results["metric"].str.startswith(PREFIX).any():
+        return []
+    df = _first_seeds(results)
+    at = df.set_index(["task", "backbone", "column", "metric"])
+    found = sorted({tuple(m[len(PREFIX):].split("/")[:2]) for m in df["metric"]
+                    if m.startswith(PREFIX) and m.endswith(f"/{DROP}/{metric}")}, key=lambda k: (k[0], int(k[1])))
+    severities = sorted({int(s) for _, s in found})
+    rows = []
+    for (task, backbone, column), _ in df.groupby(["task", "backbone", "column"]):
+        if (task, backbone, column, metric) not in at.index:
+            continue
+        for kind in sorted({k for k, _ in found}):
+            drops = {f"severity {s}": _ci_text(at.loc[(task, backbone, column, f"{PREFIX}{kind}/{s}/{DROP}/{metric}")])
+                     for s in severities if (task, backbone, column, f"{PREFIX}{kind}/{s}/{DROP}/{metric}") in at.index}
+            if drops:
+                rows.append({"task": task, "backbone": backbone, "protocol": column, "corruption": kind,
+                             "clean": _ci_text(at.loc[(task, backbone, column, metric)]), **drops})
+    lines = ["", "## Robustness", "", f"{metric.upper()} of the heads selected on the clean validation split, on the "
+             "clean test split (with its patient-bootstrap 95% CI), and its drop (clean minus corrupted; positive: "
+             "worse) when the test images are corrupted at decode time, per severity (1 mild .. 5 severe). The drop "
+             "is paired (the same test patients), its 95% CI from one patient bootstrap resampling both. "
+             "2D classification only. Lowest seed of each cell."]
+    for task, t in pd.DataFrame(rows).groupby("task") if rows else []:
+        lines += ["", f"### {task} — robustness", "",
+                  _markdown(t.set_index(["backbone", "protocol", "corruption"]).reindex(
+                      columns=["clean"] + [f"severity {s}" for s in severities]).fillna("—"),
+                      "backbone / protocol / corruption")]
+    return lines if rows else []
+
+
+def _first_seeds(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each task x backbone x protocol column's lowest seed (few-shot left out), with `column`."""
+    df = results[results["protocol"] != "fewshot"].copy()
+    df["column"] = protocol_labels(df["protocol"], df["params"])
+    return df[df["seed"] == df.groupby(["task", "backbone", "column"])["seed"].transform("min")]
+
+
+def _ci_text(row) -> str:
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"

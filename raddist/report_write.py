@@ -24,10 +24,11 @@ def write_report(output: str, gathered: dict, summary: dict, published: Optional
     from raddist.report_choices import choices_section
     from raddist.report_html import write_html
     from raddist.report_search import search_section
-    from raddist.report_trust import calibration_lines, external_lines, subgroup_lines
+    from raddist.report_trust import calibration_lines, external_lines, robustness_lines, subgroup_lines
 
     text = (render(results, summary, task_types, output=output)
-            + "\n".join(calibration_lines(results, output) + subgroup_lines(results) + external_lines(results)) + "\n"
+            + "\n".join(calibration_lines(results, output) + subgroup_lines(results) + external_lines(results)
+                      + robustness_lines(results)) + "\n"
             + "\n".join(published_lines(results, load(published))) + "\n"
             + cost_section(output, gathered.get("cells") or []) + "\n" + backbones_section(output)
             + choices_section(gathered.get("cells") or [], summary) + "\n"

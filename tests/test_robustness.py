@@ -196,3 +196,28 @@ def test_cells_wait_for_their_corrupted_jobs_and_a_failed_one_is_left_out(tmp_pa
     states.done(knn.external_jobs["corruption/jpeg/1"], "k1")
     states.done(knn.external_jobs["corruption/jpeg/5"], "", error="corruptions of volumes are not supported")
     assert states.ready(knn) == {"cell_id": knn.id, "key": "clean-key", "job_error": None}
+
+
+def test_report_section_lists_the_clean_value_and_each_drop_by_severity(tmp_path):
+    import pandas as pd
+
+    from raddist.report_trust import robustness_lines
+
+    def row(metric, value, lo, hi, protocol="knn", seed=0):
+        return {"task": "cxr", "backbone": "vit", "protocol": protocol, "params": "{}", "seed": seed,
+                "metric": metric, "value": value, "ci_low": lo, "ci_high": hi}
+
+    rows = [row("auroc", 0.91, 0.86, 0.95), row("corruption/jpeg/1/auroc", 0.90, 0.85, 0.94),
+            row("corruption/jpeg/1/drop/auroc", 0.01, -0.01, 0.03), row("corruption/jpeg/5/drop/auroc", 0.20, 0.12, 0.28),
+            row("corruption/contrast/5/drop/auroc", 0.05, 0.02, 0.08),
+            row("auroc", 0.5, 0.4, 0.6, seed=1), row("corruption/jpeg/5/drop/auroc", 0.4, 0.3, 0.5, seed=1)]
+    text = "\n".join(robustness_lines(pd.DataFrame(rows)))
+    assert "## Robustness" in text and "### cxr — robustness" in text and "paired" in text
+    jpeg = next(line for line in text.splitlines() if "/ jpeg |" in line)
+    assert "0.910 [0.860, 0.950]" in jpeg and "0.010 [-0.010, 0.030]" in jpeg and "0.200 [0.120, 0.280]" in jpeg
+    contrast = next(line for line in text.splitlines() if "/ contrast |" in line)
+    assert "—" in contrast and "0.050 [0.020, 0.080]" in contrast  # no severity 1 for contrast
+    assert "0.400" not in text  # the lowest seed only
+    header = next(line for line in text.splitlines() if "severity 1" in line)
+    assert header.index("severity 1") < header.index("severity 5")
+    assert robustness_lines(pd.DataFrame([row("auroc", 0.9, 0.8, 0.95)])) == []
