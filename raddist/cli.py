@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from raddist.data.synthetic import write_synthetic
+    from raddist.data.synthetic import write_brain_mri, write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
     from raddist.config import load
     from raddist.sweep import run_sweep
@@ -70,6 +70,8 @@ def cmd_demo(args) -> int:
         print(f"using the dataset in {data}")
     if not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
         write_synthetic_seg(data)  # 2D and 3D segmentation, 3D classification
+    if not os.path.exists(os.path.join(data, "brain_mri_site_b", "manifest.parquet")):
+        write_brain_mri(os.path.join(data, "brain_mri_site_b"), n_patients=16, site_b=True)  # external validation
     os.environ["RADDIST_DEMO_DATA"] = data  # the demo config reads ${RADDIST_DEMO_DATA}
     overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
     summary = run_sweep(load(args.config, overrides))

@@ -96,8 +96,11 @@ def test_the_external_manifest_content_is_part_of_the_cell_id(tmp_path):
     table = pq.read_table(tmp_path / "sz.parquet")
     pq.write_table(table.set_column(4, "Tuberculosis", pa.array([1 - v for v in table["Tuberculosis"].to_pylist()])),
                    tmp_path / "sz.parquet")
-    relabelled, _ = provenance.bind(make_plan(spec), "cpu")
+    provenance.write_record(str(tmp_path / "out"), sources, "s")
+    relabelled, now = provenance.bind(make_plan(spec), "cpu")
     assert {c.id for c in relabelled.cells}.isdisjoint({c.id for c in bound.cells})
+    assert [provenance.describe(c) for c in provenance.changes(str(tmp_path / "out"), now, relabelled.cells)] == [
+        "tb:external/sz: manifest labels changed since the last run; 2 cells rerun"]
     assert [c.external_keys for c in relabelled.cells] == [c.external_keys for c in bound.cells]  # same features
     unmapped = _spec([_task(manifest=str(tmp_path / "tb.parquet"), external=[{**ext, "label_map": {}}])])
     with pytest.raises(ConfigError, match=r"external 'sz' \(.*sz.parquet\): no label column 'tb' for the task's "

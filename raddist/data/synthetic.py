@@ -244,26 +244,33 @@ def _cr_dicom(rng, seed, pt, study, stored, monochrome1) -> bytes:
 
 # ----------------------------------------------------------------------------- brain MRI (PNG)
 
-def write_brain_mri(out_dir: str, seed: int = 0, n_patients: int = 60, size: int = 256) -> str:
+def write_brain_mri(out_dir: str, seed: int = 0, n_patients: int = 60, size: int = 256, site_b: bool = False) -> str:
+    """site_b: a second hospital for external validation (brain_mri_site_b/): other patients (a random
+    stream of their own), another scanner (brighter, lower contrast, a gamma, noisier) and the label
+    column named tumor_type; no subgroup columns."""
     from PIL import Image
 
-    rng = np.random.default_rng([seed, 2])
+    rng = np.random.default_rng([seed, 2, 7] if site_b else [seed, 2])
     splits = _splits(rng, n_patients)
-    rows = {k: [] for k in ("sample_id", "uri", "patient_id", "split", "modality", "label")}
+    label_column = "tumor_type" if site_b else "label"
+    rows = {k: [] for k in ("sample_id", "uri", "patient_id", "split", "modality", label_column)}
     for p in range(n_patients):
         label = int(rng.integers(len(BRAIN_CLASSES)))
         patient = _brain_patient(rng, label)
         for s in range(int(rng.integers(2, 4))):  # neighbouring slices through the same lesion
             img = _brain_pixels(rng, size, patient, label)
-            name = f"p{p + 1:04d}_s{s + 1}"
+            if site_b:
+                img = np.clip(255 * (0.12 + 0.75 * (img / 255.0) ** 1.3 + rng.normal(0, 0.04, img.shape)), 0, 255)
+                img = img.astype(np.uint8)
+            name = f"{'b' if site_b else 'p'}{p + 1:04d}_s{s + 1}"
             buf = io.BytesIO()
             Image.fromarray(img, "L").save(buf, "PNG")
             storage.write_bytes(storage.join(out_dir, f"images/{name}.png"), buf.getvalue())
-            for k, v in (("sample_id", name), ("uri", f"images/{name}.png"), ("patient_id", f"p{p + 1:04d}"),
-                         ("split", splits[p]), ("modality", "MR"), ("label", label)):
+            for k, v in (("sample_id", name), ("uri", f"images/{name}.png"), ("patient_id", name.split("_")[0]),
+                         ("split", splits[p]), ("modality", "MR"), (label_column, label)):
                 rows[k].append(v)
-    columns = {k: pa.array(v, pa.int64() if k == "label" else pa.string()) for k, v in rows.items()}
-    return _write_manifest(out_dir, _with_subgroups(columns, seed, 2))
+    columns = {k: pa.array(v, pa.int64() if k == label_column else pa.string()) for k, v in rows.items()}
+    return _write_manifest(out_dir, columns if site_b else _with_subgroups(columns, seed, 2))
 
 
 def _brain_patient(rng, label) -> dict:

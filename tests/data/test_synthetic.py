@@ -198,3 +198,19 @@ def test_brain_classes_are_learnable(data):
     train, test = split != "test", split == "test"
     accuracy = (probe().fit(x[train], y[train]).predict(x[test]) == y[test]).mean()
     assert accuracy > 0.6, accuracy  # chance is 1/3
+
+
+def test_brain_mri_site_b_is_another_hospital(tmp_path):
+    """The demo's external test set: other patients, the label column named otherwise, another scanner."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from raddist.data.synthetic import write_brain_mri
+
+    home = pq.read_table(write_brain_mri(str(tmp_path / "a"), n_patients=6, size=64)).to_pandas()
+    away = pq.read_table(write_brain_mri(str(tmp_path / "b"), n_patients=6, size=64, site_b=True)).to_pandas()
+    assert "tumor_type" in away and "label" not in away and "sex" not in away
+    assert set(away["patient_id"]).isdisjoint(home["patient_id"]) and set(away["tumor_type"]) <= {0, 1, 2}
+    pixels = lambda d, df: np.stack([np.asarray(Image.open(tmp_path / d / u)) for u in df["uri"]])  # noqa: E731
+    a, b = pixels("a", home), pixels("b", away)
+    assert b[:, :8, :8].mean() > a[:, :8, :8].mean() + 15 and b.std() < a.std()  # brighter background, less contrast
