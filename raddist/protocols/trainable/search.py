@@ -169,7 +169,9 @@ def _outcome(grid, params, storage: str, seed: int) -> Tuple[List[RunBest], Dict
         sampled = {k: result.config[k] for k in search.space}
         best = best_of_run(storage, params.with_trial(sampled).lrs[0], TRIAL_RUN + result.metrics["trial_id"], sampled)
         epochs = params.with_trial(sampled).epochs
-        ran = int(result.metrics.get("training_iteration", 0))
+        # epochs trained: a trial rerun after its driver died resumes its fit from the last checkpoint,
+        # so its Tune iterations count only the epochs since; the last reported epoch counts them all
+        ran = max(int(result.metrics.get("training_iteration", 0)), int(result.metrics.get("epoch", -1)) + 1)
         trials.append({"config": sampled, "epochs_run": ran, "stopped_early": ran < epochs,
                        "best_val_auroc": None if best is None else best.val_auroc})
         if best is not None:

@@ -113,20 +113,32 @@ def _marked(token: str) -> list:
     return pids
 
 
-def kill_driver_mid_search(manifest: str, checkpoint_dir: str, timeout: float = 900) -> dict:
+def mid_fit(checkpoint_dir) -> list:
+    """The trials caught mid-fit: not finished in the experiment state on disk, their fit has
+    checkpointed its first epoch (empty until the state on disk holds a finished trial)."""
+    states = trials_on_disk(checkpoint_dir)
+    if "TERMINATED" not in states.values():
+        return []
+    runs = glob.glob(os.path.join(checkpoint_dir, TRIAL_RUN + "*", "epoch_0000"))
+    return [t for t in (os.path.basename(os.path.dirname(r))[len(TRIAL_RUN):] for r in runs)
+            if states.get(t) != "TERMINATED"]
+
+
+def kill_driver_mid_search(manifest: str, checkpoint_dir: str, timeout: float = 900) -> tuple:
     """Start the search in a driver process and SIGKILL its process group once the experiment state on
-    disk has a finished trial (and not all 4); then any process it started that outlived it, by pid.
-    The finished trials' (result.json, Train run files) as the kill left them."""
+    disk has a finished trial and another trial's fit has checkpointed an epoch; then any process it
+    started that outlived it, by pid. (the finished trials' (result.json, Train run files) as the kill
+    left them, the trials killed mid-fit)."""
     token = str(os.getpid())
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, manifest, checkpoint_dir], start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
                             env={**os.environ, MARK: token}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     start = time.monotonic()
     try:
-        while "TERMINATED" not in trials_on_disk(checkpoint_dir).values():
+        while not mid_fit(checkpoint_dir):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() - start < timeout, "no trial finished"
-            time.sleep(0.5)
+            assert time.monotonic() - start < timeout, "no trial finished, or none started after"
+            time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -138,22 +150,22 @@ def kill_driver_mid_search(manifest: str, checkpoint_dir: str, timeout: float = 
         os.kill(pid, signal.SIGKILL)
     finished = [t for t, status in trials_on_disk(checkpoint_dir).items() if status == "TERMINATED"]
     assert 1 <= len(finished) < SEARCH["num_samples"], trials_on_disk(checkpoint_dir)
-    return {t: results_of(checkpoint_dir, t) for t in finished}
+    return {t: results_of(checkpoint_dir, t) for t in finished}, mid_fit(checkpoint_dir)
 
 
 @pytest.fixture(scope="module")
 def resumed(halves, tmp_path_factory):
     """The search killed mid-way and run again: (the cell's prediction, its checkpoint dir, the trials
-    that had finished at the kill with what they had left)."""
+    that had finished at the kill with what they had left, the trials killed mid-fit)."""
     root = tmp_path_factory.mktemp("resumed")
     pq.write_table(halves, root / "halves.parquet")
     checkpoint_dir = str(root / "cell")
-    finished = kill_driver_mid_search(str(root / "halves.parquet"), checkpoint_dir)
-    return run(halves, checkpoint_dir), checkpoint_dir, finished
+    finished, interrupted = kill_driver_mid_search(str(root / "halves.parquet"), checkpoint_dir)
+    return run(halves, checkpoint_dir), checkpoint_dir, finished, interrupted
 
 
 def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again(resumed):
-    prediction, checkpoint_dir, finished = resumed
+    prediction, checkpoint_dir, finished, interrupted = resumed
     search = prediction.selected["search"]
     # the finished trials kept what they had: not one of them trained again
     assert {t: results_of(checkpoint_dir, t) for t in finished} == finished
@@ -162,6 +174,16 @@ def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again
     assert sorted(states.values()) == ["TERMINATED"] * 4 and search["trials"] == 4
     assert sorted(d for d in os.listdir(checkpoint_dir) if d.startswith(TRIAL_RUN)) == \
         sorted(TRIAL_RUN + t for t in states)
+    # a trial killed mid-fit resumed its fit from its checkpoint: its second epoch trained after the
+    # restore (start_epoch 1), and the record counts both epochs
+    assert interrupted  # the kill came after its first epoch's checkpoint
+    for trial_id in interrupted:
+        rows = [json.loads(line) for line in results_of(checkpoint_dir, trial_id)[0].splitlines()]
+        assert (rows[-1]["epoch"], rows[-1]["start_epoch"]) == (1, 1)
+        config = json.load(open(glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, f"*_{trial_id}_*",
+                                                       "params.json"))[0]))
+        assert [(t["epochs_run"], t["stopped_early"]) for t in search["by_trial"] if t["config"] == config] == \
+            [(2, False)]
     # the searcher's state was restored: the seeded sequence an uninterrupted search proposes (a fresh
     # searcher would have proposed the first configuration again), in the order the trials were created
     params = protocols.get("lora").parse({"epochs": 2, "batch_size": 8, "search": SEARCH})
@@ -169,7 +191,7 @@ def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again
 
 
 def test_a_seeded_search_with_asha_selects_on_validation_only(halves, resumed):
-    clean, checkpoint_dir, _ = resumed
+    clean, checkpoint_dir, _, _ = resumed
     search = clean.selected["search"]
     trials = search["by_trial"]
     assert (search["algorithm"], search["scheduler"], search["num_samples"], search["seed"]) == (ALGORITHM, "asha", 4, 7)
