@@ -39,11 +39,13 @@ def main(argv=None) -> int:
         ensure_ray()  # the cluster this job runs in
         require_durable_salt()  # before any work: a salt that dies with the head cannot resume
         if args.synthetic:
-            from raddist.data.synthetic import write_synthetic
+            from raddist.data.synthetic import write_brain_mri, write_synthetic
 
             data = storage.normalize(args.synthetic)
             if not storage.exists(storage.join(data, "chest", "manifest.parquet")):
                 write_synthetic(data)
+            if not storage.exists(storage.join(data, "brain_mri_site_b", "manifest.parquet")):  # the demo's external set
+                write_brain_mri(storage.join(data, "brain_mri_site_b"), n_patients=16, site_b=True)
             os.environ["RADDIST_DEMO_DATA"] = data
         overrides = {k: v for k, v in (("storage.cache", args.cache), ("storage.output", args.output)) if v}
         summary = run_sweep(load(args.config, overrides))
