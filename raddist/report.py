@@ -9,6 +9,7 @@ from typing import Optional
 import pandas as pd
 
 from raddist import figures, storage
+from raddist.report_search import search_label
 
 HEADLINE = {"multilabel": "auroc", "binary": "auroc", "multiclass": "auroc", "segmentation": "dice"}
 # tables after the headline's: segmentation's pooled Dice (every voxel of the test set at once) and
@@ -31,10 +32,14 @@ def protocol_labels(protocols: pd.Series, params_json: pd.Series) -> list:
     for proto, p in zip(protocols, params):
         for k, v in p.items():
             varying.setdefault(proto, {}).setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+    for proto, p in zip(protocols, params):  # a key only some entries have (a search: block) tells them apart
+        for k in set(varying.get(proto, {})) - set(p):
+            varying[proto][k].add(None)
     labels = []
     for proto, p in zip(protocols, params):
         keys = [k for k, vs in varying.get(proto, {}).items() if len(vs) > 1 and k not in REPEAT_PARAMS]
-        extra = [f"{k}={json.dumps(p[k], sort_keys=True)}" for k in sorted(keys) if k in p]
+        extra = [f"{k}={search_label(p[k]) if k == 'search' else json.dumps(p[k], sort_keys=True)}"
+                 for k in sorted(keys) if k in p]
         labels.append(proto + (f" ({', '.join(extra)})" if extra else ""))
     return labels
 

@@ -12,6 +12,13 @@ from raddist import storage
 FIGURE = "search_curves.png"
 
 
+def search_label(search: dict) -> str:
+    """A search block in a column label: 'random ×3 + asha' (its space and seed are in cell.json)."""
+    n = search.get("num_samples")
+    return (str(search.get("algorithm", "random")) + (f" ×{n}" if n else "")
+            + (" + asha" if search.get("scheduler") == "asha" else ""))
+
+
 def best_so_far(by_trial: List[dict]) -> List[Optional[float]]:
     """The best validation score of trials 1..i, for every i (None until a trial reported one)."""
     out: List[Optional[float]] = []

@@ -51,3 +51,11 @@ def test_write_report_includes_the_section(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Hyperparameter searches" in report and "0.610 → 0.740 → 0.740" in report
     assert (tmp_path / FIGURE).exists()
+
+
+def test_a_searched_entry_beside_a_plain_one_is_labelled_by_its_budget_not_its_json():
+    from raddist.report import protocol_labels
+
+    searched = '{"r": 4, "search": {"algorithm": "random", "num_samples": 3, "scheduler": "asha", "space": {}}}'
+    assert protocol_labels(pd.Series(["lora", "lora"]), pd.Series(['{"r": 4}', searched])) == \
+        ["lora", "lora (search=random ×3 + asha)"]
