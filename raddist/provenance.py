@@ -69,7 +69,7 @@ class Binder:
         features and manifests (labels included) its id then covers too, and whose keys it carries."""
         job_keys = self.job_keys(job)
         reads = job_keys.features if cell.embedding_job else job_keys.inputs
-        results = self.sources.manifests[cell.task.name].results
+        results = self.digest(cell.task).results  # its own labels, whichever task's job it shares
         external_keys = {}
         if externals:
             external_keys = {name: self.job_keys(j).features for name, j in sorted(externals.items())}
@@ -84,11 +84,17 @@ class Binder:
 
         out = {}
         for ext in task.external:
-            derived, table = external_task(task, ext), self._table(ext.manifest)
-            check_manifest(task, ext, table)
-            out[derived.name] = self.sources.manifests.setdefault(
-                derived.name, ManifestDigest.of(table, False, derived.labels)).results
+            check_manifest(task, ext, self._table(ext.manifest))
+            derived = external_task(task, ext)
+            out[derived.name] = self.digest(derived).results
         return out
+
+    def digest(self, task) -> ManifestDigest:
+        """A task's manifest digest over its own label columns, read once."""
+        if task.name not in self.sources.manifests:
+            self.sources.manifests[task.name] = ManifestDigest.of(self._table(task.manifest),
+                                                                  task.type == "segmentation", task.labels)
+        return self.sources.manifests[task.name]
 
     def weights(self, backbone) -> str:
         if backbone.label not in self.sources.weights:

@@ -108,6 +108,22 @@ def test_the_external_manifest_content_is_part_of_the_cell_id(tmp_path):
         provenance.bind(make_plan(unmapped), "cpu")
 
 
+def test_an_external_manifest_that_is_another_tasks_shares_its_job_and_each_cell_keeps_its_own_labels(tmp_path):
+    inputs = blob_inputs("binary", 1, sizes=(6, 4, 4))
+    _manifest(tmp_path / "tb.parquet", inputs.splits, "tb")
+    _manifest(tmp_path / "sz.parquet", inputs.splits, "Tuberculosis", prefix="x")
+    ext = {"name": "sz", "manifest": str(tmp_path / "sz.parquet"), "label_map": {"Tuberculosis": "tb"}}
+    spec = _spec([_task(manifest=str(tmp_path / "tb.parquet"), external=[ext]),
+                  _task(name="sz_task", manifest=str(tmp_path / "sz.parquet"), labels=["Tuberculosis"]),
+                  _task(name="tb_again", manifest=str(tmp_path / "tb.parquet"))])
+    bound, sources = provenance.bind(make_plan(spec), "cpu")
+    assert len(bound.jobs) == 2 * 2  # per backbone: tb.parquet and sz.parquet, each embedded once
+    by_task = {c.task.name: c for c in bound.cells if c.backbone.name == "tiny_vit"}
+    assert by_task["tb"].external_jobs["external/sz"] == by_task["sz_task"].embedding_job
+    assert by_task["tb"].external_keys["external/sz"] == bound.jobs[by_task["sz_task"].embedding_job].keys.features
+    assert {"tb", "sz_task", "tb_again", "tb:external/sz"} <= set(sources.manifests)
+
+
 # --- a cell scored on another site -----------------------------------------------------------------
 
 def _cache_entry(cache, key, data_by_split, shift=0.0):
