@@ -131,3 +131,21 @@ def drop_rows(cell, prediction, class_names, n_boot: int) -> List[dict]:
             rows.append({"metric": f"{name}/{DROP}/{metric}", "value": float(inside[metric] - outside[metric]),
                          "ci_low": low, "ci_high": high, "n_undefined": 0})
     return rows
+
+
+def check_before_ray(task, data_roots) -> None:
+    """Each external manifest, checked as the task's own are before Ray starts: present, valid, its label
+    columns (after the map) and its split there, its images under the allowed roots."""
+    from raddist.data import manifest as manifest_lib
+
+    for ext in task.external:
+        table = manifest_lib.load(ext.manifest)
+        check_manifest(task, ext, table)
+        manifest_lib.validate(table, ext.manifest, source_columns(task, ext), task.type,
+                              len(task.classes) if task.classes else None)
+        manifest_lib.check_roots(ext.manifest, data_roots)
+
+
+def manifest_uris(task) -> Dict[str, str]:
+    """<task>:external/<name> -> its manifest: where `raddist errors --reveal` finds an external job's rows."""
+    return {external_task(task, ext).name: ext.manifest for ext in task.external}

@@ -14,7 +14,7 @@ import socket
 import uuid
 from urllib.parse import urlparse
 
-from raddist import storage
+from raddist import external, storage
 from raddist.data import manifest as manifest_lib
 from raddist.errors import ConfigError, StorageError
 from raddist.config import require_vars
@@ -32,6 +32,7 @@ def before_ray(spec: SweepSpec, output: str, cache: str) -> None:
         table = manifest_lib.load(task.manifest)
         manifest_lib.validate(table, task.manifest, task.labels, task.type, len(task.classes) if task.classes else None)
         manifest_lib.check_roots(task.manifest, spec.data_roots)
+        external.check_before_ray(task, spec.data_roots)  # its external test sets' manifests too
     for field, uri in (("storage.output", output), ("storage.cache", cache)):
         writable(uri, field)
     if spec.tracking.mlflow:
@@ -100,7 +101,8 @@ def same_salt(spec: SweepSpec, output: str, fingerprint: str) -> None:
             f"{output} was written with another salt (fingerprint {recorded}, this run's {fingerprint}): "
             "its pseudonyms would not line up with this run's. Use the deployment's salt "
             "(RADDIST_SALT_FILE or RADDIST_SALT, see the README), or another output")
-    manifests = {**record.get("manifests", {}), **{t.name: t.manifest for t in spec.tasks}}
+    manifests = {**record.get("manifests", {}), **{t.name: t.manifest for t in spec.tasks},
+                 **{k: v for t in spec.tasks for k, v in external.manifest_uris(t).items()}}
     storage.write_json(uri, {"salt_fingerprint": fingerprint, "manifests": manifests})
 
 

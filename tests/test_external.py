@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raddist import provenance, spec as spec_lib
+from raddist import external, provenance, spec as spec_lib
 from raddist.cells.run import CellContext, evaluate_cell
 from raddist.embed.cache import EmbeddingCache, block_table, write_part
 from raddist.errors import ConfigError
@@ -122,6 +122,28 @@ def test_an_external_manifest_that_is_another_tasks_shares_its_job_and_each_cell
     assert by_task["tb"].external_jobs["external/sz"] == by_task["sz_task"].embedding_job
     assert by_task["tb"].external_keys["external/sz"] == bound.jobs[by_task["sz_task"].embedding_job].keys.features
     assert {"tb", "sz_task", "tb_again", "tb:external/sz"} <= set(sources.manifests)
+
+
+def test_before_ray_an_external_manifest_is_checked_like_the_tasks_own(tmp_path):
+    from raddist import preflight
+
+    inputs = blob_inputs("binary", 1, sizes=(6, 4, 4))
+    _manifest(tmp_path / "tb.parquet", inputs.splits, "tb")
+    _manifest(tmp_path / "sz.parquet", inputs.splits, "Tuberculosis", prefix="x")
+    ext = {"name": "sz", "manifest": str(tmp_path / "sz.parquet"), "label_map": {"Tuberculosis": "tb"}}
+
+    def check(**over):
+        external.check_before_ray(TaskSpec(**_task(manifest=str(tmp_path / "tb.parquet"), external=[{**ext, **over}])), [])
+
+    check()
+    spec = _spec([_task(manifest=str(tmp_path / "tb.parquet"), external=[{**ext, "label_map": {"Tb": "tb"}}])])
+    with pytest.raises(ConfigError, match=r"external 'sz' .*: no label column 'Tb' for the task's label 'tb' \(label_map"):
+        preflight.before_ray(spec, str(tmp_path / "out"), str(tmp_path / "cache"))
+    _manifest(tmp_path / "sz_no_val.parquet", {k: v for k, v in inputs.splits.items() if k != "val"}, "Tuberculosis")
+    with pytest.raises(ConfigError, match=r"external 'sz' .*: split: no 'val' rows; use 'all' to score every row"):
+        check(split="val", manifest=str(tmp_path / "sz_no_val.parquet"))
+    with pytest.raises(Exception, match="manifest not found: .*missing.parquet"):
+        check(manifest=str(tmp_path / "missing.parquet"))
 
 
 # --- a cell scored on another site -----------------------------------------------------------------
