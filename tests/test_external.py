@@ -75,6 +75,17 @@ def test_plan_counts_an_embedding_job_per_backbone_and_external_manifest_dedupli
     assert [c.id for c in again.cells if c.task.name == "tb2"] == [c.id for c in before.cells if c.task.name == "tb2"]
 
 
+def test_a_cell_starts_once_its_external_jobs_are_done_too():
+    from raddist.trials import JobStates
+
+    cell = make_plan(_spec([_task(external=[{"name": "sz", "manifest": "/d/sz.parquet"}])])).cells[0]
+    jobs = JobStates()
+    jobs.done(cell.embedding_job, "k-home")
+    assert jobs.ready(cell) is None  # its external test set is still being embedded
+    jobs.done(cell.external_jobs["external/sz"], None, error="3 of 3 images failed to decode")
+    assert jobs.ready(cell) == {"cell_id": cell.id, "key": "k-home", "job_error": "3 of 3 images failed to decode"}
+
+
 def _manifest(path, data_by_split, label_column, prefix=""):
     rows = []
     for split, data in data_by_split.items():
