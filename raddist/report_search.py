@@ -79,6 +79,7 @@ def search_plot(curves: Dict[str, List[Optional[float]]]) -> bytes:
     for label, values in sorted(curves.items()):
         ax.step(range(1, len(values) + 1), [float("nan") if v is None else v for v in values], where="post",
                 marker="o", label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("trial (in the order the searcher proposed them)")
     ax.set_ylabel("best validation AUROC so far")
     ax.set_title("hyperparameter searches")
