@@ -122,7 +122,7 @@ def _embed_and_run_cells(run: _Run, stop, say) -> Tuple[List[dict], List[dict]]:
             outcome.source, f"embedded {outcome.images} images in {outcome.seconds:.1f}s "
                             f"({outcome.images / max(outcome.seconds, 1e-9):.0f} img/s, {outcome.source.value})")
         if not stop.requested:  # once asked to stop, what the abandoned pipeline reports is noise
-            say(f"  embeddings {job.backbone.label} × {job.task.name}: {verb}, {outcome.errors} input errors")
+            say(f"  embeddings {job.backbone.label} × {job_label(job)}: {verb}, {outcome.errors} input errors")
 
     embedding = EmbeddingRun(run.cache, run.spec.resources, run.device, say, run.progress.embedding, stop)
     failure: Dict[str, BaseException] = {}
@@ -197,9 +197,18 @@ def _finish(run: _Run, outcomes: List[dict], records: List[dict], stop, started:
 
 def _job_record(job, outcome, device: str) -> dict:
     """A line of embedding_jobs.json: what the job cost, where its pixels came from, when it ended."""
+    corruption = job.contract.get("corruption")  # a corrupted test split (raddist.robustness)
     return {"job_id": job.id, "key": outcome.key, "backbone": job.backbone.label, "task": job.task.name,
+            **({"corruption": corruption} if corruption else {}),
             "computed": bool(outcome.computed), "source": outcome.source.value, "images": outcome.images,
             "errors": outcome.errors, "error": outcome.error, "wall_seconds": round(outcome.seconds, 3),
             "gpu_seconds": round(outcome.seconds, 3) if outcome.computed and device == "gpu" else 0.0,
             "finished_at": round(outcome.finished_at, 3)}
 
+
+def job_label(job) -> str:
+    """How the run's lines name a job's task: its name, and a corrupted test split's corruption/<kind>/<severity>."""
+    from raddist.robustness import test_set_name
+
+    corruption = job.contract.get("corruption")
+    return f"{job.task.name} ({test_set_name(corruption)}, test rows)" if corruption else job.task.name

@@ -161,6 +161,9 @@ def test_plan_counts_the_corrupted_jobs_and_their_keys_differ(tmp_path):
     assert sorted(knn[0].external_jobs) == ["corruption/contrast/1", "corruption/contrast/5",
                                             "corruption/jpeg/1", "corruption/jpeg/5"]
     assert all(not c.external_jobs for c in plan.cells if c.protocol != "knn")  # robustness.protocols: knn
+    from raddist.sweep import job_label
+
+    assert sorted(job_label(j) for j in plan.jobs.values())[:2] == ["t", "t (corruption/contrast/1, test rows)"]
     _, without = _robust_plan(str(tmp_path / "m.parquet"), tmp_path, None,
                               protocols=({"name": "knn"}, {"name": "linear"}, {"name": "fewshot"}))
     assert {c.id for c in without.cells if c.protocol != "knn"} == {c.id for c in plan.cells if c.protocol != "knn"}
