@@ -202,8 +202,9 @@ def external_jobs(spec: SweepSpec, job: EmbeddingJob) -> Dict[str, EmbeddingJob]
 def corrupted_jobs(spec: SweepSpec, job: EmbeddingJob, proto: ProtocolSpec) -> Dict[str, EmbeddingJob]:
     """The corrupted test splits a cell of this protocol entry scores (spec.robustness; raddist.robustness),
     by test-set name (corruption/<kind>/<severity>): the clean job's contract with `corruption` added, which
-    sends it the test rows only and corrupts them at decode time. Segmentation is left out; volumes too
-    (their corrupted jobs fail in one line, and the cells score without them)."""
+    sends it the test rows only and corrupts them at decode time. Segmentation is left out; so are whole
+    NIfTI volumes (their corrupted jobs fail in one line, and the cells score without them); volumes of
+    slice images are corrupted slice by slice and pooled as the clean ones."""
     from raddist.robustness import SCORES_EXTRA, test_set_name
 
     rob = spec.robustness

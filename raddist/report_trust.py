@@ -112,7 +112,8 @@ def robustness_lines(results: pd.DataFrame, metric: str = "auroc") -> list:
              "clean test split (with its patient-bootstrap 95% CI), and its drop (clean minus corrupted; positive: "
              "worse) when the test images are corrupted at decode time, per severity (1 mild .. 5 severe). The drop "
              "is paired (the same test patients), its 95% CI from one patient bootstrap resampling both. "
-             "2D classification only. Lowest seed of each cell."]
+             "Classification (2D images, and volumes of slice images); not whole NIfTI volumes. Lowest seed of "
+             "each cell."]
     for task, t in pd.DataFrame(rows).groupby("task") if rows else []:
         lines += ["", f"### {task} — robustness", "",
                   _markdown(t.set_index(["backbone", "protocol", "corruption"]).reindex(

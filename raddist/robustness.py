@@ -12,8 +12,9 @@ job per backbone x task x corruption x severity, its contract carrying `corrupti
 does); raddist.embed.jobs sends it the test rows only; the decode step (data.transforms) corrupts each
 image after windowing, before quantising and resizing; raddist.cells.corrupted adds the corrupted
 features as further test sets `test:corruption/<kind>/<severity>`, scored by the heads selected on the
-clean validation split, with the paired drop from the clean test set. 2D classification only: volumes
-(3D) and segmentation are left out.
+clean validation split, with the paired drop from the clean test set. Classification of 2D images and
+of volumes stored as slice images (pooled per volume as the clean ones); whole NIfTI volumes and
+segmentation are left out.
 """
 
 from __future__ import annotations

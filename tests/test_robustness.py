@@ -224,3 +224,35 @@ def test_report_section_lists_the_clean_value_and_each_drop_by_severity(tmp_path
     header = next(line for line in text.splitlines() if "severity 1" in line)
     assert header.index("severity 1") < header.index("severity 5")
     assert robustness_lines(pd.DataFrame([row("auroc", 0.9, 0.8, 0.95)])) == []
+
+
+def test_a_corrupted_job_of_nifti_volumes_fails_in_one_line_and_one_of_slices_takes_the_test_rows(
+        synthetic_seg_data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raddist import spec as spec_lib
+    from raddist.data import manifest as manifest_lib
+    from raddist.embed.cache import EmbeddingCache
+    from raddist.embed.jobs import EmbeddingRun, Source
+    from raddist.plan import make_plan
+    from raddist.provenance import bind_jobs
+
+    volumes = manifest_lib.load(synthetic_seg_data["seg3d"])  # whole NIfTI volumes, one row each
+    volumes = volumes.append_column("label", pa.array([i % 2 for i in range(volumes.num_rows)]))
+    pq.write_table(volumes, tmp_path / "volumes.parquet")
+    run = EmbeddingRun(EmbeddingCache(str(tmp_path / "cache")), spec_lib.ResourcesSpec(), "cpu", say=lambda line: None)
+    prepared = {}
+    for name, manifest in (("nifti", str(tmp_path / "volumes.parquet")), ("slices", synthetic_seg_data["volcls"])):
+        spec = spec_lib.parse({
+            "backbones": [{"name": "tiny_vit", "weights": "random"}],
+            "tasks": [{"name": name, "manifest": manifest, "type": "binary", "labels": ["label"]}],
+            "protocols": [{"name": "knn"}], "robustness": {"corruptions": ["jpeg"], "severities": [3]}})
+        job = next(j for j in make_plan(spec).jobs.values() if "corruption" in j.contract)
+        prepared[name] = run._prepare(bind_jobs([job], "cpu")[0])
+    assert prepared["nifti"].source == Source.FAILED
+    assert prepared["nifti"].error == "corruptions of volumes are not supported (2D images only)"
+    slices = manifest_lib.load(synthetic_seg_data["volcls"])  # PNG slices of volumes: corrupted one by one
+    test_rows = [i for i, s in enumerate(slices["split"].to_pylist()) if s == "test"]
+    assert prepared["slices"].rows["row"].to_pylist() == test_rows and prepared["slices"].pixel_key is None
+    run.leases.close()

@@ -4,7 +4,9 @@ splits, and the paired drop of each from the clean test set.
 
 The train and val splits are the clean job's, untouched: a corrupted job holds the test rows only
 (raddist.embed.jobs), and its labels, patients and sample ids are the clean test split's own, row for
-row (a row that failed to decode under the corruption drops out of that set alone). The protocol
+row (a row that failed to decode under the corruption drops out of that set alone); slices of volumes
+are pooled per volume as the clean ones are (whole NIfTI volumes are not corrupted: raddist.embed.jobs
+fails their jobs in one line, and the cells score without them). The protocol
 scores each with the head it selected on the clean validation split (protocols.selection.scored).
 The drop is paired: the same test patients under both, so one patient bootstrap resamples both
 (raddist.paired.paired_all), and its CI is that of the difference.
@@ -38,20 +40,30 @@ def with_corrupted(inputs: FrozenInputs, task, keys: Dict[str, str], cache_root:
         return inputs
     table = manifest_lib.load(task.manifest, salt)  # the clean job's manifest, in its order
     test_rows = np.flatnonzero(np.asarray(table["split"].to_pylist(), dtype=object) == "test")
-    row_of = {sid: i for i, sid in enumerate(table["sample_id"].to_pylist())}
     test = inputs.splits["test"]
-    rows = np.asarray([row_of[s] for s in test.sample_ids], np.int64)
     splits = dict(inputs.splits)
     for name, key in corrupted.items():
         cached = cache.load(key)
         _check_rows(task, name, cached, test_rows)
-        position = {int(r): i for i, r in enumerate(cached.rows)}
-        keep = np.asarray([i for i, r in enumerate(rows) if int(r) in position], np.int64)
-        take = np.asarray([position[int(rows[i])] for i in keep], np.int64)
-        splits[EXTRA_TEST + name] = SplitData(features={k: v[take] for k, v in cached.features.items()},
+        ids, features = _by_sample_id(task, table, cached)
+        position = {sid: i for i, sid in enumerate(ids)}
+        keep = np.asarray([i for i, s in enumerate(test.sample_ids) if s in position], np.int64)
+        take = np.asarray([position[test.sample_ids[i]] for i in keep], np.int64)
+        splits[EXTRA_TEST + name] = SplitData(features={k: v[take] for k, v in features.items()},
                                               labels=test.labels[keep], sample_ids=test.sample_ids[keep],
                                               patient_ids=test.patient_ids[keep])
     return dataclasses.replace(inputs, splits=splits)
+
+
+def _by_sample_id(task, table, cached):
+    """(the sample id of each feature row, the features) as the clean test split names its rows: per image,
+    or per volume for slices of volumes, pooled as the clean ones are (cells.inputs.pooled_volumes)."""
+    if "volume_id" in table.column_names:
+        from raddist.cells.inputs import pooled_volumes
+
+        vol_table, pooled = pooled_volumes(task, table, cached, task.pool)
+        return vol_table["sample_id"].to_pylist(), pooled.features
+    return np.asarray(table["sample_id"].to_pylist(), dtype=object)[cached.rows].tolist(), cached.features
 
 
 def _check_rows(task, name: str, cached, test_rows: np.ndarray) -> None:
