@@ -25,6 +25,10 @@ TRIAL_CPUS = 0.01
 EXPERIMENT = "tune"
 SEARCH_EXPERIMENT = "search"  # a search: block's Tune experiment (search_space)
 TRIAL_RUN = "trial_"  # + the Tune trial id: the Train run of one search trial
+# How long a search trial's fit waits for its workers (unless the sweep bounded it, for GPUs): trials run
+# one after another, and each waits for the last one's resources, which a trial ASHA stopped frees only once
+# Train's PlacementGroupCleaner sees its controller gone; on a loaded 2-core box Train's 60 s is too short
+SEARCH_WORKER_WAIT_S = 600.0
 
 
 def _trial(tune_config: dict, datasets: dict, config: dict, storage: str, settings: FitSettings) -> None:
@@ -123,11 +127,13 @@ def search_space(datasets: dict, config: dict, params, storage: str, settings: F
     from ray import tune
 
     from raddist import storage as storage_lib
+    from raddist.cluster import bound_train_worker_wait
     from raddist.protocols.trainable import space
 
     search = params.search
     storage = storage_lib.normalize(storage)
     seed = seed if search.seed is None else search.seed
+    bound_train_worker_wait(SEARCH_WORKER_WAIT_S)  # Tune copies it into every trial
     trial = tune.with_parameters(_search_trial, datasets=datasets, config=config, params=params, storage=storage,
                                  settings=settings)
     trainable = _trainable(trial, "search_", storage)
@@ -137,19 +143,27 @@ def search_space(datasets: dict, config: dict, params, storage: str, settings: F
     else:
         concurrent = search.max_concurrent or concurrent_fits(settings.num_workers, settings.use_gpu,
                                                               settings.cell_cpus, search.trials())
-        asha = None
-        if search.scheduler == "asha":
-            asha = tune.schedulers.ASHAScheduler(time_attr="training_iteration", grace_period=search.grace_epochs,
-                                                 max_t=search.largest("epochs", params.epochs), reduction_factor=2)
         tuner = tune.Tuner(
             trainable, param_space=space.tune_space(search),
-            tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha,
+            tune_config=tune.TuneConfig(metric="selection", mode="max", scheduler=asha_scheduler(search, params.epochs),
                                         search_alg=space.algorithm(search, concurrent, seed),
                                         num_samples=search.samples),
             run_config=tune.RunConfig(storage_path=storage, name=SEARCH_EXPERIMENT, verbose=0),
         )
     grid = _fit(tuner, "search trials")
     return _outcome(grid, params, storage, seed)
+
+
+def asha_scheduler(search, epochs: int):
+    """ASHA over a search's trials (None unless its scheduler is asha). max_t is one past the last epoch:
+    ASHA stops (kills) a trial that reaches max_t, and a killed fit leaves its workers' resources to
+    Train's PlacementGroupCleaner (which needs the state API); a trial that trains every epoch returns."""
+    from ray import tune
+
+    if search.scheduler != "asha":
+        return None
+    return tune.schedulers.ASHAScheduler(time_attr="training_iteration", grace_period=search.grace_epochs,
+                                         max_t=search.largest("epochs", epochs) + 1, reduction_factor=2)
 
 
 def _created(result) -> Tuple[int, str]:

@@ -113,20 +113,28 @@ def _marked(token: str) -> list:
     return pids
 
 
+def checkpointed(run_dir: str) -> bool:
+    """Whether a Train run registered a checkpoint (its controller's snapshot, what a rerun resumes from;
+    a checkpoint directory alone may not be registered yet)."""
+    try:
+        return bool(json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))["checkpoint_results"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def mid_fit(checkpoint_dir) -> list:
-    """The trials caught mid-fit: not finished in the experiment state on disk, their fit has
-    checkpointed its first epoch (empty until the state on disk holds a finished trial)."""
+    """The trials caught mid-fit: not finished in the experiment state on disk, their fit has a
+    registered checkpoint (empty until the state on disk holds a finished trial)."""
     states = trials_on_disk(checkpoint_dir)
     if "TERMINATED" not in states.values():
         return []
-    runs = glob.glob(os.path.join(checkpoint_dir, TRIAL_RUN + "*", "epoch_0000"))
-    return [t for t in (os.path.basename(os.path.dirname(r))[len(TRIAL_RUN):] for r in runs)
-            if states.get(t) != "TERMINATED"]
+    runs = [r for r in glob.glob(os.path.join(checkpoint_dir, TRIAL_RUN + "*")) if checkpointed(r)]
+    return [t for t in (os.path.basename(r)[len(TRIAL_RUN):] for r in runs) if states.get(t) != "TERMINATED"]
 
 
 def kill_driver_mid_search(manifest: str, checkpoint_dir: str, timeout: float = 900) -> tuple:
     """Start the search in a driver process and SIGKILL its process group once the experiment state on
-    disk has a finished trial and another trial's fit has checkpointed an epoch; then any process it
+    disk has a finished trial and another trial's fit has registered a checkpoint; then any process it
     started that outlived it, by pid. (the finished trials' (result.json, Train run files) as the kill
     left them, the trials killed mid-fit)."""
     token = str(os.getpid())
