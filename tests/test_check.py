@@ -45,7 +45,8 @@ def test_check_runs_the_demo_for_real_and_prints_json(capsys):
     training = json.loads(out)["training"]  # finetune and lora of tiny_vit: batch 32 in one micro-batch
     assert [(t["backbone"], t["protocol"], t["micro_batch"], t["accumulation_steps"], t["node"], t["ok"])
             for t in training] == [("tiny_vit", "finetune", 32, 1, "gpu_a10g", True),
-                                   ("tiny_vit", "lora", 32, 1, "gpu_a10g", True)]
+                                   ("tiny_vit", "lora", 32, 1, "gpu_a10g", True),
+                                   ("tiny_vit", "lora", 32, 1, "gpu_a10g", True)]  # and lora's search entry
 
 
 def test_check_fails_a_size_the_patch_does_not_divide(tmp_path, capsys):
@@ -59,8 +60,9 @@ def test_check_fails_a_size_the_patch_does_not_divide(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 1
     assert "image size 60 is not a multiple of tiny_vit's patch size 8 (use 56 or 64)" in out
-    assert out.strip().splitlines()[-1] == ("0/1 (backbone, image size) ok; failed: tiny_vit@60; 0/2 trainable "
-                                            "cells placed; not placed: tiny_vit finetune@60, tiny_vit lora@60")
+    assert out.strip().splitlines()[-1] == ("0/1 (backbone, image size) ok; failed: tiny_vit@60; 0/3 trainable "
+                                            "cells placed; not placed: tiny_vit finetune@60, tiny_vit lora@60, "
+                                            "tiny_vit lora@60")  # lora: the plain and the search entry
     assert "train  FAILED  AssertionError: Input height (60) should be divisible by patch size (8)." in out
 
 
