@@ -165,6 +165,8 @@ def main(argv=None) -> dict:
     os.environ["RADDIST_DEMO_DATA"] = data
     demo = load("demo").model_dump(exclude_none=True)  # ${RADDIST_DEMO_DATA} expanded
     demo.pop("robustness", None)  # further test sets score the same heads: nothing to converge there
+    for task in demo["tasks"]:
+        task.pop("external", None)
     if args.small:
         demo["tasks"].append(small_task(data))
     if args.seeds:
