@@ -11,7 +11,6 @@ Selection is on validation only: the trials never get the test split, and the se
 the test labels flipped chooses the same trial and scores test with the very same probabilities."""
 
 import glob
-import importlib.util
 import json
 import os
 import signal
@@ -27,21 +26,10 @@ import pytest
 from raddist import protocols
 from raddist.cluster import TRAIN_START_TIMEOUT_ENV
 from raddist.metrics import score_prediction
-from raddist.protocols.base import TrainInputs
 from raddist.protocols.trainable import space
 from raddist.protocols.trainable.search import SEARCH_EXPERIMENT, TRIAL_RUN
 from tests.protocols.trainable import write_halves
-
-ALGORITHM = "optuna" if importlib.util.find_spec("optuna") else "random"
-SEARCH = {"space": {"lr": {"loguniform": [3e-4, 3e-2]}, "r": {"choice": [2, 4]}},
-          "algorithm": ALGORITHM, "scheduler": "asha", "num_samples": 4, "max_concurrent": 1, "seed": 7}
-
-
-# Each fit's worker takes (2 - CELL_CPUS) / 2 = 0.2 CPU. ASHA stops a trial (at a rung, and at max_t)
-# by killing it, and with it the Train controller, whose worker group's placement group is then left to
-# Train's PlacementGroupCleaner; that needs the state API, which a cluster without the dashboard (these
-# tests) lacks, so here each fit may leave its 0.2 CPU held: 4 fits and the scorers still fit 2 CPUs.
-CELL_CPUS = 1.6
+from tests.protocols.trainable.search_driver import ALGORITHM, SEARCH, run
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +47,11 @@ def poisoned(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index("top"), "top", pa.array(np.where(test, 1 - top, top)))
 
 
-def run(table, checkpoint_dir):
-    lora = protocols.get("lora")
-    params = lora.parse({"epochs": 2, "batch_size": 8, "search": SEARCH})
-    inputs = TrainInputs(task_type="binary", class_names=["top"], label_columns=["top"], manifest=table,
-                         backbone="tiny_vit", weights="random", contract={"size": 64},
-                         checkpoint_dir=str(checkpoint_dir), num_workers=1, use_gpu=False, cell_cpus=CELL_CPUS)
-    return lora.run(inputs, params, seed=0)
-
-
 def auroc(prediction) -> float:
     rows = score_prediction("binary", prediction, ["top"], n_boot=10, seed=0)
     return next(r["value"] for r in rows if r["metric"] == "auroc")
 
 
-# the driver: a process of its own with its own local Ray, as `raddist run` is
-DRIVER = """import sys
-import pyarrow.parquet as pq
-import ray
-ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-from tests.protocols.trainable.test_tune_search import run
-run(pq.read_table(sys.argv[1]), sys.argv[2])
-"""
 MARK = "RADDIST_TEST_KILLED_DRIVER"  # in the environment of the driver and every process it starts
 
 
@@ -138,7 +109,8 @@ def kill_driver_mid_search(manifest: str, checkpoint_dir: str, timeout: float = 
     started that outlived it, by pid. (the finished trials' (result.json, Train run files) as the kill
     left them, the trials killed mid-fit)."""
     token = str(os.getpid())
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, manifest, checkpoint_dir], start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.protocols.trainable.search_driver", manifest, checkpoint_dir],
+                            start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
                             env={**os.environ, MARK: token}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     start = time.monotonic()
