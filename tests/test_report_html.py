@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from raddist.report import write_report
+from raddist.report_write import write_report
 
 TASKS = (("nih_chestxray14", "multilabel"), ("brain", "multiclass"), ("montgomery", "segmentation"))
 BASE = {"dinov2_vitl14": 0.85, "resnet152": 0.75, "vgg19": 0.70}

@@ -121,9 +121,10 @@ def evaluate_cell(cell: Cell, key: Optional[str], ctx: CellContext) -> dict:
         attach_labels(cell, prediction, ctx.salt)  # the external test sets' labels: read only now, to score
         groups = subgroup_values(cell, prediction, ctx.salt)
         rows, per_case = score(cell, prediction, inputs.class_names, ctx.n_boot, groups)
-        rows += score_extra(cell, prediction, inputs.class_names, ctx.n_boot)
-        rows += drop_rows(cell, prediction, inputs.class_names, ctx.n_boot)
-        rows += corruption_drops(cell, prediction, inputs.class_names, ctx.n_boot)  # paired, same patients
+        if prediction.extra:  # further test sets (classification only): their scores and drops
+            rows += score_extra(cell, prediction, inputs.class_names, ctx.n_boot)
+            rows += drop_rows(cell, prediction, inputs.class_names, ctx.n_boot)
+            rows += corruption_drops(cell, prediction, inputs.class_names, ctx.n_boot)  # paired, same patients
         seconds = time.time() - start
         if per_case is not None:
             tables = {"cases.parquet": cases_table(cell, prediction, per_case, inputs.class_names, ctx.salt)}

@@ -159,6 +159,8 @@ class SegPrediction:
     """The test cases of one segmentation cell, with their predicted and true label maps."""
 
     cases: List[SegCase]
+    # further test sets (selection.EXTRA_TEST): none are scored for segmentation yet, so always empty
+    extra: Dict[str, object] = field(default_factory=dict)
     # hyperparameters chosen on validation, and how long the chosen head trained (epochs_trained,
     # best_epoch): the cell stage writes this dict into cell.json
     selected: Dict[str, object] = field(default_factory=dict)

@@ -147,3 +147,20 @@ def test_slices_of_volumes_pool_into_one_row_per_volume(ray_local, synthetic_seg
         prediction, metric_rows, _ = run_cell(cell, inputs, n_boot=20)
         assert len(prediction.sample_ids) == 10
         assert metric_rows[0]["metric"] == "auroc" and 0 <= metric_rows[0]["value"] <= 1
+
+
+def test_a_segmentation_cell_runs_through_the_cell_stage(seg3d, tmp_path):
+    """evaluate_cell, as a sweep runs it: the steps after the protocol (further test sets, their drops)
+    take a segmentation prediction too."""
+    import json
+
+    from raddist.cells.run import CellContext, evaluate_cell
+
+    task, cache, outcome = seg3d
+    cell = Cell(id="seg", backbone=BackboneSpec(name="tiny_vit", weights="random"), task=task, protocol="seg_linear",
+                params={"lrs": [0.1], "epochs": 5}, seed=0, embedding_job="j")
+    ctx = CellContext(cache.root, str(tmp_path / "out"), n_boot=20, salt="s", resources=RESOURCES)
+    result = evaluate_cell(cell, outcome.key, ctx)
+    assert result["ok"], result.get("error")
+    info = json.loads((tmp_path / "out" / "cells" / "seg" / "cell.json").read_text())
+    assert info["n_test"] == 3 and pq.read_table(tmp_path / "out" / "cells" / "seg" / "metrics.parquet").num_rows > 5
