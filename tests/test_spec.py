@@ -69,3 +69,16 @@ def test_segmentation_task_names_mask_classes_not_label_columns():
         spec_lib.parse(_data(tasks=[{"name": "c", "manifest": "m", "type": "binary"}]))
     with pytest.raises(ConfigError, match=r"pool.*'mean'"):
         spec_lib.parse(_data(tasks=[{**seg, "pool": "median"}]))
+
+
+def test_the_readme_spec_example_is_a_valid_spec():
+    import os
+
+    import yaml
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    example = readme.split("## The sweep spec", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    spec = spec_lib.parse(yaml.safe_load(example), source="README.md")
+    assert [p.name for p in spec.protocols] == ["knn", "linear", "fewshot", "lora", "lora"]
+    assert spec.protocols[-1].search is not None and spec.robustness is not None
+    assert [e.name for e in spec.tasks[1].external] == ["site_b"] and spec.tasks[1].subgroups == ["sex", "site"]
