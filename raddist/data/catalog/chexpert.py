@@ -2,6 +2,7 @@
 
 Official layout (the small or the full release; source may be the folder or its parent):
   CheXpert-v1.0-small/train.csv, valid.csv    Path, Sex, Age, Frontal/Lateral, AP/PA, <14 findings>
+                                              (Sex, Age -> the sex and age_band columns, for subgroups)
   CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg
 `Path` is relative to the folder that holds CheXpert-v1.0-small/. The patient id comes from it.
 
@@ -52,7 +53,8 @@ def _frontal_rows(csv_uri: str, files: set, ap_only: bool) -> list:
         if uri not in files:
             raise CatalogError(f"{csv_uri} row {i}: image not found: {uri}")
         sample_id = path.split("/", 1)[-1].rsplit(".", 1)[0]  # train/patient00001/study1/view1_frontal
-        row = dict(sample_id=sample_id, uri=uri, patient_id=patient.group(1), modality="DX")
+        row = dict(sample_id=sample_id, uri=uri, patient_id=patient.group(1), modality="DX",
+                   sex=common.sex(frame["Sex"][i]), age_band=common.age_band(frame["Age"][i]))  # for subgroups
         row.update({label: int(labels[i][label]) for label in LABELS})
         rows.append(row)
     return rows

@@ -247,6 +247,29 @@ def _relativize(uri: Optional[str], dest: str) -> Optional[str]:
     return uri[len(base):] if uri.startswith(base) else uri
 
 
+# Patient groups a dataset's own metadata gives, as coarse categories (raddist.subgroups): a task
+# names them in `subgroups`. Unknown values are left null (the subgroup analysis reads "unknown").
+SUBGROUP_COLUMNS = ("sex", "age_band")
+AGE_BANDS = ((0, "0-17"), (18, "18-39"), (40, "40-64"), (65, "65+"))  # the synthetic data's bands, and a child's
+
+
+def sex(value) -> Optional[str]:
+    """'F' or 'M' from the spellings datasets use (F, Female, M, Male); None otherwise."""
+    text = str(value).strip().lower() if value is not None else ""
+    return {"f": "F", "female": "F", "m": "M", "male": "M"}.get(text)
+
+
+def age_band(value) -> Optional[str]:
+    """The band of an age in years; None for a missing or impossible one (NIH lists ages such as 412)."""
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not 0 <= age <= 120:
+        return None
+    return [band for start, band in AGE_BANDS if age >= start][-1]
+
+
 def write_manifest(info: DatasetInfo, dest: str, rows: Sequence[dict], *, seed: int, source: str,
                    options: Mapping, classes: Optional[Sequence[str]] = None) -> str:
     """Validate and write dest/manifest.parquet with its metadata under the b"raddist" key."""
@@ -255,7 +278,7 @@ def write_manifest(info: DatasetInfo, dest: str, rows: Sequence[dict], *, seed: 
         raise CatalogError(f"{info.name}: no samples found in {source}")
     types = {"slice_index": pa.int64(), **{c: pa.int64() for c in info.labels}}
     present = set().union(*rows)  # a column some rows lack (e.g. a mask) is null there
-    columns = [c for c in (*manifest.REQUIRED, *manifest.OPTIONAL) if c in present] + list(info.labels)
+    columns = [c for c in (*manifest.REQUIRED, *manifest.OPTIONAL, *SUBGROUP_COLUMNS) if c in present] + list(info.labels)
     dest = storage.normalize(dest)
     table = pa.table({
         c: pa.array([_relativize(r.get(c), dest) if c in ("uri", "mask_uri") else r.get(c) for r in rows],

@@ -1,7 +1,8 @@
 """NIH ChestX-ray14: 14 findings + "No Finding", multi-label, one row per image.
 
 Official layout (NIH Clinical Center box, or its Kaggle mirror):
-  Data_Entry_2017.csv (or Data_Entry_2017_v2020.csv)   Image Index, Finding Labels, Patient ID, ...
+  Data_Entry_2017.csv (or Data_Entry_2017_v2020.csv)   Image Index, Finding Labels, Patient ID,
+                                                      Patient Age, Patient Gender (-> sex, age_band)
   train_val_list.txt  test_list.txt                   one image name per line
   images_001/images/00000001_000.png ...              found by file name in any images*/ folder
 
@@ -61,6 +62,8 @@ def prepare(source: str, dest: str, seed: int = 0, *, val_count: int = 10002) ->
     names = entries["Image Index"].astype(str).tolist()
     patient_of = dict(zip(names, entries["Patient ID"].astype(str)))
     findings_of = dict(zip(names, entries["Finding Labels"].astype(str)))
+    groups_of = {n: {"sex": common.sex(g), "age_band": common.age_band(a)}  # for a task's subgroups
+                 for n, g, a in zip(names, entries["Patient Gender"], entries["Patient Age"])}
     unknown = [n for n in train_val + test if n not in patient_of]
     if unknown:
         raise CatalogError(f"{len(unknown)} listed image(s) are not in Data_Entry_2017.csv, e.g. {unknown[0]}")
@@ -77,7 +80,7 @@ def prepare(source: str, dest: str, seed: int = 0, *, val_count: int = 10002) ->
         if findings - set(LABELS):
             raise CatalogError(f"{name}: unknown finding(s) {sorted(findings - set(LABELS))}; known: {list(LABELS)}")
         row = dict(sample_id=common.stem(name), uri=images[name], patient_id=patient_of[name],
-                   split=split[name], modality="DX")
+                   split=split[name], modality="DX", **groups_of[name])
         row.update({label: int(label in findings) for label in LABELS})
         rows.append(row)
     return common.write_manifest(INFO, dest, rows, seed=seed, source=source, options={"val_count": val_count})

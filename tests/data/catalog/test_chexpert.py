@@ -60,6 +60,7 @@ def test_prepare(chexpert_source, tmp_path, source_level):
     row = frame.iloc[0]
     assert (row.Cardiomegaly, row.Edema, row.Atelectasis, row["Pleural Effusion"], row.Uncertain) == (1, 0, 0, 0, 1)
     assert meta["label_columns"] == list(chexpert.FINDINGS) + ["Uncertain"]
+    assert set(frame["sex"]) == {"F"} and set(frame["age_band"]) == {"40-64"}  # Sex, Age: for subgroups
 
 
 def test_val_is_seeded(chexpert_source, tmp_path):

@@ -55,3 +55,11 @@ def test_stem_binarize_and_split_hash():
     assert not binarize(np.zeros((2, 2), np.uint8)).any() and binarize(np.zeros(0)).shape == (0,)
     assert split_hash(["b", "a"]) == split_hash(["a", "b"]) != split_hash(["a", "b", "c"])
     assert len(split_hash([])) == 64
+
+
+def test_subgroup_values_are_coarse_and_unknowns_null():
+    from raddist.data.catalog.common import age_band, sex
+
+    assert [sex(v) for v in ("F", "Female", "male", " M ", "Unknown", None, "")] == ["F", "F", "M", "M", None, None, None]
+    assert [age_band(v) for v in (0, 17, 18, 39.5, 40, 64, 65, 97, 412, -1, "x", None)] == \
+        ["0-17", "0-17", "18-39", "18-39", "40-64", "40-64", "65+", "65+", None, None, None, None]

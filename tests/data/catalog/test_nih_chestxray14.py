@@ -20,7 +20,8 @@ def nih_source(tmp_path):
     rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
             "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"]
     for k, name in enumerate(_names(TRAIN_VAL) + _names(TEST)):
-        rows.append(f"{name},{FINDINGS[k % 4]},{int(name[9:12])},{int(name[:8])},50,M,PA,8,8,0.14,0.14,")
+        age, sex = (412 if k == 0 else 30 + 10 * k), "MF"[k % 2]  # 412: an age as the real file has some
+        rows.append(f"{name},{FINDINGS[k % 4]},{int(name[9:12])},{int(name[:8])},{age},{sex},PA,8,8,0.14,0.14,")
         # the images are spread over two of the twelve archives, as in the real release
         write_image(str(root / f"images_00{1 + k % 2}" / "images" / name), value=k)
     write_text(str(root / "Data_Entry_2017.csv"), "\n".join(rows) + "\n")
@@ -54,6 +55,10 @@ def test_prepare(nih_source, tmp_path):
     assert frame[list(nih.LABELS)].sum(axis=1).min() >= 1  # every row has a finding or No Finding
     assert frame.set_index("sample_id").loc["00000001_001", "No Finding"] == 1
     assert "/images_00" in first["uri"]
+    # the subgroup columns: sex as F/M, age in coarse bands, an impossible age left unknown
+    by_row = frame.set_index("sample_id").loc[[n[:-4] for n in _names(TRAIN_VAL) + _names(TEST)]]
+    assert by_row["sex"].tolist()[:4] == ["M", "F", "M", "F"]
+    assert by_row["age_band"].fillna("unknown").tolist()[:5] == ["unknown", "40-64", "40-64", "40-64", "65+"]  # 412, 40..70
 
 
 def test_missing_image_is_named(nih_source, tmp_path):
