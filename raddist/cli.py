@@ -98,6 +98,13 @@ def cmd_datasets(args) -> int:
         for name, uri in manifests.items():
             print(f"{name}: {uri}")
         return 0
+    if args.datasets_cmd == "groups":
+        from raddist.data.dicom_groups import add_groups
+        from raddist.privacy import deployment_salt
+
+        counts = add_groups(storage.normalize(args.manifest), storage.normalize(args.out), deployment_salt())
+        print(json.dumps({"manifest": args.out, "groups": counts}, indent=2))
+        return 0
     from raddist.data import catalog
 
     if args.datasets_cmd == "list":
@@ -208,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--dest", required=True)
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. val_size=3")
+    groups = dsub.add_parser("groups", help="sex, age band, manufacturer and a site pseudonym from DICOM headers, "
+                                            "as subgroup columns of a copy of a manifest")
+    groups.add_argument("manifest")
+    groups.add_argument("--out", required=True, help="where the manifest with the columns is written")
     ds.set_defaults(fn=cmd_datasets)
     return p
 
