@@ -115,8 +115,26 @@ def _search_trial(tune_config: dict, datasets: dict, config: dict, params, stora
     from ray.tune.integration.ray_train import TuneReportCallback
 
     name = TRIAL_RUN + tune.get_context().get_trial_id()
-    trainer(datasets, trial_config(config, params, tune_config), storage, name, settings,
-            callbacks=[TuneReportCallback()]).fit()
+    before = _last_epoch(storage, name)
+    result = trainer(datasets, trial_config(config, params, tune_config), storage, name, settings,
+                     callbacks=[TuneReportCallback()]).fit()
+    metrics = dict(result.metrics or {})
+    if before is not None and "selection" in metrics and metrics.get("epoch") == before:
+        # a rerun after the driver died whose fit had already trained every epoch: Train restored it and
+        # reported nothing, and Tune's restored state may not hold its results; Tune needs its metric
+        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+
+
+def _last_epoch(storage: str, name: str):
+    """The last epoch a Train run in storage reported (None: no such run yet)."""
+    from ray.train import Result
+
+    from raddist import storage as storage_lib
+
+    try:
+        return (Result.from_path(storage_lib.join(storage, name)).metrics or {}).get("epoch")
+    except Exception:  # noqa: BLE001 - no run, or one that never reported: nothing to restore
+        return None
 
 
 def search_space(datasets: dict, config: dict, params, storage: str, settings: FitSettings,

@@ -1,9 +1,6 @@
-"""The search that test_tune_search.py runs, and its driver: `python -m tests.protocols.trainable.search_driver
-MANIFEST CHECKPOINT_DIR` runs it in a process of its own with its own local Ray, as `raddist run` does
-(the test kills that process mid-search)."""
+"""The search that test_tune_search.py runs: a LoRA cell with a 4-trial seeded search on a tiny ViT."""
 
 import importlib.util
-import sys
 
 from raddist import protocols
 from raddist.protocols.base import TrainInputs
@@ -26,11 +23,3 @@ def run(table, checkpoint_dir):
                          backbone="tiny_vit", weights="random", contract={"size": 64},
                          checkpoint_dir=str(checkpoint_dir), num_workers=1, use_gpu=False, cell_cpus=CELL_CPUS)
     return lora.run(inputs, params, seed=0)
-
-
-if __name__ == "__main__":
-    import pyarrow.parquet as pq
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    run(pq.read_table(sys.argv[1]), sys.argv[2])
