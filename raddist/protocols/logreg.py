@@ -8,7 +8,7 @@ test once.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -27,36 +27,46 @@ class Params(BaseModel):
     max_iter: PositiveInt = 1000
 
 
-def _fit_proba(x_fit: np.ndarray, y: np.ndarray, x_query: np.ndarray, c: float, max_iter: int) -> np.ndarray:
-    """P(y = 1) for one label column, or (Nq, classes) for a class-index vector; x already scaled.
+def _fit_column(x_fit: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> Callable[[np.ndarray], np.ndarray]:
+    """x_query -> P(y = 1) for one label column, x already scaled.
 
     A column with one value in the fitting set has nothing to learn: its score is that value.
     """
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(y)) < 2:
-        return np.full(len(x_query), float(y[0]))
+        return lambda x_query: np.full(len(x_query), float(y[0]))
     model = LogisticRegression(C=c, max_iter=max_iter).fit(x_fit, y)
-    return model.predict_proba(x_query)[:, 1]
+    return lambda x_query: model.predict_proba(x_query)[:, 1]
+
+
+def fit(inputs: FrozenInputs, x_fit: np.ndarray, labels: np.ndarray, c: float,
+        max_iter: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A model with inverse regularisation c, fitted once on (x_fit, labels): x_query -> (Nq, C) probabilities."""
+    from sklearn.linear_model import LogisticRegression
+
+    if inputs.task_type != "multiclass":
+        columns = [_fit_column(x_fit, col, c, max_iter) for col in label_matrix(inputs, labels).T]
+        return lambda x_query: np.stack([column(x_query) for column in columns], axis=1)
+    n_classes, present = num_classes(inputs, labels), np.unique(labels)
+    model = None if len(present) < 2 else LogisticRegression(C=c, max_iter=max_iter).fit(x_fit, labels)
+
+    def predict(x_query: np.ndarray) -> np.ndarray:
+        probs = np.zeros((len(x_query), n_classes))
+        if model is None:
+            probs[:, present] = 1.0
+        else:  # classes absent from the fit stay 0
+            probs[:, model.classes_.astype(int)] = model.predict_proba(x_query)
+        return probs
+
+    return predict
 
 
 def fit_predict(
     inputs: FrozenInputs, x_fit: np.ndarray, labels: np.ndarray, x_query: np.ndarray, c: float, max_iter: int
 ) -> np.ndarray:
     """(Nq, C) probabilities of a model with inverse regularisation c, fitted on (x_fit, labels)."""
-    from sklearn.linear_model import LogisticRegression
-
-    if inputs.task_type != "multiclass":
-        columns = label_matrix(inputs, labels)
-        return np.stack([_fit_proba(x_fit, col, x_query, c, max_iter) for col in columns.T], axis=1)
-    probs = np.zeros((len(x_query), num_classes(inputs, labels)))
-    present = np.unique(labels)
-    if len(present) < 2:
-        probs[:, present] = 1.0
-        return probs
-    model = LogisticRegression(C=c, max_iter=max_iter).fit(x_fit, labels)
-    probs[:, model.classes_.astype(int)] = model.predict_proba(x_query)  # classes absent from the fit stay 0
-    return probs
+    return fit(inputs, x_fit, labels, c, max_iter)(x_query)
 
 
 def _scaled(x_fit: np.ndarray, x_query: np.ndarray):
@@ -83,8 +93,9 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
     fit_set = train_plus_val(train, val)
     selected = {"C": c, "features": params.features, "fit_size": len(fit_set)}
 
-    def scores(split):
-        x_fit, x_split = _scaled(x(fit_set), x(split))
-        return fit_predict(inputs, x_fit, fit_set.labels, x_split, c, params.max_iter)
+    from sklearn.preprocessing import StandardScaler
 
-    return scored(inputs.splits, scores, selected, val_score)
+    scaler = StandardScaler().fit(x(fit_set))
+    model = fit(inputs, scaler.transform(x(fit_set)), fit_set.labels, c, params.max_iter)
+    # fitted once: test and every further test set are scored by the same model
+    return scored(inputs.splits, lambda split: model(scaler.transform(x(split))), selected, val_score)

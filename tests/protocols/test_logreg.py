@@ -54,3 +54,22 @@ def test_class_absent_from_fit_scores_zero():
     assert got.shape == (5, 4)
     np.testing.assert_array_equal(got[:, 3], 0.0)
     np.testing.assert_allclose(got.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("task_type,n_classes", [("multiclass", 3), ("multilabel", 2)])
+def test_the_chosen_model_is_fitted_once_for_test_and_every_further_test_set(task_type, n_classes, monkeypatch):
+    import dataclasses
+
+    from raddist.protocols.selection import EXTRA_TEST
+
+    fits = []
+    original = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: fits.append(1) or original(self, *a, **k))
+    inputs = blob_inputs(task_type, n_classes, sizes=(60, 30, 40))
+    params = logreg.Params(cs=[0.1, 1.0])
+    extra = {f"{EXTRA_TEST}{name}": inputs.splits["test"].subset(np.arange(i, 40, 3)) for i, name in enumerate("abc")}
+    pred = logreg.run(dataclasses.replace(inputs, splits={**inputs.splits, **extra}), params, seed=0)
+    # one model per C on train for selection, then the chosen C once on train+val: per label column
+    models = 1 if task_type == "multiclass" else n_classes
+    assert len(fits) == (len(params.cs) + 1) * models and sorted(pred.extra) == ["a", "b", "c"]
+    np.testing.assert_allclose(pred.extra["b"].scores, pred.scores[np.arange(1, 40, 3)], atol=1e-12)
