@@ -1,6 +1,10 @@
-"""The search that test_tune_search.py runs: a LoRA cell with a 4-trial seeded search on a tiny ViT."""
+"""The search that test_tune_search.py runs: a LoRA cell with a 4-trial seeded search on a tiny ViT.
+
+Run as a module (python -m tests.protocols.trainable.search_driver MANIFEST CHECKPOINT_DIR ADDRESS) it is
+a sweep's driver process: it joins the Ray cluster at ADDRESS and runs the search, until it is killed."""
 
 import importlib.util
+import sys
 
 from raddist import protocols
 from raddist.protocols.base import TrainInputs
@@ -23,3 +27,11 @@ def run(table, checkpoint_dir):
                          backbone="tiny_vit", weights="random", contract={"size": 64},
                          checkpoint_dir=str(checkpoint_dir), num_workers=1, use_gpu=False, cell_cpus=CELL_CPUS)
     return lora.run(inputs, params, seed=0)
+
+
+if __name__ == "__main__":
+    import pyarrow.parquet as pq
+    import ray
+
+    ray.init(address=sys.argv[3], logging_level="WARNING")
+    run(pq.read_table(sys.argv[1]), sys.argv[2])

@@ -3,21 +3,34 @@ optuna is not installed) with ASHA, over Ray Train fits of a tiny ViT on 2 CPUs.
 
 Selection is on validation only: the trials never get the test split, and the search restored with
 the test labels flipped chooses the same trial and scores test with the very same probabilities.
-(A test that killed the driver mid-search and resumed it raced Tune's and Train's state on disk on a
-loaded 2-core machine, and was taken out; resuming is Tuner.restore, search.search_space.)"""
+The search runs once, the way an interrupted sweep runs it: a driver process joins this module's Ray
+cluster, starts the search, and is killed (SIGKILL) once Tune's experiment state on disk holds a
+finished trial (its result.json written) and another trial's fit has registered a checkpoint; the
+same cell run again restores the experiment (Tuner.restore). Finished trials are not trained again,
+the searcher's state is restored (the configurations are the seeded sequence an uninterrupted search
+proposes), and 4 trials train in all."""
 
+import glob
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import ray
 
+from raddist import protocols
 from raddist.cluster import TRAIN_START_TIMEOUT_ENV
 from raddist.metrics import score_prediction
+from raddist.protocols.trainable import space
+from raddist.protocols.trainable.search import SEARCH_EXPERIMENT, TRIAL_RUN
 from tests.protocols.trainable import write_halves
-from tests.protocols.trainable.search_driver import ALGORITHM, run
-
-
+from tests.protocols.trainable.search_driver import ALGORITHM, SEARCH, run
 @pytest.fixture(scope="module")
 def halves(ray_local, tmp_path_factory):
     # a loaded 2-core machine may take over Train's 60 s to start a trial's worker (as a sweep does,
@@ -38,9 +51,129 @@ def auroc(prediction) -> float:
     return next(r["value"] for r in rows if r["metric"] == "auroc")
 
 
-def test_a_seeded_search_with_asha_selects_on_validation_only(halves, tmp_path):
-    checkpoint_dir = str(tmp_path / "cell")
-    clean = run(halves, checkpoint_dir)
+def trials_on_disk(checkpoint_dir) -> dict:
+    """Tune's experiment state as a restore reads it: trial id -> status ({} before Tune wrote one)."""
+    states = sorted(glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, "experiment_state-*.json")))
+    try:
+        data = json.load(open(states[-1])) if states else {"trial_data": []}
+    except ValueError:  # caught mid-write
+        return {}
+    return {t["trial_id"]: t["status"] for t in (json.loads(d[0]) for d in data["trial_data"])}
+
+
+def results_of(checkpoint_dir, trial_id: str):
+    """What a trial left: its Tune result.json and its Train run's files (retraining changes both)."""
+    trial = glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, f"*_{trial_id}_*"))
+    run_dir = os.path.join(checkpoint_dir, TRIAL_RUN + trial_id)
+    files = sorted(os.path.relpath(os.path.join(d, f), run_dir) for d, _, fs in os.walk(run_dir) for f in fs)
+    return open(os.path.join(trial[0], "result.json")).read(), files
+
+
+def written(checkpoint_dir, trial_id: str) -> bool:
+    """Whether a trial's result.json is on disk with a result in it."""
+    return any(os.path.getsize(f) for f in glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT,
+                                                                   f"*_{trial_id}_*", "result.json")))
+
+
+def latest_checkpoint(run_dir: str) -> dict:
+    """The metrics of a Train run's latest registered checkpoint (its controller's snapshot, what a rerun
+    resumes from; a checkpoint directory alone may not be registered yet), {} before the first."""
+    try:
+        snapshot = json.load(open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")))
+        return (snapshot.get("latest_checkpoint_result") or {}).get("metrics") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def checkpointed(run_dir: str) -> bool:
+    return bool(latest_checkpoint(run_dir))
+
+
+def mid_fit(checkpoint_dir) -> list:
+    """The trials caught mid-fit: not finished in the experiment state on disk, their fit has a
+    registered checkpoint (empty until the state on disk holds a finished trial whose result.json is
+    written: Tune writes the trial's files apart from its experiment state)."""
+    states = trials_on_disk(checkpoint_dir)
+    finished = [t for t, status in states.items() if status == "TERMINATED"]
+    if not finished or not all(written(checkpoint_dir, t) for t in finished):
+        return []
+    runs = [r for r in glob.glob(os.path.join(checkpoint_dir, TRIAL_RUN + "*")) if checkpointed(r)]
+    return [t for t in (os.path.basename(r)[len(TRIAL_RUN):] for r in runs) if states.get(t) != "TERMINATED"]
+
+
+def kill_driver_mid_search(manifest: str, checkpoint_dir: str, address: str, timeout: float = 900) -> tuple:
+    """Start the search in a driver process on the cluster at address and SIGKILL it once the experiment
+    state on disk has a finished trial and another trial's fit has registered a checkpoint; the cluster
+    ends the dead driver's trials and fits, as it ends a killed sweep's. (the finished trials'
+    (result.json, Train run files) as the kill left them, the trials killed mid-fit)."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.protocols.trainable.search_driver", manifest, checkpoint_dir,
+                             address], start_new_session=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    start = time.monotonic()
+    try:
+        while not mid_fit(checkpoint_dir):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() - start < timeout, "no trial finished, or none started after"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # the cluster ends the dead driver's trials and fits (a fit may register one more epoch meanwhile):
+    # wait for their CPUs to come back, then take what the kill left
+    settled = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < settled:
+        time.sleep(0.5)
+    finished = [t for t, status in trials_on_disk(checkpoint_dir).items() if status == "TERMINATED"]
+    assert 1 <= len(finished) < SEARCH["num_samples"], trials_on_disk(checkpoint_dir)
+    interrupted = {t: latest_checkpoint(os.path.join(checkpoint_dir, TRIAL_RUN + t)) for t in mid_fit(checkpoint_dir)}
+    return {t: results_of(checkpoint_dir, t) for t in finished}, interrupted
+
+
+@pytest.fixture(scope="module")
+def resumed(ray_local, halves, tmp_path_factory):
+    """The search killed mid-way and run again: (the cell's prediction, its checkpoint dir, the trials
+    that had finished at the kill with what they had left, the trials killed mid-fit)."""
+    root = tmp_path_factory.mktemp("resumed")
+    pq.write_table(halves, root / "halves.parquet")
+    checkpoint_dir = str(root / "cell")
+    finished, interrupted = kill_driver_mid_search(str(root / "halves.parquet"), checkpoint_dir,
+                                                   ray_local.get_runtime_context().gcs_address)
+    return run(halves, checkpoint_dir), checkpoint_dir, finished, interrupted
+
+
+def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again(resumed):
+    prediction, checkpoint_dir, finished, interrupted = resumed
+    search = prediction.selected["search"]
+    # the finished trials kept what they had: not one of them trained again
+    assert {t: results_of(checkpoint_dir, t) for t in finished} == finished
+    # num_samples trials in all: 4 Tune trials, 4 Train runs, each finished
+    states = trials_on_disk(checkpoint_dir)
+    assert sorted(states.values()) == ["TERMINATED"] * 4 and search["trials"] == 4
+    assert sorted(d for d in os.listdir(checkpoint_dir) if d.startswith(TRIAL_RUN)) == \
+        sorted(TRIAL_RUN + t for t in states)
+    # a trial killed mid-fit resumed its fit from its checkpoint: no epoch it had checkpointed trained
+    # again (its last one trained after the restore, from the next epoch on, unless it had trained them
+    # all), and the record counts both epochs
+    assert interrupted  # the kill came after its first epoch's checkpoint
+    for trial_id, at_kill in interrupted.items():
+        last = latest_checkpoint(os.path.join(checkpoint_dir, TRIAL_RUN + trial_id))
+        if at_kill["epoch"] == 1:  # it had trained both epochs as the cluster ended it: nothing trained again
+            assert last == at_kill
+        else:
+            assert (last["epoch"], last["start_epoch"]) == (1, at_kill["epoch"] + 1)
+        config = json.load(open(glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, f"*_{trial_id}_*",
+                                                       "params.json"))[0]))
+        assert [(t["epochs_run"], t["stopped_early"]) for t in search["by_trial"] if t["config"] == config] == \
+            [(2, False)]
+    # the searcher's state was restored: the seeded sequence an uninterrupted search proposes (a fresh
+    # searcher would have proposed the first configuration again), in the order the trials were created
+    params = protocols.get("lora").parse({"epochs": 2, "batch_size": 8, "search": SEARCH})
+    assert [t["config"] for t in search["by_trial"]] == space.configurations(params.search, SEARCH["seed"])
+
+
+def test_a_seeded_search_with_asha_selects_on_validation_only(halves, resumed):
+    clean, checkpoint_dir, _, _ = resumed
     search = clean.selected["search"]
     trials = search["by_trial"]
     assert (search["algorithm"], search["scheduler"], search["num_samples"], search["seed"]) == (ALGORITHM, "asha", 4, 7)
