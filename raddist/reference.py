@@ -38,8 +38,6 @@ ALWAYS = [
      "timm's augreg ViT-L IN-21k, ResNet-152 V1, VGG-19 conv stages, BiomedCLIP trunk"),
     ("splits", "the reference's own picks (every n-th image, by row)", "by patient, seeded (the catalog's)"),
     # not reproduced: no setting of raddist's has the reference's behaviour
-    ("fine-tuning, LoRA, BitFit optimiser", "SGD over a grid of 16 linear heads (lrs 1e-3..5e-2 x blocks x pools), "
-     "the backbone at 1e-5", "AdamW (weight decay 0.05), one CLS head at the grid's learning rate"),
     ("segmentation decoders", "its UNet (no stem, widths D/2..D/8, 3x3 skips, bicubic resize), tokens after the "
      "final LayerNorm, heads initialised N(0, 0.01), augmented 448 px inputs", "raddist's UNet decoder "
      "(seg_unet.py), PyTorch's initialisation, cached tokens without augmentation"),
@@ -63,6 +61,8 @@ RADDIST_ONLY = [
      "the chosen rate refit on train+val", "AdamW (weight decay 1e-4), DiceCE loss, batch 16, standardised "
      "tokens, no refit"),
     ("LoRA biases", 'bias="lora_only": the adapted layers\' biases train', 'bias="none"'),
+    ("fine-tuning, LoRA, BitFit optimiser", "SGD over a grid of 16 linear heads (lrs 1e-3..5e-2 x blocks x pools), "
+     "the backbone at 1e-5", "AdamW (weight decay 0.05), one CLS head, the whole model at each rate of the grid"),
 ]
 
 # The settings through which mode reference takes the reference's behaviour: (protocol, param (a
@@ -92,6 +92,10 @@ SETTINGS = [
     ("seg_unet", "refit", True, "the chosen rate refit on train+val"),
     ("seg_unet", "stopping", "fixed", "exactly `epochs` epochs, cosine to zero"),
     ("lora", "bias", "lora_only", "the adapted layers' biases train"),
+    *[(name, key, value, what) for name in ("finetune", "lora", "bitfit") for key, value, what in (
+        ("optimizer", "sgd", "SGD, momentum 0.9, no weight decay; the backbone at lrs (1e-5)"),
+        ("head_grid.blocks", [1, 4], "16 linear heads at once (lrs 1e-3..5e-2 x the last 1 or 4 blocks x with or "
+                                     "without the mean patch token), the best on validation scores test"))],
 ]
 
 

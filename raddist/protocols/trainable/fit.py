@@ -43,6 +43,7 @@ class RunBest:
     checkpoint: str  # URI of the checkpoint directory
     memory: Dict = field(default_factory=dict)  # micro_batch, accumulation_steps, grad_checkpointing, strategy
     config: Dict = field(default_factory=dict)  # a search trial's sampled values (search.search_space)
+    head: Optional[int] = None  # of a grid of heads (ModelSpec.heads): the one validation chose
 
 
 MEMORY_KEYS = ("micro_batch", "accumulation_steps", "grad_checkpointing", "strategy")
@@ -152,7 +153,7 @@ def best_of_run(storage: str, lr: float, name: Optional[str] = None, config: Opt
     val_auroc = metrics["val_auroc"]  # NaN comes back from the run's JSON state as None
     return RunBest(lr, int(metrics["epoch"]), float("nan") if val_auroc is None else float(val_auroc),
                    float(selection), _uri(checkpoint, storage), {k: metrics[k] for k in MEMORY_KEYS if k in metrics},
-                   dict(config or {}))
+                   dict(config or {}), metrics.get("head"))
 
 
 def _uri(checkpoint, storage: str) -> str:

@@ -8,7 +8,7 @@ FSDP every rank takes part in scoring and in gathering the state. A restarted wo
 from ray.train.get_checkpoint(): the epoch after the last one reported, with the optimiser and
 schedule where they were.
 
-config keys: model (ModelSpec), lr, epochs, batch_size, weight_decay, seed, train_rows, threads,
+config keys: model (ModelSpec), lr, optimizer (adamw | sgd), epochs, batch_size, weight_decay, seed, train_rows, threads,
 use_gpu, image_size, and memory ({micro_batch (None: sized on the card), grad_checkpointing,
 strategy}: memory.Estimate.training_config). Tests inject hooks with ``on_epoch``, not the config.
 """
@@ -47,7 +47,7 @@ def train_loop_per_worker(config: dict, on_epoch: Optional[Callable[[int], None]
 
     from raddist.device import torch_device
     from raddist.protocols.trainable import step
-    from raddist.protocols.trainable.model import build_classifier, set_grad_checkpointing, trainable_parameters
+    from raddist.protocols.trainable.model import build_classifier, optimizer as make_optimizer, set_grad_checkpointing
 
     torch.set_num_threads(int(config.get("threads", 1)))  # more threads than the CPU share stalls small boxes
     ctx = ray.train.get_context()
@@ -58,7 +58,8 @@ def train_loop_per_worker(config: dict, on_epoch: Optional[Callable[[int], None]
     model = build_classifier(spec).to(device)  # before the optimiser, so resumed state lands on the device
     if memory.get("grad_checkpointing"):
         set_grad_checkpointing(model)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=config["lr"], weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(model, config.get("optimizer", "adamw"), config["lr"], config["weight_decay"],
+                               spec.heads)
     steps = config["epochs"] * max(1, math.ceil(config["train_rows"] // world / config["batch_size"]))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))  # cosine, per step
@@ -142,7 +143,7 @@ def _report_with_checkpoint(wrapped, model, val, config, metrics, history, optim
     import ray.train
     import torch
 
-    from raddist.protocols.selection import macro_auroc
+    from raddist.protocols.selection import macro_auroc, select_best
     from raddist.protocols.trainable.step import full_state
 
     task_type, strategy = config["model"].task_type, metrics["strategy"]
@@ -153,8 +154,13 @@ def _report_with_checkpoint(wrapped, model, val, config, metrics, history, optim
     if rank != 0:
         ray.train.report(metrics)
         return
-    targets = np.eye(probs.shape[1], dtype=np.int64)[labels] if task_type == "multiclass" else labels
-    val_auroc = macro_auroc(targets, probs)
+    targets = np.eye(probs.shape[-1], dtype=np.int64)[labels] if task_type == "multiclass" else labels
+    if probs.ndim == 3:  # a grid of heads: this epoch's best on validation (ties: the first) stands for it
+        head, val_auroc, _ = select_best(range(probs.shape[1]), lambda h: macro_auroc(targets, probs[:, h]))
+        probs = probs[:, head]
+        metrics["head"] = head
+    else:
+        val_auroc = macro_auroc(targets, probs)
     epoch = metrics["epoch"]
     metrics.update(val_auroc=val_auroc, selection=selection_key(val_auroc, epoch))
     history.append(dict(metrics))

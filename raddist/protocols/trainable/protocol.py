@@ -12,6 +12,8 @@ Each protocol's Params says which training method it is (Params.method(): a meth
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import List, Literal, Optional, Sequence
 
 import numpy as np
@@ -26,6 +28,16 @@ from raddist.protocols.trainable.space import SearchSpec, check_against
 TASK_TYPES = CLASSIFICATION
 
 
+class HeadGrid(BaseModel):
+    """The reference's grid of linear heads, trained at once on one backbone (model.HeadGrid): one head
+    per (blocks, avgpool, lr); validation chooses the head (and the epoch), which alone scores test."""
+    model_config = ConfigDict(extra="forbid")
+
+    lrs: List[PositiveFloat] = Field(min_length=1)
+    blocks: List[PositiveInt] = Field(default=[1], min_length=1)  # the class tokens of the last n blocks
+    avgpool: List[bool] = Field(default=[False], min_length=1)  # + the last block's mean patch token
+
+
 class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +48,9 @@ class TrainParams(BaseModel):
     micro_batch: Optional[PositiveInt] = None  # images per forward and backward; default: sized to the card
     fsdp: bool = False  # shard weights, gradients and optimiser states over the workers, even if they fit one
     weight_decay: NonNegativeFloat = 0.05
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, the reference's
+    # a grid of heads, each at its own rate; lrs is then the backbone's rate (the reference's 1e-5)
+    head_grid: Optional[HeadGrid] = None
     scheduler: Literal["grid", "asha"] = "grid"  # asha: stop poor learning rates early
     asha_grace_epochs: PositiveInt = 1
     max_failures: NonNegativeInt = 1  # worker-group restarts (from the last checkpoint) per fit
@@ -52,8 +67,10 @@ class TrainParams(BaseModel):
     @model_serializer(mode="wrap")
     def _no_empty_search(self, handler):
         data = handler(self)
-        if data.get("search", 0) is None:  # absent: the params (and so the cell ids) as before searches
-            data.pop("search")
+        # at their defaults: the params (and so the cell ids) as before these settings existed
+        for key, default in (("search", None), ("optimizer", "adamw"), ("head_grid", None)):
+            if key in data and data[key] == default:
+                data.pop(key)
         return data
 
     def with_trial(self, config: dict) -> "TrainParams":
@@ -73,10 +90,13 @@ def num_classes(task_type: str, class_names: List[str]) -> int:
 
 
 def model_spec(params: TrainParams, inputs: TrainInputs):
-    from raddist.protocols.trainable.model import ModelSpec
+    from raddist.backbones.registry import get_config
+    from raddist.protocols.trainable.model import ModelSpec, head_grid
 
+    grid = params.head_grid
+    heads = () if grid is None else head_grid(get_config(inputs.backbone), grid.lrs, grid.blocks, grid.avgpool)
     return ModelSpec(inputs.backbone, inputs.weights, num_classes(inputs.task_type, inputs.class_names),
-                     inputs.task_type, params.method())
+                     inputs.task_type, params.method(), heads)
 
 
 def check_model(spec) -> None:
@@ -115,6 +135,11 @@ def _largest(params: TrainParams) -> TrainParams:
                               if k in params.search.space})
 
 
+def _head_record(spec) -> dict:
+    n, pool, lr = spec.heads[spec.head]
+    return {"head": {"blocks": n, "avgpool": pool, "lr": lr}, "heads": len(spec.heads)}
+
+
 def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
     from raddist.protocols.trainable import data, fit, search
 
@@ -130,7 +155,7 @@ def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
     table = data.assign_splits(inputs.manifest, seed)
     datasets, rows, dropped = data.decode_splits(table, inputs.task_type, inputs.label_columns, inputs.contract)
     config = {"model": spec, "epochs": params.epochs, "batch_size": params.batch_size,
-              "weight_decay": params.weight_decay, "seed": seed, "train_rows": datasets["train"].count(),
+              "weight_decay": params.weight_decay, "optimizer": params.optimizer, "seed": seed, "train_rows": datasets["train"].count(),
               "image_size": inputs.contract["size"], "memory": memory}
     settings = fit.FitSettings.of(inputs, params, estimate)
     tuning = {k: datasets[k] for k in ("train", "val")}  # the test split never reaches a trial
@@ -146,6 +171,8 @@ def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
     best, _, _ = select_best(done, lambda r: r.selection)
     if record is not None:  # the winner's own model (its rank, dropout)
         spec = model_spec(params.with_trial(best.config), inputs)
+    if best.head is not None:  # a grid: the head validation chose scores test, the others never do
+        spec = dataclasses.replace(spec, head=best.head)
     index, scores = fit.score(spec, best.checkpoint, datasets["test"], inputs.num_workers, inputs.use_gpu,
                               inputs.cell_cpus)
     test = rows["test"].take(pa.array(index))
@@ -154,6 +181,8 @@ def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
                 "checkpoint": best.checkpoint,
                 **({"val_auroc_by_lr": {f"{r.lr:g}": r.val_auroc for r in done}} if record is None else
                    {"search": {**record, "winner": best.config}}),
+                **({"optimizer": params.optimizer} if params.optimizer != "adamw" else {}),
+                **(_head_record(spec) if spec.head is not None else {}),
                 "dropped_rows": dropped, "val_carved_from_train": carved, **best.memory,
                 **({"memory_estimate": estimate.describe()} if estimate is not None else {})}
     return Prediction(

@@ -89,3 +89,71 @@ def test_trainable_state_rebuilds_the_trained_model(method):
     _, b = predict(fresh, batches, "multiclass", "cpu")
     np.testing.assert_array_equal(a, b)
     assert np.allclose(a.sum(1), 1)
+
+
+GRID = {"lrs": [1e-3, 5e-2], "blocks": [1, 4], "avgpool": [True, False]}  # the reference's shape, 2 lrs
+
+
+def grid_spec(method="finetune", backbone="tiny_vit", num_classes=3, head=None):
+    import dataclasses
+
+    from raddist.backbones.registry import get_config
+    from raddist.protocols.trainable.model import head_grid
+
+    heads = head_grid(get_config(backbone), GRID["lrs"], GRID["blocks"], GRID["avgpool"])
+    return dataclasses.replace(spec(method, backbone, num_classes), heads=heads, head=head)
+
+
+def test_a_grid_of_heads_reads_the_reference_linear_inputs_and_the_chosen_head_alone_scores():
+    """Each head reads the class tokens of its last n blocks (+ the last block's mean patch token), as the
+    reference's create_linear_input; the model outputs every head, or the chosen one's logits alone."""
+    from raddist.protocols.trainable.model import loss_fn
+
+    model = build_classifier(grid_spec())
+    heads = classifier_of(model).head
+    dim = classifier_of(model).embedder.config.embed_dim
+    assert [(n, pool) for n, pool in heads.heads] == [(1, True)] * 2 + [(1, False)] * 2 + [(4, True)] * 2 + [(4, False)] * 2
+    assert [lin.in_features for lin in heads.linears] == [2 * dim] * 2 + [dim] * 2 + [5 * dim] * 2 + [4 * dim] * 2
+    images = torch.randint(0, 255, (5, 64, 64), dtype=torch.uint8)
+    torch.manual_seed(0)
+    logits = model(images)
+    assert logits.shape == (5, 8, 3)
+    chosen = build_classifier(grid_spec(head=5))
+    chosen.load_state_dict(model.state_dict())
+    torch.testing.assert_close(chosen(images), logits[:, 5])
+    # the last head on its own inputs, by hand: the last 4 blocks' class tokens
+    pooled, grids = classifier_of(model).embedder.block_features(classifier_of(model).inputs(images))
+    torch.testing.assert_close(heads.linears[7](torch.cat(pooled[-4:], 1)), logits[:, 7])
+    torch.testing.assert_close(heads.linears[0](torch.cat([pooled[-1], grids[-1].mean((2, 3))], 1)), logits[:, 0])
+    # the heads' losses add up
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    total = sum(torch.nn.functional.cross_entropy(logits[:, h], labels) for h in range(8))
+    torch.testing.assert_close(loss_fn(logits, labels, "multiclass"), total)
+    # a CNN takes its final pooled feature only (as the reference): one head per lr
+    cnn = classifier_of(build_classifier(grid_spec(backbone="tiny_cnn"))).head
+    assert cnn.heads == ((1, False), (1, False))
+
+
+@pytest.mark.parametrize("method", ["finetune", "lora", "bitfit"])
+def test_sgd_trains_each_head_at_its_rate_and_the_backbone_at_lr(method):
+    from raddist.protocols.trainable.model import optimizer
+
+    s = grid_spec(method)
+    model = build_classifier(s)
+    opt = optimizer(model, "sgd", 1e-5, 0.0, s.heads)
+    assert isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0.9 and g["weight_decay"] == 0 for g in opt.param_groups)
+    backbone, *heads = opt.param_groups
+    assert backbone["lr"] == 1e-5 and [g["lr"] for g in heads] == [lr for _, _, lr in s.heads]
+    assert all(len(g["params"]) == 2 for g in heads)  # weight and bias
+    in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_groups == {id(p) for p in trainable_parameters(model)}
+    # without a grid: AdamW, one group at lr, as before
+    plain = optimizer(build_classifier(spec(method)), "adamw", 1e-4, 0.05)
+    assert isinstance(plain, torch.optim.AdamW) and [g["lr"] for g in plain.param_groups] == [1e-4]
+
+
+def test_the_new_settings_at_their_defaults_leave_the_params_and_so_the_cell_ids_as_they_were():
+    params = protocols.get("finetune").parse({"lrs": [1e-4]}).model_dump()
+    assert "optimizer" not in params and "head_grid" not in params
+    reference = protocols.get("finetune").parse({"optimizer": "sgd", "head_grid": GRID}).model_dump()
+    assert reference["optimizer"] == "sgd" and reference["head_grid"] == GRID

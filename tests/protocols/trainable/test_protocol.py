@@ -55,14 +55,28 @@ def test_lora_refuses_a_cnn_before_any_fit(halves, tmp_path):
         lora.run(inputs(halves, tmp_path / "ckpt", backbone="tiny_cnn"), lora.params(epochs=1), seed=0)
 
 
-@pytest.mark.parametrize("name", ["finetune", "bitfit"])
-def test_finetune_and_bitfit_run_one_lr(name, halves, tmp_path):
-    """One worker: no DDP; the whole state dict (finetune) or the biases and head (bitfit) reload."""
+# the reference's optimiser: SGD, the backbone at lrs, a grid of heads at their own rates (paper.yaml)
+REFERENCE = {"optimizer": "sgd", "weight_decay": 0.0,
+             "head_grid": {"lrs": [1e-3, 5e-2], "blocks": [1, 2], "avgpool": [True, False]}}
+
+
+@pytest.mark.parametrize("name,settings", [("finetune", {}), ("bitfit", REFERENCE)], ids=["finetune", "bitfit-reference"])
+def test_finetune_and_bitfit_run_one_lr(name, settings, halves, tmp_path):
+    """One worker: no DDP; the whole state dict (finetune) or the biases and head (bitfit) reload. BitFit
+    as the reference ran it: 8 heads on one backbone, validation chooses one, and only it scores test."""
     module = protocols.get(name)
     prediction = module.run(inputs(halves, tmp_path / "ckpt", workers=1),
-                            module.params(lrs=[1e-3], epochs=1, batch_size=8), seed=1)
-    assert prediction.selected["method"] == name and prediction.selected["epoch"] == 0
+                            module.params(lrs=[1e-3], epochs=1, batch_size=8, **settings), seed=1)
+    chosen = prediction.selected
+    assert chosen["method"] == name and chosen["epoch"] == 0
     assert prediction.scores.shape[1] == 1 and np.isfinite(prediction.scores).all()
+    if settings:
+        grid = settings["head_grid"]
+        assert chosen["optimizer"] == "sgd" and chosen["heads"] == 8 and chosen["lr"] == 1e-3
+        assert (chosen["head"]["blocks"] in grid["blocks"] and chosen["head"]["avgpool"] in grid["avgpool"]
+                and chosen["head"]["lr"] in grid["lrs"])
+    else:
+        assert "head" not in chosen and "optimizer" not in chosen
 
 
 def test_a_rerun_from_scratch_trains_the_same_model(halves, tmp_path):
