@@ -94,6 +94,7 @@ SETTINGS = [
     ("lora", "bias", "lora_only", "the adapted layers' biases train"),
     *[(name, key, value, what) for name in ("finetune", "lora", "bitfit") for key, value, what in (
         ("optimizer", "sgd", "SGD, momentum 0.9, no weight decay; the backbone at lrs (1e-5)"),
+        ("multilabel_loss", "batch_sum", "multilabel BCE summed over the batch, averaged over labels"),
         ("head_grid.blocks", [1, 4], "16 linear heads at once (lrs 1e-3..5e-2 x the last 1 or 4 blocks x with or "
                                      "without the mean patch token), the best on validation scores test"))],
 ]

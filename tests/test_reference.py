@@ -62,7 +62,8 @@ def test_paper_puts_every_reference_setting_in_force(monkeypatch):
     assert by_name["lora"][0][1]["bias"] == "lora_only"
     for name in ("finetune", "lora", "bitfit"):  # SGD, the backbone at 1e-5, the grid of 16 heads
         (_, params), = by_name[name]
-        assert (params["optimizer"], params["weight_decay"], params["lrs"], params["epochs"]) == ("sgd", 0.0, [1e-5], 10)
+        assert (params["optimizer"], params["weight_decay"], params["lrs"], params["epochs"], params["multilabel_loss"]) \
+            == ("sgd", 0.0, [1e-5], 10, "batch_sum")
         assert params["head_grid"] == {"lrs": [1e-3, 5e-3, 1e-2, 5e-2], "blocks": [1, 4], "avgpool": [True, False]}
 
 

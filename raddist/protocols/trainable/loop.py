@@ -8,7 +8,7 @@ FSDP every rank takes part in scoring and in gathering the state. A restarted wo
 from ray.train.get_checkpoint(): the epoch after the last one reported, with the optimiser and
 schedule where they were.
 
-config keys: model (ModelSpec), lr, optimizer (adamw | sgd), epochs, batch_size, weight_decay, seed, train_rows, threads,
+config keys: model (ModelSpec), lr, optimizer (adamw | sgd), multilabel_loss, epochs, batch_size, weight_decay, seed, train_rows, threads,
 use_gpu, image_size, and memory ({micro_batch (None: sized on the card), grad_checkpointing,
 strategy}: memory.Estimate.training_config). Tests inject hooks with ``on_epoch``, not the config.
 """
@@ -99,7 +99,8 @@ def _train_epoch(wrapped, model, train, optimizer, schedule, config, micro, epoc
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
         total[0] += accumulate_gradients(wrapped, model, batch["image"], batch["label"], micro,
-                                         config["model"].task_type)
+                                         config["model"].task_type,
+                                         batch_sum=config.get("multilabel_loss") == "batch_sum")
         optimizer.step()
         schedule.step()
         total[1] += len(batch["image"])

@@ -49,6 +49,8 @@ class TrainParams(BaseModel):
     fsdp: bool = False  # shard weights, gradients and optimiser states over the workers, even if they fit one
     weight_decay: NonNegativeFloat = 0.05
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9, the reference's
+    # multilabel BCE summed over labels, mean over images; batch_sum: summed over the batch, mean over labels
+    multilabel_loss: Literal["label_sum", "batch_sum"] = "label_sum"
     # a grid of heads, each at its own rate; lrs is then the backbone's rate (the reference's 1e-5)
     head_grid: Optional[HeadGrid] = None
     scheduler: Literal["grid", "asha"] = "grid"  # asha: stop poor learning rates early
@@ -68,7 +70,8 @@ class TrainParams(BaseModel):
     def _no_empty_search(self, handler):
         data = handler(self)
         # at their defaults: the params (and so the cell ids) as before these settings existed
-        for key, default in (("search", None), ("optimizer", "adamw"), ("head_grid", None)):
+        for key, default in (("search", None), ("optimizer", "adamw"), ("multilabel_loss", "label_sum"),
+                             ("head_grid", None)):
             if key in data and data[key] == default:
                 data.pop(key)
         return data
@@ -155,7 +158,8 @@ def run(inputs: TrainInputs, params: TrainParams, seed: int) -> Prediction:
     table = data.assign_splits(inputs.manifest, seed)
     datasets, rows, dropped = data.decode_splits(table, inputs.task_type, inputs.label_columns, inputs.contract)
     config = {"model": spec, "epochs": params.epochs, "batch_size": params.batch_size,
-              "weight_decay": params.weight_decay, "optimizer": params.optimizer, "seed": seed, "train_rows": datasets["train"].count(),
+              "weight_decay": params.weight_decay, "optimizer": params.optimizer,
+              "multilabel_loss": params.multilabel_loss, "seed": seed, "train_rows": datasets["train"].count(),
               "image_size": inputs.contract["size"], "memory": memory}
     settings = fit.FitSettings.of(inputs, params, estimate)
     tuning = {k: datasets[k] for k in ("train", "val")}  # the test split never reaches a trial

@@ -20,10 +20,13 @@ import math
 PROBE_IMAGES = 4
 
 
-def accumulate_gradients(model, classifier, images, labels, micro_batch: int, task_type: str, augment: bool = True):
+def accumulate_gradients(model, classifier, images, labels, micro_batch: int, task_type: str, augment: bool = True,
+                         batch_sum: bool = False):
     """Backward of one batch in micro-batches (gradients add up in .grad); returns the batch's summed loss.
 
     model: what runs forward (the classifier, or its DDP/FSDP/peft wrapper); classifier: the Classifier in it.
+    batch_sum (multilabel): the reference's loss, BCE summed over the batch and averaged over labels, which
+    is the mean loss (summed over labels) x batch / labels: the step the reference took, 17x ours on NIH.
     """
     import torch
 
@@ -33,6 +36,7 @@ def accumulate_gradients(model, classifier, images, labels, micro_batch: int, ta
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):
         x = classifier.inputs(images, augment)
     n = len(x)
+    scale = n / labels.shape[1] if batch_sum and task_type == "multilabel" else 1.0
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     starts = range(0, n, micro_batch)
     for i, start in enumerate(starts):
@@ -43,7 +47,7 @@ def accumulate_gradients(model, classifier, images, labels, micro_batch: int, ta
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_gpu):
                 logits = model(xs)
             loss = loss_fn(logits.float(), ys, task_type)
-            (loss * (len(xs) / n) if len(xs) != n else loss).backward()
+            (loss * (scale * len(xs) / n) if len(xs) != n or scale != 1.0 else loss).backward()
         total += loss.detach().double() * len(xs)
     return total
 
