@@ -5,7 +5,7 @@ For every backbone of the plan it builds the model (its configured weights, or w
 synthetic image at every image size the plan uses through the sweep's own embedding code
 (Embedder + embed.forward.BatchedForward, with the features the jobs cache). For the trainable
 protocols it builds the classifier as the protocol does (its own model_spec and build_classifier)
-and takes one training step (the training loop's accumulate_gradients, then AdamW).
+and takes one training step (the training loop's accumulate_gradients, then the protocol's optimiser).
 
 One row per (backbone, image size): ok or the error in one line, the patch size and grid, every
 feature's shape, the seconds it took, the device it ran on, and a note where the backbone runs off
@@ -209,7 +209,7 @@ def _train_step(protocol_name: str, params: dict, backbone: BackboneSpec, weight
 
     from raddist.protocols import get as protocol
     from raddist.protocols.base import TrainInputs
-    from raddist.protocols.trainable.model import build_classifier, classifier_of, trainable_parameters
+    from raddist.protocols.trainable.model import build_classifier, classifier_of, optimizer as make_optimizer
     from raddist.protocols.trainable.protocol import model_spec
     from raddist.protocols.trainable.step import accumulate_gradients
 
@@ -218,15 +218,18 @@ def _train_step(protocol_name: str, params: dict, backbone: BackboneSpec, weight
     inputs = TrainInputs(task_type, names, names, None, backbone.name, weights, {"size": size}, "")
     with torch.random.fork_rng(devices=[]), (torch.device(device) if device == "meta" else contextlib.nullcontext()):
         torch.manual_seed(0)
-        model = build_classifier(model_spec(parsed, inputs))
+        spec = model_spec(parsed, inputs)
+        model = build_classifier(spec)
     model = model.to(device)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-5)
+    # the protocol's own optimiser (AdamW, or SGD with a grid's heads each at its rate)
+    optimizer = make_optimizer(model, parsed.optimizer, 1e-5, parsed.weight_decay, spec.heads)
     images = torch.randint(0, 256, (BATCH, size, size), dtype=torch.uint8, device=device)
     labels = (torch.zeros(BATCH, dtype=torch.long, device=device) if task_type == "multiclass"
               else torch.ones(BATCH, 1 if task_type == "binary" else classes, device=device))
     model.train()
     loss = accumulate_gradients(model, classifier_of(model), images, labels, BATCH, task_type,
-                                augment=device != "meta")  # random crops read sizes from tensors
+                                augment=device != "meta",  # random crops read sizes from tensors
+                                batch_sum=parsed.multilabel_loss == "batch_sum")
     if device != "meta" and not torch.isfinite(loss):
         raise FloatingPointError(f"{protocol_name}: the training step's loss is {float(loss)}")
     optimizer.step()
