@@ -126,17 +126,30 @@ def feature_bytes(size: int) -> int:
 
 
 def child(args) -> dict:
-    """One way in this (fresh) driver process: warm-up, then the measured job."""
+    """One way in this (fresh) driver process: warm-up, then the measured job. --child both (the smoke
+    run's): each way in turn in this one driver, {way: its result}."""
     from raddist.embed import jobs as jobs_mod
+
+    start_ray(args.cpus)
+    if args.child != "both":
+        return child_way(args, args.child, jobs_mod)
+    workers_write = jobs_mod.embed_group
+    runs = {}
+    for way in WAYS:
+        runs[way] = child_way(args, way, jobs_mod)
+        jobs_mod.embed_group = workers_write
+    return runs
+
+
+def child_way(args, way: str, jobs_mod) -> dict:
     from raddist.embed.cache import EmbeddingCache
 
-    if args.child == "today":
+    if way == "today":
         jobs_mod.embed_group = embed_group_driver_writes
-    start_ray(args.cpus)
 
     def run(manifest):
         spec, job = make_job(manifest, args.batch_size, args.image_size)
-        cache = EmbeddingCache(tempfile.mkdtemp(prefix=f"cache-{args.child}-", dir=args.workdir))
+        cache = EmbeddingCache(tempfile.mkdtemp(prefix=f"cache-{way}-", dir=args.workdir))
         start = time.perf_counter()
         outcome = jobs_mod.run_embedding_jobs([job], cache, spec.resources, "cpu")[0]
         assert outcome.computed and outcome.errors == 0 and outcome.error is None, outcome
@@ -149,7 +162,8 @@ def child(args) -> dict:
     load0 = load_avg()
     with PeakRss() as rss:
         job = run(args.manifest)
-    return {"way": args.child, **job, **rss.summary(), "load_start": load0, "load_end": load_avg()}
+    return {"way": way, "embed_group": jobs_mod.embed_group.__name__, **job, **rss.summary(), "load_start": load0,
+            "load_end": load_avg()}
 
 
 def run_child(way: str, args, manifest: str, workdir: str) -> dict:
@@ -172,7 +186,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64, help="resources.embed_batch_size")
     p.add_argument("--cpus", type=int, default=cpu_count(), help="CPUs of each driver's local Ray cluster")
     p.add_argument("--workdir", help="where data and caches go (default: a temporary dir, removed after)")
-    p.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=(*WAYS, "both"), help=argparse.SUPPRESS)
     p.add_argument("--manifest", help=argparse.SUPPRESS)
     args = parse_args(p, argv, {"rows": 120, "warmup_rows": 0, "image_size": 64, "cpus": min(2, cpu_count())})
     if args.child:
@@ -187,10 +201,15 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         manifest = write_png_dataset(os.path.join(workdir, "data"), args.rows, args.rows, args.png_size)
         say(f"wrote {args.rows} PNGs of {args.png_size}^2 in {time.perf_counter() - t0:.1f}s under {workdir}")
-        runs = {}
+        # smoke: both ways in one driver (one Ray start, not two): it checks that they run and write the same
+        if args.smoke:
+            say(f"both ways in one driver (smoke), {args.rows} images of tiny_cnn at {args.image_size} px")
+        runs = run_child("both", args, manifest, workdir) if args.smoke else {}
         for way in WAYS:
-            say(f"{way}: a fresh driver, {args.rows} images of tiny_cnn at {args.image_size} px, features {FEATURES}")
-            runs[way] = r = run_child(way, args, manifest, workdir)
+            if way not in runs:
+                say(f"{way}: a fresh driver, {args.rows} images of tiny_cnn at {args.image_size} px, features {FEATURES}")
+                runs[way] = run_child(way, args, manifest, workdir)
+            r = runs[way]
             say(f"  RSS {r['base_mb']} -> peak {r['peak_mb']} MB (growth {r['growth_mb']} MB; at the peak "
                 f"{r['peak_parts_mb']}), {r['wall_s']}s, {r['parts']} parts, {r['part_mb']} MB of features, "
                 f"load {r['load_start']} -> {r['load_end']}")
