@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from typing import Optional
 
-from common import emit, load_avg, machine, parse_args, say
+from common import cpu_count, emit, load_avg, machine, parse_args, say, start_ray
 
 HEADS = ("linear", "fewshot", "attention_mil", "seg_linear", "seg_unet")
 
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
                                 "seeds": [0], "small": False})
     settings = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
 
-    from raddist.data.synthetic import write_synthetic
+    from raddist.data.synthetic import write_brain_mri, write_synthetic
     from raddist.data.synthetic_seg import write_synthetic_seg
     from raddist.config import load
 
@@ -159,7 +159,10 @@ def main(argv=None) -> dict:
     say(f"machine: {info}")
     workdir = args.workdir or tempfile.mkdtemp(prefix="raddist-convergence-")
     data = os.path.join(workdir, "data")
-    if not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
+    if args.smoke:  # the one task the smoke run keeps, its images at 64 px
+        if not os.path.exists(os.path.join(data, "brain_mri", "manifest.parquet")):
+            write_brain_mri(os.path.join(data, "brain_mri"), size=64)
+    elif not os.path.exists(os.path.join(data, "volcls", "manifest.parquet")):
         write_synthetic(data)
         write_synthetic_seg(data)
     os.environ["RADDIST_DEMO_DATA"] = data
@@ -181,6 +184,8 @@ def main(argv=None) -> dict:
     heads = [pr for pr in heads if pr.get("tasks") != []]
     cache = os.path.join(workdir, "cache")
     load0 = load_avg()
+    if args.smoke:  # a local cluster without the dashboard; otherwise run_sweep starts (or joins) one
+        start_ray(min(2, cpu_count()))
     try:
         shipped_out, raised_out = os.path.join(workdir, "shipped"), os.path.join(workdir, "raised")
         runs = {"shipped": run({**demo, "protocols": [raised(pr, 1, settings) for pr in heads]}, shipped_out, cache)}

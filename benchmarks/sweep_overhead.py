@@ -186,7 +186,8 @@ def main(argv=None) -> dict:
     p.add_argument("--what-if", action="store_true", help="the recommended fixes, patched in (see above)")
     p.add_argument("--profile", type=int, help="run this count under cProfile (driver) and print the top functions")
     p.add_argument("--workdir", help="where data and outputs go (default: a temporary dir, removed after)")
-    args = parse_args(p, argv, {"counts": [8, 16], "warmup": 0, "cells_per_trial": 4, "cpus": min(2, cpu_count())})
+    # smoke: 4 and 8 cells, 4 per trial: 1 and 2 trials, each a Tune trial's start
+    args = parse_args(p, argv, {"counts": [4, 8], "warmup": 0, "cells_per_trial": 4, "cpus": min(2, cpu_count())})
 
     import ray
 

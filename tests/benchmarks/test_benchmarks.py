@@ -53,6 +53,8 @@ def _driver_memory(out):
     runs = out["runs"]
     assert runs["today"]["images"] == runs["workers_write"]["images"] == 120
     assert runs["today"]["part_mb"] == runs["workers_write"]["part_mb"]  # the same features, written either way
+    # each way ran its own code (the smoke runs both in one driver, the old way patched in and out)
+    assert [runs[w]["embed_group"] for w in ("today", "workers_write")] == ["embed_group_driver_writes", "embed_group"]
     assert out["feature_bytes_per_image"] == 30176 and {"growth_mb", "ratio"} <= set(out)
 
 
@@ -63,7 +65,8 @@ def _gather(out):
 
 
 def _sweep_overhead(out):
-    assert set(out["per_cell_s"]) == {"8", "16"} and out["runs"]["16"]["trials"] == 4
+    assert set(out["per_cell_s"]) == {"4", "8"} and out["cells_per_trial"] == 4
+    assert [out["runs"][c]["trials"] for c in ("4", "8")] == [1, 2]
     assert {"overhead_ratio", "marginal_per_cell_s"} <= set(out)
 
 
@@ -73,6 +76,12 @@ def _protocol_cost(out):
     assert out["forward_ratio"] == 9.0  # every job feeds 9 cells: the reference embeds 9 times
 
 
+def _convergence(out):
+    assert out["runs"]["shipped"]["cells"] == out["runs"]["raised"]["cells"] == 1  # tiny_vit x brain_mri x linear
+    assert out["results_compared"] > 0 and out["results_only_in_one"] == 0  # both runs scored the same results
+    assert [sum(out["stopped"][run].values()) for run in ("shipped", "raised")] == [1, 1]
+
+
 def _embed_throughput(out):
     assert out["rows"] == [16, 32] and out["backbone"] == "tiny_vit"
     assert {"pipeline_img_s", "naive_img_s", "ratio", "ceiling_share", "pipeline_actor"} <= set(out)
@@ -80,9 +89,9 @@ def _embed_throughput(out):
 
 CHECKS = {"decode_reuse.py": _decode_reuse, "driver_memory.py": _driver_memory, "gather.py": _gather,
           "sweep_overhead.py": _sweep_overhead, "protocol_cost.py": _protocol_cost,
-          "embed_throughput.py": _embed_throughput}
+          "embed_throughput.py": _embed_throughput, "convergence.py": _convergence}
 # scripts whose owners are adding --smoke; non-strict, so the test runs them once they have it
-PENDING = {"convergence.py": "the convergence work adds --smoke", "linear_heads.py": "the convergence work adds --smoke"}
+PENDING = {"linear_heads.py": "the convergence work adds --smoke"}
 
 
 def test_the_scripts_are_found():
