@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM stop a run cleanly: one line, exit 130 or 143, no traceback, no lease left,
 progress.json and summary.json "interrupted", and a rerun equal to a run never interrupted."""
 
+import contextlib
 import glob
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 
-def _config(synthetic_data, tmp_path, out):
+def _config(synthetic_data, tmp_path, out, cache="cache"):
     config = {
         "name": "interrupt",
         "backbones": [{"name": "tiny_cnn", "weights": "random"}, {"name": "tiny_vit", "weights": "random"}],
@@ -23,18 +24,25 @@ def _config(synthetic_data, tmp_path, out):
         "protocols": [{"name": "knn", "params": {"ks": [5]}}, {"name": "logreg", "params": {"cs": [0.1, 1.0]}}],
         "seeds": [0, 1, 2], "bootstrap": 20,
         "resources": {"progress_interval_s": 1, "max_concurrent_cells": 1},
-        "storage": {"output": str(out), "cache": str(tmp_path / "cache")},
+        "storage": {"output": str(out), "cache": str(tmp_path / cache)},
     }
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _start(config):
+def _start(config, runs, log=None):
+    """A `raddist run` with a local Ray of its own, in a process group of its own (runs: each such group,
+    killed at the end of the test: nothing of a failed test's runs outlives it); its output piped, or
+    written to log."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "raddist.cli", "run", str(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    to = open(log, "w") if log else subprocess.PIPE
+    proc = subprocess.Popen([sys.executable, "-m", "raddist.cli", "run", str(config)], stdout=to,
+                            stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    runs.append(proc)
+    return proc
 
 
 def _wait_for(condition, proc, timeout=240):
@@ -81,11 +89,20 @@ def _assert_stopped_cleanly(proc, out, tmp_path, code, timeout=120):
 
 @pytest.mark.timeout(1500)
 def test_interrupts_stop_cleanly_and_the_rerun_equals_an_uninterrupted_run(synthetic_data, tmp_path):
+    runs = []
+    try:
+        _interrupt_and_rerun(synthetic_data, tmp_path, runs)
+    finally:
+        for proc in runs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group: a run's Ray too, if anything of it is left
+
+
+def _interrupt_and_rerun(synthetic_data, tmp_path, runs):
     out = tmp_path / "out"
     config = _config(synthetic_data, tmp_path, out)
-
     # SIGINT once, mid-embedding
-    proc = _start(config)
+    proc = _start(config, runs)
     _wait_for(_embedding(tmp_path), proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr, state = _assert_stopped_cleanly(proc, out, tmp_path, 130)
@@ -99,7 +116,7 @@ def test_interrupts_stop_cleanly_and_the_rerun_equals_an_uninterrupted_run(synth
 
     # SIGTERM (ray job stop, a pod eviction), mid-cells
     running = _cells_running(out)
-    proc = _start(config)
+    proc = _start(config, runs)
     _wait_for(running, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, _, state = _assert_stopped_cleanly(proc, out, tmp_path, 143)
@@ -107,7 +124,7 @@ def test_interrupts_stop_cleanly_and_the_rerun_equals_an_uninterrupted_run(synth
 
     # SIGINT twice: the second exits at once
     running = _cells_running(out)
-    proc = _start(config)
+    proc = _start(config, runs)
     _wait_for(running, proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
@@ -116,13 +133,15 @@ def test_interrupts_stop_cleanly_and_the_rerun_equals_an_uninterrupted_run(synth
     _assert_stopped_cleanly(proc, out, tmp_path, 130, timeout=30)
     assert time.time() - started < 15
 
-    # the rerun finishes, equal to a run never interrupted
-    proc = _start(config)
+    # the rerun finishes, equal to a run never interrupted, which runs beside it (not beside the
+    # interrupted runs: their stops see no load of ours) with a cache of its own: it embeds afresh too
+    proc = _start(config, runs)
+    clean = tmp_path / "clean"
+    straight_run = _start(_config(synthetic_data, tmp_path, clean, cache="clean_cache"), runs, tmp_path / "clean.log")
     stdout, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
-    clean = tmp_path / "clean"
-    proc = _start(_config(synthetic_data, tmp_path, clean))
-    assert proc.communicate(timeout=900) and proc.returncode == 0
+    assert straight_run.wait(timeout=900) == 0, (tmp_path / "clean.log").read_text()[-3000:]
+    assert json.loads((clean / "summary.json").read_text())["embedding_jobs_computed"] == 2
     key = ["cell_id", "metric"]
     resumed = pq.read_table(out / "results.parquet").to_pandas().sort_values(key).reset_index(drop=True)
     straight = pq.read_table(clean / "results.parquet").to_pandas().sort_values(key).reset_index(drop=True)
