@@ -5,7 +5,7 @@ Selection is on validation only: the trials never get the test split, and the se
 the test labels flipped chooses the same trial and scores test with the very same probabilities.
 The search runs once, the way an interrupted sweep runs it: a driver process joins this module's Ray
 cluster, starts the search, and is killed (SIGKILL) once Tune's experiment state on disk holds a
-finished trial (its result.json written) and another trial's fit has registered a checkpoint; the
+finished trial and another trial's fit has registered a checkpoint; the
 same cell run again restores the experiment (Tuner.restore). Finished trials are not trained again,
 the searcher's state is restored (the configurations are the seeded sequence an uninterrupted search
 proposes), and 4 trials train in all."""
@@ -36,6 +36,9 @@ def halves(ray_local, tmp_path_factory):
     # a loaded 2-core machine may take over Train's 60 s to start a trial's worker (as a sweep does,
     # raddist.cluster; Tune copies it from the driver into each trial)
     os.environ.setdefault(TRAIN_START_TIMEOUT_ENV, "600")
+    # Tune as a sweep runs it (raddist.trials): no per-trial result.json or params.json. So set here, the
+    # same whichever tests ran before in this process (a sweep's sets it for the rest of the process)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return write_halves(str(tmp_path_factory.mktemp("halves")), n_patients=16)
 
 
@@ -52,27 +55,25 @@ def auroc(prediction) -> float:
 
 
 def trials_on_disk(checkpoint_dir) -> dict:
-    """Tune's experiment state as a restore reads it: trial id -> status ({} before Tune wrote one)."""
+    """Tune's experiment state as a restore reads it: trial id -> (status, config) ({} before Tune wrote
+    one). A sweep runs Tune without its per-trial loggers (raddist.trials): no result.json to read."""
     states = sorted(glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, "experiment_state-*.json")))
     try:
         data = json.load(open(states[-1])) if states else {"trial_data": []}
     except ValueError:  # caught mid-write
         return {}
-    return {t["trial_id"]: t["status"] for t in (json.loads(d[0]) for d in data["trial_data"])}
+    return {t["trial_id"]: (t["status"], t["config"]) for t in (json.loads(d[0]) for d in data["trial_data"])}
 
 
-def results_of(checkpoint_dir, trial_id: str):
-    """What a trial left: its Tune result.json and its Train run's files (retraining changes both)."""
-    trial = glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, f"*_{trial_id}_*"))
+def finished(checkpoint_dir) -> list:
+    return [t for t, (status, _) in trials_on_disk(checkpoint_dir).items() if status == "TERMINATED"]
+
+
+def results_of(checkpoint_dir, trial_id: str) -> dict:
+    """What a trial's fit left: its Train run's files and when each was written (training again rewrites them)."""
     run_dir = os.path.join(checkpoint_dir, TRIAL_RUN + trial_id)
-    files = sorted(os.path.relpath(os.path.join(d, f), run_dir) for d, _, fs in os.walk(run_dir) for f in fs)
-    return open(os.path.join(trial[0], "result.json")).read(), files
-
-
-def written(checkpoint_dir, trial_id: str) -> bool:
-    """Whether a trial's result.json is on disk with a result in it."""
-    return any(os.path.getsize(f) for f in glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT,
-                                                                   f"*_{trial_id}_*", "result.json")))
+    return {os.path.relpath(os.path.join(d, f), run_dir): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, fs in os.walk(run_dir) for f in fs}
 
 
 def latest_checkpoint(run_dir: str) -> dict:
@@ -85,49 +86,45 @@ def latest_checkpoint(run_dir: str) -> dict:
         return {}
 
 
-def checkpointed(run_dir: str) -> bool:
-    return bool(latest_checkpoint(run_dir))
-
-
 def mid_fit(checkpoint_dir) -> list:
     """The trials caught mid-fit: not finished in the experiment state on disk, their fit has a
-    registered checkpoint (empty until the state on disk holds a finished trial whose result.json is
-    written: Tune writes the trial's files apart from its experiment state)."""
-    states = trials_on_disk(checkpoint_dir)
-    finished = [t for t, status in states.items() if status == "TERMINATED"]
-    if not finished or not all(written(checkpoint_dir, t) for t in finished):
+    registered checkpoint (empty until the state on disk holds a finished trial)."""
+    done = finished(checkpoint_dir)
+    if not done:
         return []
-    runs = [r for r in glob.glob(os.path.join(checkpoint_dir, TRIAL_RUN + "*")) if checkpointed(r)]
-    return [t for t in (os.path.basename(r)[len(TRIAL_RUN):] for r in runs) if states.get(t) != "TERMINATED"]
+    runs = [r for r in glob.glob(os.path.join(checkpoint_dir, TRIAL_RUN + "*")) if latest_checkpoint(r)]
+    return [t for t in (os.path.basename(r)[len(TRIAL_RUN):] for r in runs) if t not in done]
 
 
 def kill_driver_mid_search(manifest: str, checkpoint_dir: str, address: str, timeout: float = 900) -> tuple:
     """Start the search in a driver process on the cluster at address and SIGKILL it once the experiment
     state on disk has a finished trial and another trial's fit has registered a checkpoint; the cluster
-    ends the dead driver's trials and fits, as it ends a killed sweep's. (the finished trials'
-    (result.json, Train run files) as the kill left them, the trials killed mid-fit)."""
+    ends the dead driver's trials and fits, as it ends a killed sweep's. (the finished trials' Train run
+    files as the kill left them, the trials killed mid-fit with their latest checkpoint's metrics)."""
+    log = open(checkpoint_dir + ".log", "w")  # a file, not a pipe: a pipe nobody reads fills and blocks the driver
     proc = subprocess.Popen([sys.executable, "-m", "tests.protocols.trainable.search_driver", manifest, checkpoint_dir,
                              address], start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)
     start = time.monotonic()
     try:
         while not mid_fit(checkpoint_dir):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert proc.poll() is None, open(checkpoint_dir + ".log").read()[-3000:]
             assert time.monotonic() - start < timeout, "no trial finished, or none started after"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log.close()
     # the cluster ends the dead driver's trials and fits (a fit may register one more epoch meanwhile):
     # wait for their CPUs to come back, then take what the kill left
     settled = time.monotonic() + 120
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < settled:
         time.sleep(0.5)
-    finished = [t for t, status in trials_on_disk(checkpoint_dir).items() if status == "TERMINATED"]
-    assert 1 <= len(finished) < SEARCH["num_samples"], trials_on_disk(checkpoint_dir)
+    done = finished(checkpoint_dir)
+    assert 1 <= len(done) < SEARCH["num_samples"], trials_on_disk(checkpoint_dir)
     interrupted = {t: latest_checkpoint(os.path.join(checkpoint_dir, TRIAL_RUN + t)) for t in mid_fit(checkpoint_dir)}
-    return {t: results_of(checkpoint_dir, t) for t in finished}, interrupted
+    return {t: results_of(checkpoint_dir, t) for t in done}, interrupted
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +140,13 @@ def resumed(ray_local, halves, tmp_path_factory):
 
 
 def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again(resumed):
-    prediction, checkpoint_dir, finished, interrupted = resumed
+    prediction, checkpoint_dir, done, interrupted = resumed
     search = prediction.selected["search"]
     # the finished trials kept what they had: not one of them trained again
-    assert {t: results_of(checkpoint_dir, t) for t in finished} == finished
+    assert {t: results_of(checkpoint_dir, t) for t in done} == done and all(done.values())
     # num_samples trials in all: 4 Tune trials, 4 Train runs, each finished
     states = trials_on_disk(checkpoint_dir)
-    assert sorted(states.values()) == ["TERMINATED"] * 4 and search["trials"] == 4
+    assert sorted(status for status, _ in states.values()) == ["TERMINATED"] * 4 and search["trials"] == 4
     assert sorted(d for d in os.listdir(checkpoint_dir) if d.startswith(TRIAL_RUN)) == \
         sorted(TRIAL_RUN + t for t in states)
     # a trial killed mid-fit resumed its fit from its checkpoint: no epoch it had checkpointed trained
@@ -162,8 +159,7 @@ def test_a_search_killed_mid_way_resumes_without_training_a_finished_trial_again
             assert last == at_kill
         else:
             assert (last["epoch"], last["start_epoch"]) == (1, at_kill["epoch"] + 1)
-        config = json.load(open(glob.glob(os.path.join(checkpoint_dir, SEARCH_EXPERIMENT, f"*_{trial_id}_*",
-                                                       "params.json"))[0]))
+        config = states[trial_id][1]
         assert [(t["epochs_run"], t["stopped_early"]) for t in search["by_trial"] if t["config"] == config] == \
             [(2, False)]
     # the searcher's state was restored: the seeded sequence an uninterrupted search proposes (a fresh
