@@ -95,7 +95,8 @@ def run(inputs: FrozenInputs, params: Params, seed: int) -> Prediction:
 
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(x(fit_set))
-    model = fit(inputs, scaler.transform(x(fit_set)), fit_set.labels, c, params.max_iter)
+    x_fit = x(fit_set)
+    scaler = StandardScaler().fit(x_fit)
+    model = fit(inputs, scaler.transform(x_fit), fit_set.labels, c, params.max_iter)
     # fitted once: test and every further test set are scored by the same model
     return scored(inputs.splits, lambda split: model(scaler.transform(x(split))), selected, val_score)

@@ -8,9 +8,9 @@ FSDP every rank takes part in scoring and in gathering the state. A restarted wo
 from ray.train.get_checkpoint(): the epoch after the last one reported, with the optimiser and
 schedule where they were.
 
-config keys: model (ModelSpec), lr, optimizer (adamw | sgd), multilabel_loss, epochs, batch_size, weight_decay, seed, train_rows, threads,
-use_gpu, image_size, and memory ({micro_batch (None: sized on the card), grad_checkpointing,
-strategy}: memory.Estimate.training_config). Tests inject hooks with ``on_epoch``, not the config.
+config keys: model (ModelSpec), lr, optimizer (adamw | sgd), multilabel_loss, epochs, batch_size,
+weight_decay, seed, train_rows, threads, use_gpu, image_size, and memory ({micro_batch (None: sized
+on the card), grad_checkpointing, strategy}: memory.Estimate.training_config). Tests inject hooks with ``on_epoch``, not the config.
 """
 
 from __future__ import annotations
