@@ -10,6 +10,8 @@ epoch (the idea of dinov2's linear.py); the tokens are standardised per channel 
 split's statistics, so one learning-rate grid fits every backbone. AdamW at a CONSTANT learning
 rate, MONAI's DiceCELoss (softmax, one-hot targets) on the logits resized bilinearly to S x S.
 No augmentation: the backbone is frozen and never re-run. On a GPU when the cell holds one.
+An epoch is at least `min_epoch_steps` (24) mini-batches: a training split of fewer is passed over
+several times, each pass reshuffled (one pass under a fixed budget).
 Stopping (stopping.Plateau, the rule every trained head shares, run by stopping.train_grid): every
 `eval_every` epochs each head's validation Dice is computed; a head keeps a copy of its weights
 whenever the Dice is its best so far (the later epoch on a tie). Once it has not risen by more than
@@ -64,6 +66,12 @@ class SegParams(Stopping):
     patience: PositiveInt = 40
     epochs: PositiveInt = 400  # the cap: at patience 40 a small-structure head still rose at epoch 221
     lr_drops: NonNegativeInt = 1  # one plateau lowers the learning rate x lr_factor; the next stops
+    # Under plateau stopping an epoch is at least this many optimizer steps: a small training split is
+    # passed over several times (reshuffled each pass) per epoch, as nnU-Net's epochs are a fixed number
+    # of steps, so patience and cap mean as much training on 36 images as on 3,600. At 3 steps an epoch,
+    # heads on structures of one or two patches still rose at 4x the patience (benchmarks/RESULTS.md,
+    # issue 23). A fixed budget (stopping: fixed, the reference's) counts single passes.
+    min_epoch_steps: PositiveInt = 24
     batch_size: PositiveInt = 16
     weight_decay: float = Field(default=1e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9 (the reference)
@@ -85,6 +93,7 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
     data = TokenData(train, val, token_stats(train, blocks, params.standardize), n_classes)
     lrs = sorted(set(params.lrs))
     heads, record = fit_heads(build, lrs, data, params, seed)
+    passes = epoch_passes(len(train), params)
     best, score, scores = select_best(list(range(len(heads))), lambda i: record.best_score[i])
     head, stats, refit = heads[best], data.stats, {}
     if params.refit:  # selection is done: the chosen rate retrained on train+val, as long as it trained
@@ -100,9 +109,18 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
                   "max_epochs": params.epochs, "epochs_trained": int(record.epochs_run[best]),
                   "best_epoch": int(record.best_epoch[best]), "stopped": record.stopped[best],
                   "best_epochs": dict(zip(map(str, lrs), map(int, record.best_epoch))),
-                  "lr_drops": [int(e) for e in record.lr_drops[best]], "stopping_rule": params.rule(), **refit,
+                  "lr_drops": [int(e) for e in record.lr_drops[best]], "epoch_passes": passes,
+                  "stopping_rule": _rule(params, passes, len(train)), **refit,
                   **_reference_settings(params)},
     )
+
+
+def _rule(params: SegParams, passes: int, n_train: int) -> str:
+    """The stopping rule in words, with what an epoch is when it is more than one pass."""
+    if passes == 1:
+        return params.rule()
+    return (f"{params.rule()}; an epoch is at least {params.min_epoch_steps} steps: {passes} passes over "
+            f"the {n_train} training images")
 
 
 def _reference_settings(params: SegParams) -> dict:
@@ -192,10 +210,11 @@ def fit_heads(build: HeadBuilder, lrs: List[float], data: TokenData, params: Seg
         torch.manual_seed(seed)
         heads = [build(shapes, data.n_classes, data.train.masks.shape[-1]).to(device) for _ in lrs]
     opts = [_optimizer(h, lr, params) for h, lr in zip(heads, lrs)]
-    steps = params.cap(schedule) * max(1, -(-len(data.train) // params.batch_size))
+    passes = epoch_passes(len(data.train), params)
+    steps = params.cap(schedule) * passes * max(1, -(-len(data.train) // params.batch_size))
     scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts]
               if params.stopping == "fixed" else [])
-    batches = _epoch_batches(data, params.batch_size, seed, device)
+    batches = _epoch_batches(data, params.batch_size, seed, device, passes)
     grid = ModuleGrid(heads, opts, batches, _loss_of(data, params.loss),
                       lambda h: val_dice(h, data.val, data.stats, params.batch_size, data.n_classes), scheds)
     for h in heads:
@@ -216,20 +235,30 @@ def _optimizer(head, lr: float, params: SegParams):
     return torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=params.weight_decay)
 
 
-def _epoch_batches(data: TokenData, batch_size: int, seed: int, device) -> Callable[[], Iterator]:
-    """A new epoch's (tokens, masks) mini-batches of data.train on each call, in a seeded order."""
+def epoch_passes(n_train: int, params: SegParams) -> int:
+    """Passes over the training split in one epoch: enough for params.min_epoch_steps steps under
+    plateau stopping, one under a fixed budget."""
+    if params.stopping != "plateau":
+        return 1
+    return max(1, -(-params.min_epoch_steps // max(1, -(-n_train // params.batch_size))))
+
+
+def _epoch_batches(data: TokenData, batch_size: int, seed: int, device, passes: int = 1) -> Callable[[], Iterator]:
+    """A new epoch's (tokens, masks) mini-batches of data.train on each call: `passes` passes, each
+    in a new seeded order."""
     import torch
 
     rng = np.random.default_rng([seed, BATCH_ORDER_STREAM])
 
     def epoch():
-        order = rng.permutation(len(data.train))
-        for a in range(0, len(order), batch_size):
-            idx = np.sort(order[a:a + batch_size])
-            if len(idx) < 2 and len(order) > 1:  # a batch of one breaks BatchNorm; drop the remainder
-                continue
-            y = torch.from_numpy(data.train.masks[idx].astype(np.int64))[:, None].to(device)
-            yield _batch(data.train, idx, data.stats, device), y
+        for _ in range(passes):
+            order = rng.permutation(len(data.train))
+            for a in range(0, len(order), batch_size):
+                idx = np.sort(order[a:a + batch_size])
+                if len(idx) < 2 and len(order) > 1:  # a batch of one breaks BatchNorm; drop the remainder
+                    continue
+                y = torch.from_numpy(data.train.masks[idx].astype(np.int64))[:, None].to(device)
+                yield _batch(data.train, idx, data.stats, device), y
 
     return epoch
 

@@ -214,3 +214,21 @@ def test_seg_heads_do_not_stop_on_the_noise_of_a_slow_start():
             break  # the first plateau: the learning rate falls, or the head stops
     # patience 10 at a constant rate stopped at epoch 11 holding 0.039; the rule must wait for the rise
     assert stop.best[0] >= curve[:params.epochs].max() - 0.01 and stop.best[0] >= curve.max() - 0.03
+
+
+def test_an_epoch_of_a_small_split_is_at_least_min_epoch_steps_batches_under_plateau_stopping():
+    from raddist.protocols import seg_linear
+    from raddist.protocols.seg_common import SegParams, TokenData, _epoch_batches, epoch_passes, token_stats
+
+    inputs = fake_inputs()
+    train, val = inputs.splits["train"], inputs.splits["val"]
+    assert len(train) == 32  # two batches of 16 a pass: 12 passes make the 24 steps of an epoch
+    assert SegParams().min_epoch_steps == 24 and epoch_passes(32, SegParams()) == 12
+    assert epoch_passes(33, SegParams()) == 8 and epoch_passes(24 * 16, SegParams()) == 1
+    assert epoch_passes(32, SegParams(stopping="fixed")) == 1  # a fixed budget (the reference's) counts passes
+    data = TokenData(train, val, token_stats(train, 1), 3)
+    epoch = list(_epoch_batches(data, 16, 0, torch.device("cpu"), 12)())
+    assert len(epoch) == 24 and sum(len(y) for _, y in epoch) == 12 * 32
+    prediction = seg_linear.run(inputs, seg_linear.Params(lrs=[0.1], epochs=2), seed=0)
+    assert prediction.selected["epoch_passes"] == 12
+    assert "at least 24 steps: 12 passes over the 32 training images" in prediction.selected["stopping_rule"]
