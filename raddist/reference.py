@@ -57,9 +57,9 @@ RADDIST_ONLY = [
     ("multilabel linear-probe loss", "BCE summed over the batch, averaged over labels (~17x the step on NIH)",
      "BCE summed over labels, averaged over the batch"),
     ("CNN linear probes", "the final pooled feature only", "the last 1 or 4 stages, with or without patch mean"),
-    ("segmentation heads", "SGD (momentum 0.9, no weight decay), Dice loss, batch 128, raw tokens, "
-     "the chosen rate refit on train+val", "AdamW (weight decay 1e-4), DiceCE loss, batch 16, standardised "
-     "tokens, no refit"),
+    ("segmentation heads", "SGD (momentum 0.9, no weight decay), Dice loss, batch 128, raw tokens, 10 epochs "
+     "(cosine), the chosen rate refit on train+val", "AdamW (weight decay 1e-4), DiceCE loss, batch 16, "
+     "standardised tokens, trained to a validation plateau in epochs of at least 24 mini-batches, no refit"),
     ("LoRA biases", 'bias="lora_only": the adapted layers\' biases train', 'bias="none"'),
     ("fine-tuning, LoRA, BitFit optimiser", "SGD over a grid of 16 linear heads (lrs 1e-3..5e-2 x blocks x pools), "
      "the backbone at 1e-5", "AdamW (weight decay 0.05), one CLS head, the whole model at each rate of the grid"),

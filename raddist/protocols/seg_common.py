@@ -110,17 +110,17 @@ def run_grid(inputs: SegInputs, params: SegParams, seed: int, build: HeadBuilder
                   "best_epoch": int(record.best_epoch[best]), "stopped": record.stopped[best],
                   "best_epochs": dict(zip(map(str, lrs), map(int, record.best_epoch))),
                   "lr_drops": [int(e) for e in record.lr_drops[best]], "epoch_passes": passes,
-                  "stopping_rule": _rule(params, passes, len(train)), **refit,
+                  "stopping_rule": _rule(params), **refit,
                   **_reference_settings(params)},
     )
 
 
-def _rule(params: SegParams, passes: int, n_train: int) -> str:
-    """The stopping rule in words, with what an epoch is when it is more than one pass."""
-    if passes == 1:
+def _rule(params: SegParams) -> str:
+    """The stopping rule in words, with what an epoch is under it."""
+    if params.stopping != "plateau":
         return params.rule()
-    return (f"{params.rule()}; an epoch is at least {params.min_epoch_steps} steps: {passes} passes over "
-            f"the {n_train} training images")
+    return (f"{params.rule()}; an epoch is at least {params.min_epoch_steps} mini-batches (a smaller training "
+            "split passed over several times)")
 
 
 def _reference_settings(params: SegParams) -> dict:

@@ -11,8 +11,8 @@ whatever the backbone's width. Up-blocks stop once the grid reaches the mask siz
 mask size (training, validation) or to the source's size (test). A model with fewer blocks has
 fewer skips. Tokens are standardised per channel (seg_common).
 Trained with MONAI's DiceCELoss and AdamW at a constant learning rate over a learning-rate grid,
-each head until its validation Dice plateaus (patience 40, learning rate x0.1 on the first plateau,
-stopped on the second; seg_common); selected on validation
+each head until its validation Dice plateaus (patience 40 epochs of at least 24 mini-batches,
+learning rate x0.1 on the first plateau, stopped on the second; seg_common); selected on validation
 Dice; test scored once on the source grid, without refit (seg_common). Those are raddist's
 defaults: `mode: reference` (paper.yaml) sets the reference's SGD, Dice loss, batch 128, raw tokens
 and refit below (seg_common.SegParams); the decoder stays raddist's.

@@ -231,4 +231,4 @@ def test_an_epoch_of_a_small_split_is_at_least_min_epoch_steps_batches_under_pla
     assert len(epoch) == 24 and sum(len(y) for _, y in epoch) == 12 * 32
     prediction = seg_linear.run(inputs, seg_linear.Params(lrs=[0.1], epochs=2), seed=0)
     assert prediction.selected["epoch_passes"] == 12
-    assert "at least 24 steps: 12 passes over the 32 training images" in prediction.selected["stopping_rule"]
+    assert "an epoch is at least 24 mini-batches" in prediction.selected["stopping_rule"]
