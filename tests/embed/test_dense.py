@@ -88,9 +88,11 @@ def test_dense_tokens_are_float16_and_a_rerun_computes_nothing(seg3d):
     assert cache.load(other.key).meta["dense_names"] == ["patch_tokens"]
 
 
+# one pass an epoch (min_epoch_steps 1; the default makes 4 here): this checks that the heads segment volumes,
+# not how long they train (tests/protocols/test_seg_heads.py does)
 @pytest.mark.parametrize("name, params", [
-    ("seg_linear", {"lrs": [0.03, 0.1, 0.3], "epochs": 20}),
-    ("seg_unet", {"lrs": [0.001, 0.01], "channels": [32, 16], "up_blocks": 2, "epochs": 15}),
+    ("seg_linear", {"lrs": [0.03, 0.1, 0.3], "epochs": 20, "min_epoch_steps": 1}),
+    ("seg_unet", {"lrs": [0.001, 0.01], "channels": [32, 16], "up_blocks": 2, "epochs": 15, "min_epoch_steps": 1}),
 ])
 def test_heads_segment_the_synthetic_volumes(seg3d, synthetic_seg_data, tmp_path, name, params):
     task, cache, outcome = seg3d
