@@ -210,11 +210,10 @@ def fit_heads(build: HeadBuilder, lrs: List[float], data: TokenData, params: Seg
         torch.manual_seed(seed)
         heads = [build(shapes, data.n_classes, data.train.masks.shape[-1]).to(device) for _ in lrs]
     opts = [_optimizer(h, lr, params) for h, lr in zip(heads, lrs)]
-    passes = epoch_passes(len(data.train), params)
-    steps = params.cap(schedule) * passes * max(1, -(-len(data.train) // params.batch_size))
+    steps = params.cap(schedule) * max(1, -(-len(data.train) // params.batch_size))  # fixed: one pass an epoch
     scheds = ([torch.optim.lr_scheduler.CosineAnnealingLR(o, steps) for o in opts]
               if params.stopping == "fixed" else [])
-    batches = _epoch_batches(data, params.batch_size, seed, device, passes)
+    batches = _epoch_batches(data, params.batch_size, seed, device, epoch_passes(len(data.train), params))
     grid = ModuleGrid(heads, opts, batches, _loss_of(data, params.loss),
                       lambda h: val_dice(h, data.val, data.stats, params.batch_size, data.n_classes), scheds)
     for h in heads:

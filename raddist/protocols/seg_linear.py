@@ -3,8 +3,8 @@ upsampled bilinearly (to the mask size to train and validate, to the source's si
 
 Trained with MONAI's DiceCELoss over a learning-rate grid, all heads on the same mini-batches, each
 until its validation Dice plateaus (patience 40 epochs of at least 24 mini-batches, the AdamW
-learning rate x0.1 on the first plateau, stopped on the second; seg_common); selected on validation Dice; test scored once on the source
-grid, without refit (seg_common).
+learning rate x0.1 on the first plateau, stopped on the second; seg_common); selected on validation
+Dice; test scored once on the source grid, without refit (seg_common).
 
 The head's structure is the reference study's linear decoder (a 1x1 convolution, bilinear
 upsampling); its training is not. The reference fed the last block's tokens after the final

@@ -10,7 +10,8 @@ schedule where they were.
 
 config keys: model (ModelSpec), lr, optimizer (adamw | sgd), multilabel_loss, epochs, batch_size,
 weight_decay, seed, train_rows, threads, use_gpu, image_size, and memory ({micro_batch (None: sized
-on the card), grad_checkpointing, strategy}: memory.Estimate.training_config). Tests inject hooks with ``on_epoch``, not the config.
+on the card), grad_checkpointing, strategy}: memory.Estimate.training_config). Tests inject hooks
+with ``on_epoch``, not the config.
 """
 
 from __future__ import annotations

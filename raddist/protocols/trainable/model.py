@@ -9,8 +9,9 @@ from exactly what the linear probe reads. A spec with `heads` (the reference's g
 head_grid) trains several linear heads at once on one backbone, each on the class tokens of the last
 n blocks, with or without the mean patch token, at its own learning rate: the losses add up, the
 model outputs (B, heads, C), and a spec with `head` chosen outputs that head's (B, C). What trains,
-how the model is wrapped and what a checkpoint holds is the spec's method (raddist.protocols.trainable.method.Method), which each
-trainable protocol defines: finetune.py, lora.py, bitfit.py, dora.py.
+how the model is wrapped and what a checkpoint holds is the spec's method
+(raddist.protocols.trainable.method.Method), which each trainable protocol defines: finetune.py,
+lora.py, bitfit.py, dora.py.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, task_type: str) -> torch
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Iterable[dict], task_type: str, device) -> Tuple[np.ndarray, np.ndarray]:
     """(row indices, probabilities (N, C) float64; (N, heads, C) for a grid of heads) over batches of
-    {'index', 'image'}; eval mode, bf16 autocast on GPU -- the same code scores validation in training and test after a reload."""
+    {'index', 'image'}; eval mode, bf16 autocast on GPU -- the same code scores validation in training
+    and test after a reload."""
     model.eval()
     indices, probs = [], []
     for batch in batches:
